@@ -1,0 +1,133 @@
+//! Framing and payload encoding.
+//!
+//! A frame is `u32` big-endian payload length, then the payload. The length counts the payload only.
+//! Frames longer than the receiver's limit are rejected by the codec *before* their payload is
+//! buffered, so a hostile length prefix cannot make us allocate.
+//!
+//! Payloads are MessagePack with structs encoded as maps keyed by field name
+//! (`rmp_serde::to_vec_named`): self-describing, so a field added later is ignored by older
+//! readers, and decodable by any MessagePack library.
+
+use bytes::Bytes;
+use serde::{Serialize, de::DeserializeOwned};
+use tokio_util::codec::LengthDelimitedCodec;
+
+/// Default upper bound of one frame's payload, for both directions.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// Builds the length-delimited codec used on every connection.
+pub fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_type::<u32>()
+        .big_endian()
+        .max_frame_length(max_frame_bytes)
+        .new_codec()
+}
+
+/// A payload that is not a valid message of the expected type.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed payload: {0}")]
+pub struct DecodeError(String);
+
+/// Encodes a message as a frame payload.
+pub fn encode<T: Serialize>(message: &T) -> Bytes {
+    // Serializing our own message types into a Vec cannot fail: they hold no maps with non-string
+    // keys and no types MessagePack lacks. A failure would be a bug in this crate, not bad input.
+    Bytes::from(rmp_serde::to_vec_named(message).expect("protocol messages always serialize"))
+}
+
+/// Decodes a frame payload.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
+    rmp_serde::from_slice(payload).map_err(|e| DecodeError(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::{BufMut, BytesMut};
+    use tokio_util::codec::{Decoder, Encoder};
+
+    fn framed(payloads: &[&[u8]]) -> BytesMut {
+        let mut c = codec(64);
+        let mut buf = BytesMut::new();
+        for p in payloads {
+            c.encode(Bytes::copy_from_slice(p), &mut buf).unwrap();
+        }
+        buf
+    }
+
+    #[test]
+    fn length_prefix_is_u32_big_endian_of_payload_only() {
+        assert_eq!(&framed(&[b"abc"])[..], b"\x00\x00\x00\x03abc");
+    }
+
+    #[test]
+    fn merged_frames_decode_one_by_one() {
+        let mut buf = framed(&[b"one", b"", b"three"]);
+        let mut c = codec(64);
+        assert_eq!(&c.decode(&mut buf).unwrap().unwrap()[..], b"one");
+        assert_eq!(&c.decode(&mut buf).unwrap().unwrap()[..], b"");
+        assert_eq!(&c.decode(&mut buf).unwrap().unwrap()[..], b"three");
+        assert!(c.decode(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn split_frame_waits_for_the_rest_at_every_split_point() {
+        let whole = framed(&[b"hello world"]);
+        for cut in 0..whole.len() {
+            let mut c = codec(64);
+            let mut buf = BytesMut::from(&whole[..cut]);
+            assert!(c.decode(&mut buf).unwrap().is_none(), "cut at {cut}");
+            buf.put_slice(&whole[cut..]);
+            assert_eq!(&c.decode(&mut buf).unwrap().unwrap()[..], b"hello world");
+        }
+    }
+
+    #[test]
+    fn oversize_length_is_rejected_before_the_payload_arrives() {
+        let mut c = codec(64);
+        let mut buf = BytesMut::from(&b"\x00\x00\x00\x41"[..]); // 65 > 64, no payload sent yet
+        assert!(c.decode(&mut buf).is_err());
+        // A frame of exactly the limit is fine.
+        let mut small = codec(4);
+        let mut buf = BytesMut::from(&b"\x00\x00\x00\x04abcd"[..]);
+        assert_eq!(&small.decode(&mut buf).unwrap().unwrap()[..], b"abcd");
+    }
+
+    #[test]
+    fn eof_inside_a_frame_is_an_error() {
+        let mut c = codec(64);
+        let mut buf = BytesMut::from(&b"\x00\x00\x00\x05ab"[..]);
+        assert!(c.decode_eof(&mut buf).is_err());
+    }
+
+    #[test]
+    fn garbage_payload_is_a_decode_error_not_a_panic() {
+        let r: Result<crate::protocol::message::Request, _> = decode(b"\xc1\xff\x00garbage");
+        assert!(r.is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_payloads_round_trip_through_any_chunking(
+            payloads in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..80), 0..8),
+            chunk in 1usize..17,
+        ) {
+            let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
+            let wire = {
+                let mut c = codec(100);
+                let mut buf = BytesMut::new();
+                for p in &refs { c.encode(Bytes::copy_from_slice(p), &mut buf).unwrap(); }
+                buf
+            };
+            let mut c = codec(100);
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            for piece in wire.chunks(chunk) {
+                buf.put_slice(piece);
+                while let Some(frame) = c.decode(&mut buf).unwrap() { out.push(frame.to_vec()); }
+            }
+            proptest::prop_assert_eq!(out, payloads);
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The messages that travel inside frames.
+//!
+//! Requests carry a command as an array of byte strings, exactly as the user typed it
+//! (`["SET", "k", "v"]`), and the node does the parsing. That keeps clients in any language thin,
+//! and it means arity and unknown-command errors come from one place, the node, whatever the client.
+//!
+//! Replies are modelled on RESP's value kinds (status, nil, integer, bulk, error), which is what a
+//! redis-cli user expects to see. Each tagged union carries its tag in a `type` field so that the
+//! encoding reads naturally from any MessagePack library.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::fmt;
+
+/// The first frame a client sends on a new connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the client speaks; see [`super::PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Free-form client name, shown in the node's logs.
+    #[serde(default)]
+    pub client: String,
+}
+
+/// The node's answer to a [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HelloReply {
+    /// The connection is open for requests.
+    Welcome {
+        /// The protocol version the node speaks (equal to the client's).
+        version: u32,
+        /// The id of the node that answered.
+        node_id: u64,
+        /// The largest frame payload the node accepts; larger ones close the connection.
+        max_frame_bytes: u64,
+    },
+    /// The node refuses the connection and will close it.
+    Refused { code: ErrorCode, message: String },
+}
+
+/// One command from a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the client and echoed in the [`Response`], so that pipelined requests can be
+    /// matched to their answers.
+    pub id: u64,
+    /// The command name followed by its arguments, each a byte string.
+    pub args: Vec<ByteBuf>,
+}
+
+/// The node's answer to one [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The id of the request this answers; 0 for a connection-level error sent before closing.
+    pub id: u64,
+    pub reply: Reply,
+}
+
+/// The value of an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    /// A short status text such as `OK` or `PONG`.
+    Status { value: String },
+    /// No value: a missing key.
+    Nil,
+    /// A count, such as the number of keys `DEL` removed.
+    Integer { value: i64 },
+    /// A stored value, binary-safe.
+    Bulk { value: ByteBuf },
+    /// The command failed; `code` is stable and meant for programs, `message` for people.
+    Error { code: ErrorCode, message: String },
+}
+
+impl Reply {
+    pub fn ok() -> Reply {
+        Reply::Status { value: "OK".to_string() }
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply::Error { code, message: message.into() }
+    }
+
+    pub fn is_error(&self) -> bool {
+        matches!(self, Reply::Error { .. })
+    }
+}
+
+/// Machine-readable error codes. They are part of the protocol: never renamed, only added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// The request is well-formed MessagePack but not a valid request (e.g. no command name).
+    BadRequest,
+    /// The command name is not one the node knows.
+    UnknownCommand,
+    /// The command got the wrong number of arguments.
+    WrongArity,
+    /// A key or value is over the node's configured limit.
+    TooLarge,
+    /// The bytes on the connection are not valid frames or messages; the connection is closed.
+    Protocol,
+    /// The hello named a protocol version this node does not speak.
+    VersionMismatch,
+    /// The node is at its connection limit.
+    Busy,
+    /// The node is shutting down.
+    ShuttingDown,
+    /// The node could not read or write its disk. The command was not applied.
+    Storage,
+    /// A code this build does not know (sent by a newer node).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::UnknownCommand => "UNKNOWN_COMMAND",
+            ErrorCode::WrongArity => "WRONG_ARITY",
+            ErrorCode::TooLarge => "TOO_LARGE",
+            ErrorCode::Protocol => "PROTOCOL",
+            ErrorCode::VersionMismatch => "VERSION_MISMATCH",
+            ErrorCode::Busy => "BUSY",
+            ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+            ErrorCode::Storage => "STORAGE",
+            ErrorCode::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::{decode, encode};
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    }
+
+    /// The exact bytes quoted in docs/PROTOCOL.md. If one of these changes, the protocol changed.
+    #[test]
+    fn golden_encodings_match_the_protocol_document() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                encode(&Hello { version: 1, client: "cli".into() }).to_vec(),
+                "82 a7 76 65 72 73 69 6f 6e 01 a6 63 6c 69 65 6e 74 a3 63 6c 69",
+            ),
+            (
+                encode(&Request { id: 7, args: vec![ByteBuf::from("GET"), ByteBuf::from("k")] }).to_vec(),
+                "82 a2 69 64 07 a4 61 72 67 73 92 c4 03 47 45 54 c4 01 6b",
+            ),
+            (
+                encode(&Response { id: 7, reply: Reply::Integer { value: 3 } }).to_vec(),
+                "82 a2 69 64 07 a5 72 65 70 6c 79 82 a4 74 79 70 65 a7 69 6e 74 65 67 65 72 a5 \
+                 76 61 6c 75 65 03",
+            ),
+            (
+                encode(&Response { id: 7, reply: Reply::Nil }).to_vec(),
+                "82 a2 69 64 07 a5 72 65 70 6c 79 81 a4 74 79 70 65 a3 6e 69 6c",
+            ),
+        ];
+        for (bytes, want) in cases {
+            let want: String = want.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert_eq!(hex(&bytes), want);
+        }
+    }
+
+    #[test]
+    fn every_reply_round_trips() {
+        let replies = [
+            Reply::ok(),
+            Reply::Nil,
+            Reply::Integer { value: -5 },
+            Reply::Bulk { value: ByteBuf::from(vec![0u8, 255, b'\n']) },
+            Reply::error(ErrorCode::WrongArity, "wrong number of arguments"),
+        ];
+        for reply in replies {
+            let response = Response { id: 9, reply };
+            let back: Response = decode(&encode(&response)).unwrap();
+            assert_eq!(back, response);
+        }
+        for hello in [
+            HelloReply::Welcome { version: 1, node_id: 3, max_frame_bytes: 1 << 22 },
+            HelloReply::Refused { code: ErrorCode::VersionMismatch, message: "v2".into() },
+        ] {
+            let back: HelloReply = decode(&encode(&hello)).unwrap();
+            assert_eq!(back, hello);
+        }
+    }
+
+    #[test]
+    fn strings_are_accepted_where_byte_strings_are_expected() {
+        // Clients in other languages often send MessagePack `str` for ASCII arguments.
+        let payload = rmp_serde::to_vec_named(&serde_json::json!({"id": 1, "args": ["PING"]})).unwrap();
+        let request: Request = decode(&payload).unwrap();
+        assert_eq!(request.args, vec![ByteBuf::from("PING")]);
+    }
+
+    #[test]
+    fn unknown_error_codes_and_extra_fields_are_tolerated() {
+        let payload = rmp_serde::to_vec_named(&serde_json::json!({
+            "id": 1,
+            "reply": {"type": "error", "code": "SOMETHING_NEW", "message": "m"},
+            "added_later": true,
+        }))
+        .unwrap();
+        let response: Response = decode(&payload).unwrap();
+        assert_eq!(response.reply, Reply::error(ErrorCode::Unknown, "m"));
+    }
+}
