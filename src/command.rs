@@ -1,0 +1,238 @@
+//! The commands the store understands: their table (names, arguments, help) and the parser that
+//! turns a request's byte-string arguments into a typed [`Command`].
+//!
+//! The table is shared: the node uses it to validate requests, the shell uses it for `HELP`, tab
+//! completion and argument hints, so the three can never disagree.
+//!
+//! Commands are split by what they need from the node: a [`Write`] changes state and is what the
+//! replicated log carries; a [`Read`] only looks; `PING` touches nothing.
+
+use crate::protocol::message::{ErrorCode, Reply};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// How many arguments a command takes after its name.
+#[derive(Debug, Clone, Copy)]
+pub struct Arity {
+    pub min: usize,
+    /// `None` for variadic commands.
+    pub max: Option<usize>,
+}
+
+/// One entry of the command table.
+#[derive(Debug)]
+pub struct CommandSpec {
+    pub name: &'static str,
+    /// The arguments as shown in help and in the shell's inline hint.
+    pub args: &'static str,
+    pub summary: &'static str,
+    pub arity: Arity,
+}
+
+const fn spec(
+    name: &'static str,
+    args: &'static str,
+    summary: &'static str,
+    min: usize,
+    max: Option<usize>,
+) -> CommandSpec {
+    CommandSpec { name, args, summary, arity: Arity { min, max } }
+}
+
+/// Every command a node accepts.
+pub const COMMANDS: &[CommandSpec] = &[
+    spec("SET", "key value", "Set key to hold value, replacing any old value.", 2, Some(2)),
+    spec("GET", "key", "Get the value of key; (nil) when it does not exist.", 1, Some(1)),
+    spec("DEL", "key [key ...]", "Delete keys; answers how many existed.", 1, None),
+    spec(
+        "EXISTS",
+        "key [key ...]",
+        "Count how many of the keys exist (a key named twice counts twice).",
+        1,
+        None,
+    ),
+    spec("PING", "[message]", "Answer PONG, or echo message; checks the connection.", 0, Some(1)),
+];
+
+/// Looks a command up by name, ignoring ASCII case.
+pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
+    COMMANDS.iter().find(|c| c.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Size limits that a command's arguments must respect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+/// A command that changes the store. This is what the replicated log carries, so its encoding
+/// is part of the on-disk format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Write {
+    Set { key: Bytes, value: Bytes },
+    Del { keys: Vec<Bytes> },
+}
+
+/// A command that only reads the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    Get { key: Bytes },
+    Exists { keys: Vec<Bytes> },
+}
+
+/// A parsed, validated command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Ping { message: Option<Bytes> },
+    Read(Read),
+    Write(Write),
+}
+
+/// Why a request's arguments are not a valid command. Each maps to an error reply; the
+/// connection stays usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("empty command")]
+    Empty,
+    #[error("unknown command '{0}'")]
+    Unknown(String),
+    #[error("wrong number of arguments for '{name}': expected {expected}, got {got}")]
+    WrongArity { name: &'static str, expected: String, got: usize },
+    #[error("{what} is {len} bytes, over the limit of {max} bytes")]
+    TooLarge { what: &'static str, len: usize, max: usize },
+}
+
+impl CommandError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CommandError::Empty => ErrorCode::BadRequest,
+            CommandError::Unknown(_) => ErrorCode::UnknownCommand,
+            CommandError::WrongArity { .. } => ErrorCode::WrongArity,
+            CommandError::TooLarge { .. } => ErrorCode::TooLarge,
+        }
+    }
+
+    pub fn to_reply(&self) -> Reply {
+        Reply::error(self.code(), self.to_string())
+    }
+}
+
+impl Command {
+    /// Parses a request's arguments (name first) into a command, checking arity and sizes.
+    pub fn parse(args: Vec<ByteBuf>, limits: &Limits) -> Result<Command, CommandError> {
+        let mut args: Vec<Bytes> = args.into_iter().map(|a| Bytes::from(a.into_vec())).collect();
+        if args.is_empty() {
+            return Err(CommandError::Empty);
+        }
+        let name = args.remove(0);
+        let spec = lookup(&name).ok_or_else(|| {
+            // Quote the name as typed, but never echo an unbounded blob back.
+            CommandError::Unknown(String::from_utf8_lossy(&name[..name.len().min(64)]).into_owned())
+        })?;
+        check_arity(spec, args.len())?;
+        let key = |k: &Bytes| check_size("key", k, limits.max_key_bytes);
+        let keys = |ks: &[Bytes]| ks.iter().map(key).collect::<Result<Vec<_>, _>>();
+        Ok(match (spec.name, args.as_slice()) {
+            ("SET", [k, v]) => Command::Write(Write::Set {
+                key: key(k)?,
+                value: check_size("value", v, limits.max_value_bytes)?,
+            }),
+            ("GET", [k]) => Command::Read(Read::Get { key: key(k)? }),
+            ("DEL", ks) => Command::Write(Write::Del { keys: keys(ks)? }),
+            ("EXISTS", ks) => Command::Read(Read::Exists { keys: keys(ks)? }),
+            ("PING", []) => Command::Ping { message: None },
+            ("PING", [m]) => Command::Ping { message: Some(m.clone()) },
+            // Unreachable while the table and this match agree (a unit test checks that); answering
+            // with an arity error rather than panicking keeps a client from ever crashing the node.
+            (name, rest) => return Err(arity_error(spec, name, rest.len())),
+        })
+    }
+}
+
+fn check_arity(spec: &'static CommandSpec, got: usize) -> Result<(), CommandError> {
+    let Arity { min, max } = spec.arity;
+    if got < min || max.is_some_and(|max| got > max) {
+        return Err(arity_error(spec, spec.name, got));
+    }
+    Ok(())
+}
+
+fn arity_error(spec: &'static CommandSpec, name: &'static str, got: usize) -> CommandError {
+    let expected = match spec.arity {
+        Arity { min, max: Some(max) } if min == max => format!("{min} ({})", spec.args),
+        Arity { min, max: Some(max) } => format!("{min} to {max} ({})", spec.args),
+        Arity { min, max: None } => format!("at least {min} ({})", spec.args),
+    };
+    CommandError::WrongArity { name, expected, got }
+}
+
+fn check_size(what: &'static str, bytes: &Bytes, max: usize) -> Result<Bytes, CommandError> {
+    if bytes.len() > max {
+        return Err(CommandError::TooLarge { what, len: bytes.len(), max });
+    }
+    Ok(bytes.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits { max_key_bytes: 8, max_value_bytes: 16 };
+
+    fn parse(words: &[&str]) -> Result<Command, CommandError> {
+        Command::parse(words.iter().map(|w| ByteBuf::from(w.as_bytes())).collect(), &LIMITS)
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn valid_commands_parse_case_insensitively() {
+        let cases: &[(&[&str], Command)] = &[
+            (&["set", "k", "v"], Command::Write(Write::Set { key: b("k"), value: b("v") })),
+            (&["GET", "k"], Command::Read(Read::Get { key: b("k") })),
+            (&["Del", "a", "b"], Command::Write(Write::Del { keys: vec![b("a"), b("b")] })),
+            (&["EXISTS", "a", "a"], Command::Read(Read::Exists { keys: vec![b("a"), b("a")] })),
+            (&["ping"], Command::Ping { message: None }),
+            (&["PING", "hi"], Command::Ping { message: Some(b("hi")) }),
+        ];
+        for (words, want) in cases {
+            assert_eq!(parse(words).as_ref(), Ok(want), "{words:?}");
+        }
+    }
+
+    #[test]
+    fn bad_commands_get_the_right_error() {
+        let cases: &[(&[&str], ErrorCode, &str)] = &[
+            (&[], ErrorCode::BadRequest, "empty command"),
+            (&["FLY", "x"], ErrorCode::UnknownCommand, "unknown command 'FLY'"),
+            (&["SET", "k"], ErrorCode::WrongArity, "for 'SET': expected 2 (key value), got 1"),
+            (&["GET"], ErrorCode::WrongArity, "expected 1 (key), got 0"),
+            (&["DEL"], ErrorCode::WrongArity, "expected at least 1 (key [key ...]), got 0"),
+            (&["PING", "a", "b"], ErrorCode::WrongArity, "expected 0 to 1 ([message]), got 2"),
+            (&["SET", "123456789", "v"], ErrorCode::TooLarge, "key is 9 bytes, over the limit of 8"),
+            (&["SET", "k", "0123456789abcdefg"], ErrorCode::TooLarge, "value is 17 bytes"),
+            (&["DEL", "ok", "123456789"], ErrorCode::TooLarge, "key is 9 bytes"),
+        ];
+        for (words, code, text) in cases {
+            let err = parse(words).unwrap_err();
+            assert_eq!(err.code(), *code, "{words:?}");
+            assert!(err.to_string().contains(text), "{words:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_table_entry_parses_at_its_minimum_and_maximum_arity() {
+        for spec in COMMANDS {
+            let max = spec.arity.max.unwrap_or(spec.arity.min + 3);
+            for n in spec.arity.min..=max {
+                let mut words = vec![spec.name];
+                words.extend(std::iter::repeat_n("x", n));
+                assert!(parse(&words).is_ok(), "{} with {n} args", spec.name);
+            }
+        }
+    }
+}

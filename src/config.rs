@@ -1,0 +1,367 @@
+//! The node's configuration: a TOML file, overridden key by key by command-line flags.
+//!
+//! Every setting has a default, so `kv-node` with no file and no flags runs a single node on
+//! 127.0.0.1:7001 with its data in `./data/node1`. A bad setting stops the node before it touches
+//! anything, with one line that says what is wrong and where (`file:line:column` for the file,
+//! the flag's name for flags).
+
+use crate::command::Limits;
+use crate::protocol::frame::DEFAULT_MAX_FRAME_BYTES;
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// One other member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: u64,
+    pub addr: SocketAddr,
+}
+
+/// A node's complete, validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's id, unique in the cluster and never reused. Default 1.
+    pub id: u64,
+    /// The one address the node serves clients (and, with replication, peers) on. Default
+    /// 127.0.0.1:7001.
+    pub listen: SocketAddr,
+    /// Where the node keeps its state. Default `data/node{id}`, relative to the working directory.
+    pub data_dir: PathBuf,
+    /// The other members of the cluster. Default none.
+    pub peers: Vec<Peer>,
+    /// Largest frame payload accepted from a connection; a larger one closes it. Default 4 MiB.
+    pub max_frame_bytes: usize,
+    /// Largest key accepted. Default 64 KiB.
+    pub max_key_bytes: usize,
+    /// Largest value accepted. Default 1 MiB.
+    pub max_value_bytes: usize,
+    /// Connections served at once; more are refused with a `BUSY` error. Default 1024.
+    pub max_connections: usize,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7001";
+pub const DEFAULT_MAX_KEY_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Room in a frame for everything but the key and the value of a `SET`.
+const FRAME_OVERHEAD_BYTES: usize = 1024;
+
+impl NodeConfig {
+    pub fn limits(&self) -> Limits {
+        Limits { max_key_bytes: self.max_key_bytes, max_value_bytes: self.max_value_bytes }
+    }
+}
+
+/// Command-line flags of `kv-node`. Each overrides the config file's key of the same name.
+#[derive(Debug, Default, clap::Parser)]
+#[command(name = "kv-node", version, about = "A member of a kv cluster")]
+pub struct NodeArgs {
+    /// TOML config file; flags override its keys.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's id (a positive integer, unique in the cluster) [default: 1].
+    #[arg(long, value_name = "ID")]
+    pub id: Option<u64>,
+    /// Address to serve on [default: 127.0.0.1:7001].
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_addr)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory [default: data/nodeID, e.g. data/node1].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Another cluster member; repeat for each. Replaces the file's peer list.
+    #[arg(long = "peer", value_name = "ID=IP:PORT", value_parser = parse_peer)]
+    pub peers: Vec<Peer>,
+    /// Largest frame payload accepted, in bytes [default: 4194304].
+    #[arg(long, value_name = "BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Largest key accepted, in bytes [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    pub max_key_bytes: Option<usize>,
+    /// Largest value accepted, in bytes [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub max_value_bytes: Option<usize>,
+    /// Connections served at once [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+}
+
+/// The config file's shape. Unknown keys are an error: a typo must not be silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<Spanned<u64>>,
+    listen: Option<Spanned<String>>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    peers: Vec<FilePeer>,
+    max_frame_bytes: Option<Spanned<usize>>,
+    max_key_bytes: Option<Spanned<usize>>,
+    max_value_bytes: Option<Spanned<usize>>,
+    max_connections: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePeer {
+    id: Spanned<u64>,
+    addr: Spanned<String>,
+}
+
+/// A configuration that cannot be used. Its `Display` is the one line the node prints.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// Something wrong at a known place: `file:line:column` or a flag's name.
+    #[error("{place}: {message}")]
+    Invalid { place: String, message: String },
+}
+
+/// Where a value came from, for error messages.
+enum Origin<'a> {
+    File { path: &'a Path, text: &'a str, span: Range<usize> },
+    Flag(&'static str),
+    Default,
+}
+
+impl Origin<'_> {
+    fn error(&self, message: impl Into<String>) -> ConfigError {
+        let place = match self {
+            Origin::File { path, text, span } => {
+                let (line, column) = line_column(text, span.start);
+                format!("{}:{line}:{column}", path.display())
+            }
+            Origin::Flag(flag) => flag.to_string(),
+            Origin::Default => "default configuration".to_string(),
+        };
+        ConfigError::Invalid { place, message: message.into() }
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+/// Builds the configuration from the flags and the file they name (if any).
+pub fn load(args: NodeArgs) -> Result<NodeConfig, ConfigError> {
+    let (file, path, text) = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            let file: FileConfig = toml::from_str(&text).map_err(|e| {
+                let origin = Origin::File { path, text: &text, span: e.span().unwrap_or(0..0) };
+                origin.error(e.message().trim().replace('\n', " "))
+            })?;
+            (file, path.clone(), text)
+        }
+        None => (FileConfig::default(), PathBuf::new(), String::new()),
+    };
+    let at = |span: Range<usize>| Origin::File { path: &path, text: &text, span };
+
+    // A flag wins over the file; the file wins over the default. Each value keeps its origin so
+    // that a bad one is reported where it was written.
+    let pick =
+        |flag: Option<usize>, name: &'static str, key: &Option<Spanned<usize>>, default| match (flag, key) {
+            (Some(v), _) => (v, Origin::Flag(name)),
+            (None, Some(v)) => (*v.get_ref(), at(v.span())),
+            (None, None) => (default, Origin::Default),
+        };
+
+    let (id, id_origin) = match (args.id, &file.id) {
+        (Some(id), _) => (id, Origin::Flag("--id")),
+        (None, Some(id)) => (*id.get_ref(), at(id.span())),
+        (None, None) => (1, Origin::Default),
+    };
+    if id == 0 {
+        return Err(id_origin.error("node id must be a positive integer"));
+    }
+    let listen = match (args.listen, &file.listen) {
+        (Some(addr), _) => addr,
+        (None, Some(s)) => parse_addr(s.get_ref()).map_err(|m| at(s.span()).error(m))?,
+        (None, None) => DEFAULT_LISTEN.parse().expect("default address is valid"),
+    };
+    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("data/node{id}")));
+
+    let peers: Vec<(Peer, Origin)> = if args.peers.is_empty() {
+        file.peers
+            .iter()
+            .map(|p| {
+                let addr = parse_addr(p.addr.get_ref()).map_err(|m| at(p.addr.span()).error(m))?;
+                Ok((Peer { id: *p.id.get_ref(), addr }, at(p.id.span())))
+            })
+            .collect::<Result<_, ConfigError>>()?
+    } else {
+        args.peers.into_iter().map(|p| (p, Origin::Flag("--peer"))).collect()
+    };
+    let mut ids = BTreeSet::from([id]);
+    for (peer, origin) in &peers {
+        if peer.id == 0 {
+            return Err(origin.error("peer id must be a positive integer"));
+        }
+        if !ids.insert(peer.id) {
+            let whose = if peer.id == id { "this node's own id" } else { "another peer's id" };
+            return Err(origin.error(format!("duplicate id {}: it is {whose}", peer.id)));
+        }
+        if peer.addr == listen {
+            return Err(origin.error(format!("peer {} has this node's own address {listen}", peer.id)));
+        }
+    }
+
+    let (max_frame_bytes, frame_origin) =
+        pick(args.max_frame_bytes, "--max-frame-bytes", &file.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
+    let (max_key_bytes, key_origin) =
+        pick(args.max_key_bytes, "--max-key-bytes", &file.max_key_bytes, DEFAULT_MAX_KEY_BYTES);
+    let (max_value_bytes, value_origin) =
+        pick(args.max_value_bytes, "--max-value-bytes", &file.max_value_bytes, DEFAULT_MAX_VALUE_BYTES);
+    let (max_connections, conn_origin) =
+        pick(args.max_connections, "--max-connections", &file.max_connections, DEFAULT_MAX_CONNECTIONS);
+    for (value, origin, what) in [
+        (max_key_bytes, &key_origin, "max_key_bytes"),
+        (max_value_bytes, &value_origin, "max_value_bytes"),
+        (max_connections, &conn_origin, "max_connections"),
+    ] {
+        if value == 0 {
+            return Err(origin.error(format!("{what} must be at least 1")));
+        }
+    }
+    if max_frame_bytes > u32::MAX as usize {
+        return Err(frame_origin.error("max_frame_bytes must fit a 32-bit length prefix"));
+    }
+    let needed = max_key_bytes + max_value_bytes + FRAME_OVERHEAD_BYTES;
+    if max_frame_bytes < needed {
+        return Err(frame_origin.error(format!(
+            "max_frame_bytes is {max_frame_bytes}, too small for the largest SET \
+             (max_key_bytes + max_value_bytes + {FRAME_OVERHEAD_BYTES} = {needed})"
+        )));
+    }
+
+    Ok(NodeConfig {
+        id,
+        listen,
+        data_dir,
+        peers: peers.into_iter().map(|(p, _)| p).collect(),
+        max_frame_bytes,
+        max_key_bytes,
+        max_value_bytes,
+        max_connections,
+    })
+}
+
+/// Parses `IP:PORT` (or `localhost:PORT`).
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    let bad = || format!("bad address '{s}': expected IP:PORT, such as 127.0.0.1:7001");
+    if let Some(port) = s.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| bad())
+}
+
+/// Parses `ID=IP:PORT`.
+pub fn parse_peer(s: &str) -> Result<Peer, String> {
+    let (id, addr) = s.split_once('=').ok_or_else(|| format!("bad peer '{s}': expected ID=IP:PORT"))?;
+    let id = id.trim().parse().map_err(|_| format!("bad peer id '{id}': expected a positive integer"))?;
+    Ok(Peer { id, addr: parse_addr(addr.trim())? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn load_with(toml: &str, flags: &[&str]) -> Result<NodeConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut argv = vec!["kv-node", "--config", path.to_str().unwrap()];
+        argv.extend_from_slice(flags);
+        load(NodeArgs::try_parse_from(argv).unwrap())
+    }
+
+    fn error_of(toml: &str, flags: &[&str]) -> String {
+        let msg = load_with(toml, flags).unwrap_err().to_string();
+        assert!(!msg.contains('\n'), "error must be one line: {msg}");
+        msg
+    }
+
+    #[test]
+    fn no_file_and_no_flags_gives_the_documented_defaults() {
+        let config = load(NodeArgs::default()).unwrap();
+        assert_eq!(config.id, 1);
+        assert_eq!(config.listen.to_string(), "127.0.0.1:7001");
+        assert_eq!(config.data_dir, PathBuf::from("data/node1"));
+        assert!(config.peers.is_empty());
+        assert_eq!(config.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
+    }
+
+    #[test]
+    fn the_example_cluster_configs_are_valid() {
+        for n in 1..=3 {
+            let path = format!("{}/configs/node{n}.toml", env!("CARGO_MANIFEST_DIR"));
+            let args = NodeArgs { config: Some(path.into()), ..NodeArgs::default() };
+            let config = load(args).unwrap();
+            assert_eq!(config.id, n);
+            assert_eq!(config.listen.port(), 7000 + n as u16);
+            assert_eq!(config.peers.len(), 2);
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let toml = "id = 2\nlisten = \"127.0.0.1:7002\"\n[[peers]]\nid = 1\naddr = \"127.0.0.1:7001\"\n";
+        let config = load_with(toml, &["--listen", "127.0.0.1:9000", "--peer", "5=127.0.0.1:9005"]).unwrap();
+        assert_eq!(config.id, 2);
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.data_dir, PathBuf::from("data/node2"));
+        assert_eq!(config.peers, vec![Peer { id: 5, addr: "127.0.0.1:9005".parse().unwrap() }]);
+    }
+
+    #[test]
+    fn bad_files_are_reported_with_file_line_and_column() {
+        let cases = [
+            ("id = 1\nlistne = \"x\"\n", ":2:1: unknown field `listne`"),
+            ("id = 1\nlisten = \"127.0.0.1:99999\"\n", ":2:10: bad address '127.0.0.1:99999'"),
+            ("id = \"one\"\n", ":1:6: invalid type"),
+            ("id = 0\n", ":1:6: node id must be a positive integer"),
+            (
+                "id = 1\n[[peers]]\nid = 1\naddr = \"127.0.0.1:7002\"\n",
+                ":3:6: duplicate id 1: it is this node's own id",
+            ),
+            (
+                "[[peers]]\nid = 2\naddr = \"127.0.0.1:7002\"\n[[peers]]\nid = 2\naddr = \"127.0.0.1:7003\"\n",
+                ":5:6: duplicate id 2: it is another peer's id",
+            ),
+            ("[[peers]]\nid = 2\n", "missing field `addr`"),
+            ("max_frame_bytes = 100\n", ":1:19: max_frame_bytes is 100, too small"),
+            ("max_connections = 0\n", "max_connections must be at least 1"),
+            ("id = [\n", ":1:"),
+        ];
+        for (toml, want) in cases {
+            let msg = error_of(toml, &[]);
+            assert!(msg.contains("node.toml") && msg.contains(want), "{toml:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn bad_flags_name_the_flag() {
+        assert_eq!(error_of("", &["--id", "0"]), "--id: node id must be a positive integer");
+        let msg = error_of("", &["--peer", "1=127.0.0.1:7002"]);
+        assert_eq!(msg, "--peer: duplicate id 1: it is this node's own id");
+        assert!(NodeArgs::try_parse_from(["kv-node", "--listen", "nowhere"]).is_err());
+        assert!(NodeArgs::try_parse_from(["kv-node", "--peer", "2:127.0.0.1:1"]).is_err());
+    }
+
+    #[test]
+    fn an_unreadable_file_is_named() {
+        let args = NodeArgs { config: Some("/nonexistent/node.toml".into()), ..NodeArgs::default() };
+        let msg = load(args).unwrap_err().to_string();
+        assert!(msg.starts_with("cannot read config file /nonexistent/node.toml:"), "{msg}");
+    }
+}

@@ -1,0 +1,155 @@
+//! One client connection: the hello, then a loop of batches until the client leaves, breaks the
+//! protocol, or the node shuts down.
+//!
+//! A batch is the first request that arrives plus every further request already buffered on the
+//! socket (a pipelining client's burst). A batch that writes goes to group commit as one job, in
+//! order, so its reads see its writes and its writes share one fsync; a batch that only reads is
+//! answered straight from the store. Answers go out in request order with one flush per batch.
+//!
+//! Errors in a command are answers (the connection stays usable). Errors in the byte stream are
+//! not: a frame over the limit, an undecodable payload, or a stream cut inside a frame closes this
+//! connection, after an error frame where the peer can still read one. Nothing a client sends
+//! can affect another connection.
+
+use super::Node;
+use crate::command::Command;
+use crate::connection::{self, FrameReader, FrameWriter, ReadError};
+use crate::protocol::PROTOCOL_VERSION;
+use crate::protocol::message::{ErrorCode, Hello, HelloReply, Reply, Request, Response};
+use crate::store::pong;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// A client must say hello this soon after connecting, so that silent sockets cannot hold one of
+/// the node's connection slots forever.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most requests executed as one batch; more stay buffered for the next one.
+const MAX_BATCH: usize = 1024;
+
+pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, node: &Node, token: &CancellationToken) {
+    let (mut reader, mut writer) = connection::split(stream, node.config.max_frame_bytes);
+    match handshake(&mut reader, &mut writer, node).await {
+        Ok(client) => tracing::debug!(%peer, client, "client connected"),
+        Err(reason) => {
+            tracing::debug!(%peer, reason, "connection refused at hello");
+            return;
+        }
+    }
+    let outcome = serve_requests(&mut reader, &mut writer, node, token).await;
+    match outcome {
+        Ok(()) => tracing::debug!(%peer, "client disconnected"),
+        Err(e) if e.is_protocol_violation() => {
+            tracing::warn!(%peer, error = %e, "closing connection: protocol violation");
+            let reply = Reply::error(ErrorCode::Protocol, format!("{e}; closing the connection"));
+            let _ = writer.send(&Response { id: 0, reply }).await;
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "connection lost"),
+    }
+}
+
+/// Reads the hello and answers it. `Err` carries why the connection is being dropped.
+async fn handshake(
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+    node: &Node,
+) -> Result<String, String> {
+    let refusal = match tokio::time::timeout(HELLO_TIMEOUT, reader.read::<Hello>()).await {
+        Err(_) => Some((ErrorCode::Protocol, format!("no hello within {HELLO_TIMEOUT:?}"))),
+        Ok(Ok(None)) => return Err("closed before hello".into()),
+        Ok(Err(e)) if !e.is_protocol_violation() => return Err(e.to_string()),
+        Ok(Err(e)) => Some((ErrorCode::Protocol, format!("expected a hello frame: {e}"))),
+        Ok(Ok(Some(hello))) if hello.version != PROTOCOL_VERSION => Some((
+            ErrorCode::VersionMismatch,
+            format!(
+                "this node speaks protocol version {PROTOCOL_VERSION}, the client asked for {}",
+                hello.version
+            ),
+        )),
+        Ok(Ok(Some(hello))) => {
+            let welcome = HelloReply::Welcome {
+                version: PROTOCOL_VERSION,
+                node_id: node.config.id,
+                max_frame_bytes: node.config.max_frame_bytes as u64,
+            };
+            writer.send(&welcome).await.map_err(|e| e.to_string())?;
+            return Ok(hello.client);
+        }
+    };
+    let (code, message) = refusal.expect("every other arm returns");
+    let _ = writer.send(&HelloReply::Refused { code, message: message.clone() }).await;
+    Err(message)
+}
+
+async fn serve_requests(
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+    node: &Node,
+    token: &CancellationToken,
+) -> Result<(), ReadError> {
+    loop {
+        let first = tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            read = reader.read::<Request>() => read,
+        };
+        let Some(first) = first? else { return Ok(()) };
+        let mut batch = vec![first];
+        // A protocol error behind good requests still lets those be answered first.
+        let mut broken = None;
+        while batch.len() < MAX_BATCH {
+            match reader.read_ready::<Request>() {
+                Some(Ok(Some(request))) => batch.push(request),
+                Some(Err(e)) => {
+                    broken = Some(e);
+                    break;
+                }
+                Some(Ok(None)) | None => break,
+            }
+        }
+        let ids: Vec<u64> = batch.iter().map(|r| r.id).collect();
+        let replies = execute(node, batch).await;
+        for (id, reply) in ids.into_iter().zip(replies) {
+            writer.feed(&Response { id, reply }).await.map_err(ReadError::Io)?;
+        }
+        writer.flush().await.map_err(ReadError::Io)?;
+        if let Some(e) = broken {
+            return Err(e);
+        }
+    }
+}
+
+/// Answers a batch of requests in order.
+async fn execute(node: &Node, batch: Vec<Request>) -> Vec<Reply> {
+    let limits = node.config.limits();
+    let parsed: Vec<Result<Command, Reply>> = batch
+        .into_iter()
+        .map(|request| Command::parse(request.args, &limits).map_err(|e| e.to_reply()))
+        .collect();
+
+    if parsed.iter().any(|p| matches!(p, Ok(Command::Write(_)))) {
+        let commands: Vec<Command> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+        let mut executed = node.writes.execute(commands).await.into_iter();
+        return parsed
+            .into_iter()
+            .map(|p| match p {
+                Ok(_) => executed
+                    .next()
+                    .unwrap_or_else(|| Reply::error(ErrorCode::Storage, "internal error: missing reply")),
+                Err(reply) => reply,
+            })
+            .collect();
+    }
+    parsed
+        .into_iter()
+        .map(|p| match p {
+            Ok(Command::Read(read)) => node.store.read(&read).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "read failed");
+                Reply::error(ErrorCode::Storage, e.to_string())
+            }),
+            Ok(Command::Ping { message }) => pong(message.as_deref()),
+            Ok(Command::Write(_)) => unreachable!("batches with writes went to group commit"),
+            Err(reply) => reply,
+        })
+        .collect()
+}
