@@ -1,0 +1,224 @@
+//! kv-cli: the interactive shell (`shell`), `-c` and piped batches (`batch`), and the pieces they
+//! share: one line splitter (`split`) and one way of printing answers (`output`).
+//!
+//! Exit status: 0 when every command succeeded (a missing key is a success), 1 when the node
+//! answered an error (or a line could not be parsed), 2 for usage errors and connection failures.
+//! The first failure decides.
+
+pub mod batch;
+pub mod demo;
+pub mod output;
+pub mod shell;
+pub mod split;
+
+use crate::command::{COMMANDS, lookup};
+use output::{Format, Printer};
+use std::io::{BufRead, IsTerminal};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// kv-cli's command-line flags.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "kv-cli",
+    version,
+    about = "Client shell for a kv cluster",
+    after_help = "Exit status: 0 success, 1 error answer, 2 usage or connection failure."
+)]
+pub struct CliArgs {
+    #[command(subcommand)]
+    pub mode: Option<Mode>,
+    /// Node addresses to try in order; comma-separated or repeated.
+    #[arg(
+        long = "addr",
+        value_name = "HOST:PORT",
+        env = "KV_ADDR",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001"
+    )]
+    pub addrs: Vec<String>,
+    /// Run COMMAND and exit; repeat to run several in order.
+    #[arg(short = 'c', value_name = "COMMAND")]
+    pub commands: Vec<String>,
+    /// Stop at the first error; commands after it are not sent.
+    #[arg(short = 'e', long)]
+    pub stop_on_error: bool,
+    /// Bare answers without type prefixes or colour (the default when stdout is not a terminal).
+    #[arg(long, overrides_with = "no_raw")]
+    pub raw: bool,
+    /// Typed answers even when stdout is not a terminal.
+    #[arg(long, overrides_with = "raw")]
+    pub no_raw: bool,
+    /// One JSON object per answer (NDJSON).
+    #[arg(long, conflicts_with_all = ["raw", "no_raw"])]
+    pub json: bool,
+    /// How long to wait for an answer.
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    pub timeout: Duration,
+    /// How long to wait for a node to accept the connection.
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
+    pub connect_timeout: Duration,
+}
+
+/// Modes other than talking to an existing cluster.
+#[derive(Debug, clap::Subcommand)]
+pub enum Mode {
+    /// Start a throwaway local cluster (data in a temp dir) and attach to it.
+    Demo(demo::DemoArgs),
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+/// What every mode needs to know.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub addrs: Vec<String>,
+    pub stop_on_error: bool,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// kv-cli's exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Success = 0,
+    ErrorReply = 1,
+    Failure = 2,
+}
+
+impl ExitStatus {
+    /// Keeps the first failure: `self` unless it is a success.
+    pub fn or(self, later: ExitStatus) -> ExitStatus {
+        if self == ExitStatus::Success { later } else { self }
+    }
+}
+
+/// Commands that kv-cli answers itself.
+pub enum LocalCommand {
+    Quit,
+    /// Help text, or an error for an unknown topic.
+    Help(Result<String, String>),
+}
+
+/// Recognises kv-cli's own commands.
+pub fn local_command(args: &[Vec<u8>]) -> Option<LocalCommand> {
+    let name = args.first()?;
+    if name.eq_ignore_ascii_case(b"QUIT") || name.eq_ignore_ascii_case(b"EXIT") {
+        return Some(LocalCommand::Quit);
+    }
+    if name.eq_ignore_ascii_case(b"HELP") {
+        return Some(LocalCommand::Help(help(args.get(1).map(Vec::as_slice))));
+    }
+    None
+}
+
+/// `HELP` and `HELP <command>`.
+pub fn help(topic: Option<&[u8]>) -> Result<String, String> {
+    if let Some(topic) = topic {
+        let spec = lookup(topic)
+            .ok_or_else(|| format!("no help for '{}': not a command", String::from_utf8_lossy(topic)))?;
+        return Ok(format!("  {} {}\n  {}", spec.name, spec.args, spec.summary));
+    }
+    let mut text = String::from(
+        "Commands (names are case-insensitive; quote arguments with spaces like \"hello world\";\n\
+         escapes such as \"\\n\" and \"\\x00\" work inside double quotes):\n",
+    );
+    for spec in COMMANDS {
+        text.push_str(&format!("  {:<24} {}\n", format!("{} {}", spec.name, spec.args), spec.summary));
+    }
+    text.push_str(&format!("  {:<24} {}\n", "HELP [command]", "Show this help, or one command's."));
+    text.push_str(&format!("  {:<24} {}", "QUIT", "Leave (Ctrl-D works too)."));
+    Ok(text)
+}
+
+/// Runs kv-cli and returns its exit status.
+pub fn run(args: CliArgs) -> ExitStatus {
+    let stdout_is_tty = std::io::stdout().is_terminal();
+    let format = if args.json {
+        Format::Json
+    } else if args.raw || (!args.no_raw && !stdout_is_tty) {
+        Format::Raw
+    } else {
+        Format::Human
+    };
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let printer = Printer::new(format, stdout_is_tty && !no_color);
+    let mut options = Options {
+        addrs: args.addrs,
+        stop_on_error: args.stop_on_error,
+        timeout: args.timeout,
+        connect_timeout: args.connect_timeout,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            printer.error(output::CONNECTION, &format!("cannot start the runtime: {e}"));
+            return ExitStatus::Failure;
+        }
+    };
+    let Some(Mode::Demo(demo_args)) = args.mode else {
+        return run_mode(runtime, args.commands, options, printer);
+    };
+    let cluster = match demo::DemoCluster::start() {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            printer.error(output::CONNECTION, &e.to_string());
+            return ExitStatus::Failure;
+        }
+    };
+    eprintln!("{}", cluster.banner());
+    options.addrs = cluster.addrs();
+    let status = run_mode(runtime, args.commands, options, printer);
+    if let Some(kept) = cluster.stop(demo_args.keep) {
+        eprintln!("kv demo: data kept in {}", kept.display());
+    }
+    status
+}
+
+/// Runs `-c` commands, the shell on a terminal, or the lines piped to stdin.
+fn run_mode(
+    runtime: tokio::runtime::Runtime,
+    commands: Vec<String>,
+    options: Options,
+    printer: Printer,
+) -> ExitStatus {
+    if !commands.is_empty() {
+        let (tx, rx) = mpsc::channel(commands.len());
+        for command in commands {
+            let _ = tx.try_send(Ok(command));
+        }
+        drop(tx);
+        return runtime.block_on(batch::run(rx, &options, &printer));
+    }
+    if std::io::stdin().is_terminal() {
+        return shell::run(runtime, options, printer);
+    }
+    let (tx, rx) = mpsc::channel(batch::WINDOW);
+    // Reading stdin blocks, so it gets its own thread; the channel's bound keeps it from reading
+    // far ahead of what the node has answered.
+    std::thread::spawn(move || read_lines(std::io::stdin().lock(), &tx));
+    runtime.block_on(batch::run(rx, &options, &printer))
+}
+
+fn read_lines(mut input: impl BufRead, tx: &mpsc::Sender<batch::Line>) {
+    let mut buf = Vec::new();
+    for number in 1.. {
+        buf.clear();
+        match input.read_until(b'\n', &mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                let _ = tx.blocking_send(Err(format!("cannot read input: {e}")));
+                return;
+            }
+        }
+        let line = String::from_utf8(buf.clone())
+            .map_err(|_| format!("line {number} is not valid UTF-8; write binary data with \\xHH escapes"));
+        if tx.blocking_send(line).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The interactive shell: rustyline for editing, history (Ctrl-R searches it), completion of
+//! command names, inline hints of a command's arguments, and typed, coloured answers.
+//!
+//! The shell survives its node: a lost connection is reported, with a warning that a write in
+//! flight may or may not have been applied, and the next command connects again (to the first
+//! address that answers). The shell never retries a command by itself, since a retried write
+//! could be applied twice.
+
+use super::output::{BAD_INPUT, CONNECTION, Printer};
+use super::split::split_args;
+use super::{ExitStatus, LocalCommand, Options, local_command};
+use crate::client::{Client, NodeInfo};
+use crate::command::{COMMANDS, lookup};
+use colored::Colorize;
+use rustyline::completion::Completer;
+use rustyline::error::ReadlineError;
+use rustyline::highlight::Highlighter;
+use rustyline::hint::Hinter;
+use rustyline::history::FileHistory;
+use rustyline::validate::Validator;
+use rustyline::{CompletionType, Config, Context, Editor, Helper};
+use std::borrow::Cow;
+use std::path::PathBuf;
+use tokio::runtime::Runtime;
+
+/// The variable that names the history file; `/dev/null` turns history off.
+pub const HISTORY_ENV: &str = "KV_CLI_HISTFILE";
+/// The history file's name in the user's home directory.
+pub const HISTORY_FILE: &str = ".kv_cli_history";
+
+/// Names that complete at the start of a line: the node's commands and the shell's own.
+fn command_names() -> impl Iterator<Item = &'static str> {
+    COMMANDS.iter().map(|c| c.name).chain(["HELP", "QUIT", "EXIT"])
+}
+
+/// Runs the shell until Ctrl-D or `QUIT`.
+pub fn run(runtime: Runtime, options: Options, printer: Printer) -> ExitStatus {
+    let config = Config::builder()
+        .auto_add_history(false)
+        .completion_type(CompletionType::List)
+        .history_ignore_space(true);
+    let config = match config.history_ignore_dups(true).and_then(|c| c.max_history_size(10_000)) {
+        Ok(config) => config.build(),
+        Err(e) => return fail(&printer, &e),
+    };
+    let mut editor: Editor<ShellHelper, FileHistory> = match Editor::with_config(config) {
+        Ok(editor) => editor,
+        Err(e) => return fail(&printer, &e),
+    };
+    let color = colored::control::SHOULD_COLORIZE.should_colorize();
+    editor.set_helper(Some(ShellHelper { color }));
+    let history = history_path();
+    if let Some(path) = &history {
+        // A missing file is normal on first use.
+        let _ = editor.load_history(path);
+    }
+
+    let mut shell = Shell { runtime, options, printer, connection: None };
+    shell.connect();
+    loop {
+        let prompt = match &shell.connection {
+            Some((_, info)) => format!("{}> ", info.addr),
+            None => "not connected> ".to_string(),
+        };
+        let line = match editor.readline(&prompt) {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => return ExitStatus::Success,
+            Err(e) => return fail(&shell.printer, &e),
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(line);
+        if let Some(path) = &history
+            && let Err(e) = editor.append_history(path)
+        {
+            shell.printer.error(BAD_INPUT, &format!("cannot write history to {}: {e}", path.display()));
+        }
+        match split_args(line) {
+            Err(e) => shell.printer.error(BAD_INPUT, &e.to_string()),
+            Ok(args) if args.is_empty() => {}
+            Ok(args) => match local_command(&args) {
+                Some(LocalCommand::Quit) => return ExitStatus::Success,
+                Some(LocalCommand::Help(Ok(text))) => shell.printer.info(&text),
+                Some(LocalCommand::Help(Err(e))) => shell.printer.error(BAD_INPUT, &e),
+                None => shell.call(args),
+            },
+        }
+    }
+}
+
+fn fail(printer: &Printer, e: &ReadlineError) -> ExitStatus {
+    printer.error(CONNECTION, &format!("terminal error: {e}"));
+    ExitStatus::Failure
+}
+
+/// Where history lives: `$KV_CLI_HISTFILE`, else `~/.kv_cli_history`; `None` when turned off.
+fn history_path() -> Option<PathBuf> {
+    let path = match std::env::var_os(HISTORY_ENV) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(std::env::var_os("HOME")?).join(HISTORY_FILE),
+    };
+    (path != std::path::Path::new("/dev/null")).then_some(path)
+}
+
+struct Shell {
+    runtime: Runtime,
+    options: Options,
+    printer: Printer,
+    connection: Option<(Client, NodeInfo)>,
+}
+
+impl Shell {
+    /// Connects to the first address that answers; reports failure and stays disconnected.
+    fn connect(&mut self) -> bool {
+        match self.runtime.block_on(Client::connect_any(&self.options.addrs, self.options.connect_timeout)) {
+            Ok(connected) => {
+                self.connection = Some(connected);
+                true
+            }
+            Err(e) => {
+                self.printer.error(CONNECTION, &e.to_string());
+                false
+            }
+        }
+    }
+
+    fn call(&mut self, args: Vec<Vec<u8>>) {
+        if self.connection.is_none() && !self.connect() {
+            return;
+        }
+        let Some((client, info)) = self.connection.as_mut() else { return };
+        match self.runtime.block_on(client.call(args)) {
+            Ok(reply) => self.printer.reply(&reply),
+            Err(e) => {
+                let message = format!(
+                    "{} (node {}): {e}; if the command was a write, it may or may not have been \
+                     applied. The next command reconnects.",
+                    info.addr, info.node_id
+                );
+                self.printer.error(CONNECTION, &message);
+                self.connection = None;
+            }
+        }
+    }
+}
+
+/// Completion, hints and colour for the line editor.
+struct ShellHelper {
+    color: bool,
+}
+
+impl Completer for ShellHelper {
+    type Candidate = String;
+
+    fn complete(&self, line: &str, pos: usize, _: &Context<'_>) -> rustyline::Result<(usize, Vec<String>)> {
+        Ok(complete(&line[..pos]))
+    }
+}
+
+impl Hinter for ShellHelper {
+    type Hint = String;
+
+    fn hint(&self, line: &str, pos: usize, _: &Context<'_>) -> Option<String> {
+        (pos == line.len()).then(|| hint(line)).flatten()
+    }
+}
+
+impl Highlighter for ShellHelper {
+    fn highlight_hint<'h>(&self, hint: &'h str) -> Cow<'h, str> {
+        if self.color { Cow::Owned(hint.dimmed().to_string()) } else { Cow::Borrowed(hint) }
+    }
+
+    fn highlight_prompt<'b, 's: 'b, 'p: 'b>(&'s self, prompt: &'p str, default: bool) -> Cow<'b, str> {
+        if self.color && default {
+            Cow::Owned(prompt.green().bold().to_string())
+        } else {
+            Cow::Borrowed(prompt)
+        }
+    }
+}
+
+impl Validator for ShellHelper {}
+impl Helper for ShellHelper {}
+
+/// Completes a command name at the start of the line, or after `HELP`. Candidates follow the case
+/// the user is typing in.
+fn complete(before_cursor: &str) -> (usize, Vec<String>) {
+    let start = before_cursor.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+    let earlier: Vec<&str> = before_cursor[..start].split_whitespace().collect();
+    let completing_name = match earlier.as_slice() {
+        [] => true,
+        [first] => first.eq_ignore_ascii_case("HELP"),
+        _ => false,
+    };
+    if !completing_name {
+        return (start, Vec::new());
+    }
+    let prefix = &before_cursor[start..];
+    let lower = !prefix.is_empty() && prefix.chars().all(|c| c.is_ascii_lowercase());
+    let candidates = command_names()
+        .filter(|name| name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .map(|name| if lower { name.to_ascii_lowercase() } else { name.to_string() } + " ")
+        .collect();
+    (start, candidates)
+}
+
+/// The inline hint for a line with the cursor at its end: the rest of a uniquely typed command
+/// name and its arguments, or the arguments still to type.
+fn hint(line: &str) -> Option<String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (first, typed) = words.split_first()?;
+    let after_space = line.ends_with(char::is_whitespace);
+    if typed.is_empty() && !after_space {
+        let mut matches = command_names()
+            .filter(|name| name.len() >= first.len() && name[..first.len()].eq_ignore_ascii_case(first));
+        let name = matches.next()?;
+        if matches.next().is_some() {
+            return None;
+        }
+        let rest = &name[first.len()..];
+        let rest = if first.chars().all(|c| c.is_ascii_lowercase()) {
+            rest.to_ascii_lowercase()
+        } else {
+            rest.to_string()
+        };
+        let args = lookup(name.as_bytes()).map_or("", |spec| spec.args);
+        return Some(format!("{rest} {args}").trim_end().to_string()).filter(|h| !h.is_empty());
+    }
+    if !after_space {
+        return None;
+    }
+    let tokens = arg_tokens(lookup(first.as_bytes())?.args);
+    match tokens.get(typed.len()..) {
+        Some(rest) if !rest.is_empty() => Some(rest.join(" ")),
+        _ => tokens.last().filter(|t| t.contains("...")).cloned(),
+    }
+}
+
+/// Splits an argument synopsis into words, keeping `[...]` groups whole.
+fn arg_tokens(synopsis: &str) -> Vec<String> {
+    let mut tokens = Vec::new();
+    let mut current = String::new();
+    let mut depth = 0usize;
+    for c in synopsis.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            ' ' if depth == 0 => {
+                if !current.is_empty() {
+                    tokens.push(std::mem::take(&mut current));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    if !current.is_empty() {
+        tokens.push(current);
+    }
+    tokens
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completes_command_names_in_the_users_case() {
+        assert_eq!(complete("GE"), (0, vec!["GET ".to_string()]));
+        assert_eq!(complete("e"), (0, vec!["exists ".to_string(), "exit ".to_string()]));
+        assert_eq!(complete("help s"), (5, vec!["set ".to_string()]));
+        assert_eq!(complete("SET ke"), (4, vec![]));
+    }
+
+    #[test]
+    fn hints_show_the_arguments_still_to_type() {
+        assert_eq!(hint("SE").as_deref(), Some("T key value"));
+        assert_eq!(hint("set").as_deref(), Some(" key value"));
+        assert_eq!(hint("SET ").as_deref(), Some("key value"));
+        assert_eq!(hint("SET k ").as_deref(), Some("value"));
+        assert_eq!(hint("SET k v "), None);
+        assert_eq!(hint("DEL ").as_deref(), Some("key [key ...]"));
+        assert_eq!(hint("DEL a b ").as_deref(), Some("[key ...]"));
+        assert_eq!(hint("E"), None, "EXISTS and EXIT both match");
+        assert_eq!(hint("FLY "), None);
+    }
+}

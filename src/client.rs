@@ -1,0 +1,181 @@
+//! The client library: connect to a node, say hello, send commands and read their answers.
+//!
+//! [`Client::call`] is one request and its answer. For pipelining, [`Client::split`] gives a
+//! sender and a receiver that can run side by side: the sender numbers requests, the receiver
+//! hands answers back in the order the node sends them, which is request order.
+//!
+//! Addresses are tried in the order given and the first node that completes the hello wins, so a
+//! caller with the whole cluster's addresses survives any one node being down.
+
+use crate::connection::{self, FrameReader, FrameWriter, ReadError};
+use crate::protocol::PROTOCOL_VERSION;
+use crate::protocol::frame::DEFAULT_MAX_FRAME_BYTES;
+use crate::protocol::message::{ErrorCode, Hello, HelloReply, Reply, Request, Response};
+use serde_bytes::ByteBuf;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("no node answered ({0})")]
+    NoNodeAnswered(String),
+    #[error("{addr} refused the connection: {code} {message}")]
+    Refused { addr: String, code: ErrorCode, message: String },
+    #[error("connection lost: {0}")]
+    Lost(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Lost(e.to_string())
+    }
+}
+
+impl From<ReadError> for ClientError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Io(e) => ClientError::Lost(e.to_string()),
+            ReadError::Truncated => ClientError::Lost(e.to_string()),
+            other => ClientError::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// A connection to one node, after a successful hello.
+pub struct Client {
+    sender: RequestSender,
+    receiver: ResponseReceiver,
+    timeout: Duration,
+}
+
+/// Facts the node told us in its welcome.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// The address we connected to, as the user wrote it.
+    pub addr: String,
+    pub node_id: u64,
+}
+
+impl Client {
+    /// Connects to the first of `addrs` that completes the hello within `timeout`.
+    pub async fn connect_any(addrs: &[String], timeout: Duration) -> Result<(Client, NodeInfo), ClientError> {
+        let mut failures = Vec::new();
+        for addr in addrs {
+            match Client::connect(addr, timeout).await {
+                Ok(connected) => return Ok(connected),
+                Err(e @ ClientError::Refused { code: ErrorCode::VersionMismatch, .. }) => return Err(e),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        match failures.len() {
+            1 => Err(ClientError::NoNodeAnswered(failures.remove(0))),
+            _ => Err(ClientError::NoNodeAnswered(failures.join("; "))),
+        }
+    }
+
+    /// Connects to one node and says hello.
+    pub async fn connect(addr: &str, timeout: Duration) -> Result<(Client, NodeInfo), ClientError> {
+        let connect_error = |reason: String| ClientError::Connect { addr: addr.to_string(), reason };
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| connect_error(format!("timed out after {timeout:?}")))?
+            .map_err(|e| connect_error(e.to_string()))?;
+        let (mut reader, mut writer) = connection::split(stream, DEFAULT_MAX_FRAME_BYTES);
+        let hello = Hello { version: PROTOCOL_VERSION, client: "kv-cli".to_string() };
+        let welcome = async {
+            writer.send(&hello).await?;
+            reader.read::<HelloReply>().await?.ok_or_else(|| ClientError::Lost("closed during hello".into()))
+        };
+        let welcome = tokio::time::timeout(timeout, welcome)
+            .await
+            .map_err(|_| connect_error(format!("no hello from the node within {timeout:?}")))?
+            .map_err(|e| connect_error(e.to_string()))?;
+        match welcome {
+            HelloReply::Welcome { node_id, max_frame_bytes, .. } => {
+                // Answers can be as large as what the node accepts, plus room for the envelope.
+                let limit = usize::try_from(max_frame_bytes).unwrap_or(usize::MAX);
+                reader.set_max_frame_bytes(limit.saturating_add(64 * 1024).max(DEFAULT_MAX_FRAME_BYTES));
+                let client = Client {
+                    sender: RequestSender { writer, next_id: 1 },
+                    receiver: ResponseReceiver { reader },
+                    timeout,
+                };
+                Ok((client, NodeInfo { addr: addr.to_string(), node_id }))
+            }
+            HelloReply::Refused { code, message } => {
+                Err(ClientError::Refused { addr: addr.to_string(), code, message })
+            }
+        }
+    }
+
+    /// Sends one command and waits for its answer.
+    pub async fn call(&mut self, args: Vec<Vec<u8>>) -> Result<Reply, ClientError> {
+        let id = self.sender.send(args).await?;
+        self.sender.flush().await?;
+        let response = tokio::time::timeout(self.timeout, self.receiver.next())
+            .await
+            .map_err(|_| ClientError::Timeout(self.timeout))??;
+        expect_id(response, id)
+    }
+
+    /// Splits the client for pipelining.
+    pub fn split(self) -> (RequestSender, ResponseReceiver) {
+        (self.sender, self.receiver)
+    }
+}
+
+/// Checks that an answer is for the request we expected and unwraps it.
+pub fn expect_id(response: Response, id: u64) -> Result<Reply, ClientError> {
+    if response.id == id {
+        return Ok(response.reply);
+    }
+    match response.reply {
+        // Id 0 is the node telling us why it is closing the connection.
+        Reply::Error { code, message } if response.id == 0 => {
+            Err(ClientError::Protocol(format!("{code} {message}")))
+        }
+        _ => Err(ClientError::Protocol(format!("answer for request {} while waiting for {id}", response.id))),
+    }
+}
+
+/// The sending half of a pipelined client.
+pub struct RequestSender {
+    writer: FrameWriter,
+    next_id: u64,
+}
+
+impl RequestSender {
+    /// Queues a command; returns the id its answer will carry. Call [`Self::flush`] to send.
+    pub async fn send(&mut self, args: Vec<Vec<u8>>) -> Result<u64, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = Request { id, args: args.into_iter().map(ByteBuf::from).collect() };
+        self.writer.feed(&request).await?;
+        Ok(id)
+    }
+
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        Ok(self.writer.flush().await?)
+    }
+}
+
+/// The receiving half of a pipelined client.
+pub struct ResponseReceiver {
+    reader: FrameReader,
+}
+
+impl ResponseReceiver {
+    /// The next answer; an error if the connection ends.
+    pub async fn next(&mut self) -> Result<Response, ClientError> {
+        self.reader
+            .read::<Response>()
+            .await?
+            .ok_or_else(|| ClientError::Lost("the node closed the connection".into()))
+    }
+}
