@@ -1,0 +1,235 @@
+//! Test harness: real `kv-node` processes on free loopback ports, each with its own temporary data
+//! directory, driven through the real `kv-cli` binary. Every wait has a deadline, and every node is
+//! killed when its handle is dropped, so a failing test never leaves a process behind.
+
+#![allow(dead_code)] // Each test file uses a different part of the harness.
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_kv-node");
+pub const CLI_BIN: &str = env!("CARGO_BIN_EXE_kv-cli");
+
+/// How long a node may take to start serving.
+pub const START_DEADLINE: Duration = Duration::from_secs(20);
+/// How long one kv-cli run may take.
+pub const CLI_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A port that was free a moment ago. The node may still lose a race for it; [`TestNode::start`]
+/// then tries another.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `condition` every few milliseconds until it holds or `deadline` passes.
+pub fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One running (or stopped) kv-node.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Extra flags given on every start.
+    pub flags: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestNode {
+    /// Starts a single node with a fresh data directory.
+    pub fn start(flags: &[&str]) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = TestNode {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.path().join("data"),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            child: None,
+            log: dir.path().join("node.log"),
+            _dir: Some(dir),
+        };
+        node.boot_on_a_free_port();
+        node
+    }
+
+    fn boot_on_a_free_port(&mut self) {
+        for _ in 0..5 {
+            self.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            if self.boot() {
+                return;
+            }
+        }
+        panic!("kv-node could not start:\n{}", self.log_text());
+    }
+
+    /// Starts the process on `self.addr`; false if it exited because the port was taken.
+    fn boot(&mut self) -> bool {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = Command::new(NODE_BIN)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.flags)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        // Ready means *this* process logged that it is serving: a successful connect alone could
+        // reach another test's node that won a race for the same port.
+        let start = Instant::now();
+        loop {
+            if self.log_text().contains("serving") {
+                return true;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                let log = self.log_text();
+                assert!(log.contains("cannot listen"), "kv-node exited with {status}:\n{log}");
+                return false;
+            }
+            assert!(start.elapsed() < START_DEADLINE, "kv-node did not start:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts the node again on the same address and data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "node is still running");
+        wait_until("the old process's port to be free", START_DEADLINE, || self.boot());
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("node is running").id() as i32)
+    }
+
+    /// `kill -9`: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        let _ = kill(self.pid(), Signal::SIGKILL);
+        self.reap(Duration::from_secs(10));
+    }
+
+    /// SIGTERM, then waits for the node to exit on its own.
+    pub fn terminate(&mut self) -> ExitStatus {
+        kill(self.pid(), Signal::SIGTERM).unwrap();
+        self.reap(Duration::from_secs(15))
+    }
+
+    fn reap(&mut self, deadline: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("node is running");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > deadline {
+                let _ = child.kill();
+                panic!("kv-node did not exit within {deadline:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs kv-cli against this node.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        self.run_cli(args, None)
+    }
+
+    /// Runs kv-cli against this node with `input` on its stdin.
+    pub fn cli_piped(&self, args: &[&str], input: &[u8]) -> CliOutput {
+        self.run_cli(args, Some(input))
+    }
+
+    fn run_cli(&self, args: &[&str], input: Option<&[u8]>) -> CliOutput {
+        let addr = self.addr.to_string();
+        let mut all = vec!["--addr", addr.as_str()];
+        all.extend_from_slice(args);
+        run_cli(&all, input, &[])
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What one kv-cli run printed, and how it exited.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    pub fn lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+}
+
+/// Runs kv-cli with the given arguments, environment and optional stdin, under a deadline.
+pub fn run_cli(args: &[&str], input: Option<&[u8]>, env: &[(&str, &str)]) -> CliOutput {
+    let mut child = Command::new(CLI_BIN)
+        .args(args)
+        .env_remove("KV_ADDR")
+        .envs(env.iter().copied())
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
+    let pid = Pid::from_raw(child.id() as i32);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output = match rx.recv_timeout(CLI_DEADLINE) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = kill(pid, Signal::SIGKILL);
+            panic!("kv-cli {args:?} did not finish within {CLI_DEADLINE:?}");
+        }
+    };
+    CliOutput {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Writes a file into a fresh temporary directory and returns both.
+pub fn temp_file(name: &str, contents: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, contents).unwrap();
+    (dir, path)
+}
