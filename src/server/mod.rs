@@ -61,12 +61,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     drop(listener);
     token.cancel();
     tracker.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_ok();
+    drop(node);
+    if drained {
+        // The writer thread exits once the last handle is gone; join it so the final commit is done.
+        let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    } else {
+        // Stuck connections still hold the writer's handle, so it cannot be joined. Exiting now is
+        // safe: a commit cut short is rolled back by redb on the next start, and its clients were
+        // never told it succeeded.
         tracing::warn!("connections still busy after {DRAIN_TIMEOUT:?}; closing them");
     }
-    // The writer thread exits once the last handle is gone; join it so the final commit is done.
-    drop(node);
-    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     tracing::info!("stopped");
     Ok(())
 }
