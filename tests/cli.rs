@@ -8,20 +8,17 @@ use common::{TestNode, run_cli};
 #[test]
 fn command_mode_prints_bare_answers_and_exits_zero() {
     let node = TestNode::start(&[]);
-    let out = node.cli(&[
-        "-c",
-        r#"SET greeting "hello world""#,
-        "-c",
-        "GET greeting",
-        "-c",
-        "GET missing",
-        "-c",
-        "EXISTS greeting greeting missing",
-        "-c",
-        "DEL greeting missing",
-        "-c",
-        "PING",
-    ]);
+    let out = node.cli_commands(
+        &[],
+        &[
+            r#"SET greeting "hello world""#,
+            "GET greeting",
+            "GET missing",
+            "EXISTS greeting greeting missing",
+            "DEL greeting missing",
+            "PING",
+        ],
+    );
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.lines(), ["OK", "hello world", "", "2", "1", "PONG"]);
     assert_eq!(out.stderr, "");
@@ -83,27 +80,23 @@ fn no_raw_shows_typed_answers() {
 #[test]
 fn json_mode_prints_one_object_per_answer() {
     let node = TestNode::start(&[]);
-    let out = node.cli(&[
-        "--json",
-        "-c",
-        "SET text héllo",
-        "-c",
-        r#"SET bin "\x00\xff""#,
-        "-c",
-        "GET text",
-        "-c",
-        "GET bin",
-        "-c",
-        "GET none",
-        "-c",
-        "EXISTS text bin",
-        "-c",
-        "SET",
-    ]);
+    let out = node.cli_commands(
+        &["--json"],
+        &[
+            "SET text héllo",
+            r#"SET bin "\x00\xff""#,
+            "GET text",
+            "GET bin",
+            "GET none",
+            "EXISTS text bin",
+            "SET",
+            "HELP PING",
+        ],
+    );
     assert_eq!(out.code, 1, "{out:?}");
     let objects: Vec<serde_json::Value> =
         out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(objects.len(), 7, "{out:?}");
+    assert_eq!(objects.len(), 8, "{out:?}");
     assert_eq!(objects[0], serde_json::json!({"type": "status", "value": "OK"}));
     assert_eq!(objects[2], serde_json::json!({"type": "bulk", "value": "héllo"}));
     assert_eq!(objects[3], serde_json::json!({"type": "bulk", "value": "AP8=", "encoding": "base64"}));
@@ -111,6 +104,8 @@ fn json_mode_prints_one_object_per_answer() {
     assert_eq!(objects[5], serde_json::json!({"type": "integer", "value": 2}));
     assert_eq!(objects[6]["type"], "error");
     assert_eq!(objects[6]["code"], "WRONG_ARITY");
+    assert_eq!(objects[7]["type"], "help");
+    assert!(objects[7]["value"].as_str().unwrap().contains("PING [message]"));
 }
 
 #[test]
@@ -143,7 +138,10 @@ fn piped_input_skips_blanks_and_comments_and_reports_bad_lines() {
     let input = b"# setup\nSET a 1\n\n   \nSET b \"unclosed\nGET a\nHELP GET\nQUIT\nSET never 1\n";
     let out = node.cli_piped(&[], input);
     assert_eq!(out.code, 1, "{out:?}");
-    assert_eq!(out.lines(), ["OK", "1"], "help text is for people, not for raw output");
+    assert_eq!(
+        out.lines(),
+        ["OK", "1", "  GET key", "  Get the value of key; (nil) when it does not exist."]
+    );
     assert!(out.stderr.contains("BAD_INPUT unbalanced quotes"), "{out:?}");
     assert_eq!(node.cli(&["-c", "EXISTS never"]).lines(), ["0"], "nothing after QUIT runs");
 

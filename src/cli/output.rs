@@ -8,6 +8,7 @@
 //! | bulk    | `"v"` (quoted)        | `v`      | `{"type":"bulk","value":"v"}` (+ `"encoding":"base64"` if not UTF-8) |
 //! | error   | `(error) CODE msg` on stderr | `(error) CODE msg` on stderr | `{"type":"error","code":"CODE","message":"msg"}` |
 //!
+//! Help text is printed as it is (in JSON: `{"type":"help","value":"..."}`).
 //! Errors found by kv-cli itself (bad quoting, lost connection) are shown like error answers,
 //! with the codes [`BAD_INPUT`] and [`CONNECTION`]. Every answer is flushed at once, so a program
 //! reading kv-cli's output line by line never waits on a buffer.
@@ -83,11 +84,14 @@ impl Printer {
         }
     }
 
-    /// Shows information that is not an answer (help text), in the human format only.
+    /// Shows text that kv-cli answers itself (help). In JSON it is one `{"type":"help"}` object,
+    /// so that answers stay one per command.
     pub fn info(&self, text: &str) {
-        if self.format == Format::Human {
-            print_line(&mut io::stdout().lock(), text);
-        }
+        let line = match self.format {
+            Format::Json => serde_json::json!({"type": "help", "value": text}).to_string(),
+            Format::Human | Format::Raw => text.to_string(),
+        };
+        print_line(&mut io::stdout().lock(), &line);
     }
 }
 

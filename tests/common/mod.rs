@@ -153,6 +153,15 @@ impl TestNode {
         self.run_cli(args, None)
     }
 
+    /// Runs kv-cli against this node with `flags` and one `-c` per command.
+    pub fn cli_commands(&self, flags: &[&str], commands: &[&str]) -> CliOutput {
+        let mut args = flags.to_vec();
+        for command in commands {
+            args.extend(["-c", command]);
+        }
+        self.cli(&args)
+    }
+
     /// Runs kv-cli against this node with `input` on its stdin.
     pub fn cli_piped(&self, args: &[&str], input: &[u8]) -> CliOutput {
         self.run_cli(args, Some(input))
