@@ -75,6 +75,23 @@ pub enum Write {
     Del { keys: Vec<Bytes> },
 }
 
+/// A short description for logs; never the value, which may be large or private.
+impl std::fmt::Display for Write {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Write::Set { key, value } => {
+                write!(
+                    f,
+                    "SET {} ({} bytes)",
+                    String::from_utf8_lossy(&key[..key.len().min(64)]),
+                    value.len()
+                )
+            }
+            Write::Del { keys } => write!(f, "DEL ({} keys)", keys.len()),
+        }
+    }
+}
+
 /// A command that only reads the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Read {

@@ -20,5 +20,6 @@ pub mod command;
 pub mod config;
 pub mod connection;
 pub mod protocol;
+pub mod raft;
 pub mod server;
 pub mod store;

@@ -20,7 +20,7 @@ use serde_bytes::ByteBuf;
 use std::path::{Path, PathBuf};
 
 /// The user's keys and values.
-const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+pub(crate) const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
 /// The name of the database file inside the data directory.
 pub const STATE_FILE: &str = "state.redb";
@@ -65,6 +65,24 @@ impl Store {
         let txn = self.db.begin_read().map_err(StoreError::storage)?;
         let table = txn.open_table(KV).map_err(StoreError::storage)?;
         apply_read(&table, read).map_err(StoreError::storage)
+    }
+
+    /// Runs `f` in one write transaction and commits it durably if `f` succeeds. This is for an
+    /// owner of tables beside [`KV`]: the Raft state machine keeps its applied index there, written
+    /// in the same transaction as the data it describes.
+    pub(crate) fn transact<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        let txn = self.db.begin_write().map_err(StoreError::storage)?;
+        let value = f(&txn)?;
+        txn.commit().map_err(StoreError::storage)?;
+        Ok(value)
+    }
+
+    /// A consistent read-only view of the latest committed state.
+    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.db.begin_read().map_err(StoreError::storage)
     }
 
     /// Runs `commands` in order in one transaction and commits it durably. Reads in the sequence

@@ -1,0 +1,258 @@
+//! The Raft state machine: committed [`Write`](crate::command::Write)s applied to the node's
+//! [`Store`].
+//!
+//! Each `apply` call runs all the entries it is given in one durable transaction that also
+//! records the last applied log id and the membership, so the data and the claim about how much
+//! of the log it reflects can never disagree after a crash. Entries go through the same
+//! deterministic [`apply_write`] a single node uses, so every node computes the same state and
+//! the same answers.
+//!
+//! Snapshots are the whole key space, MessagePack-encoded as `[[key, value], ...]`, built from a
+//! read transaction (so `apply` goes on meanwhile) and kept in memory. The state machine itself is
+//! durable, so after a restart openraft simply builds a new snapshot when it needs one.
+
+use super::{TypeConfig, io_error};
+use crate::protocol::message::Reply;
+use crate::store::{KV, Store, StoreError, apply_write};
+use futures::{Stream, TryStreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::{EntryPayload, OptionalSend, StoredMembership};
+use redb::{ReadableTable, TableDefinition};
+use serde_bytes::ByteBuf;
+use std::io::{self, Cursor};
+use std::sync::{Arc, Mutex};
+
+type LogId = LogIdOf<TypeConfig>;
+type Membership = StoredMembershipOf<TypeConfig>;
+type SnapshotMeta = SnapshotMetaOf<TypeConfig>;
+type Snapshot = SnapshotOf<TypeConfig, Cursor<Vec<u8>>>;
+
+/// The applied log id and the membership, MessagePack-encoded, beside the data in the same file.
+const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
+const APPLIED: &str = "applied";
+const MEMBERSHIP: &str = "membership";
+
+/// The latest snapshot, as openraft hands it to lagging followers.
+#[derive(Clone)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// The state machine given to openraft; also its own snapshot builder. Clones share everything.
+#[derive(Clone)]
+pub struct StateMachine {
+    store: Arc<Store>,
+    snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
+}
+
+impl StateMachine {
+    pub fn open(store: Arc<Store>) -> Result<StateMachine, StoreError> {
+        store.transact(|txn| {
+            txn.open_table(RAFT_META)?;
+            Ok(())
+        })?;
+        Ok(StateMachine { store, snapshot: Arc::new(Mutex::new(None)) })
+    }
+
+    fn remember(&self, snapshot: StoredSnapshot) {
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(snapshot);
+    }
+
+    /// Runs blocking store work off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> io::Result<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(&store)).await.map_err(io_error)?.map_err(io_error)
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, redb::Error> {
+    rmp_serde::to_vec_named(value).map_err(|e| redb::Error::Corrupted(e.to_string()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, redb::Error> {
+    rmp_serde::from_slice(bytes).map_err(|e| redb::Error::Corrupted(e.to_string()))
+}
+
+/// Reads the applied log id and membership from a table of [`RAFT_META`].
+fn read_state(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<(Option<LogId>, Membership), redb::Error> {
+    let applied = table.get(APPLIED)?.map(|v| decode(v.value())).transpose()?.flatten();
+    let membership = table.get(MEMBERSHIP)?.map(|v| decode(v.value())).transpose()?.unwrap_or_default();
+    Ok((applied, membership))
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), io::Error> {
+        self.blocking(|store| {
+            let txn = store.begin_read()?;
+            let table = txn.open_table(RAFT_META).map_err(|e| StoreError::Storage(e.into()))?;
+            Ok(read_state(&table)?)
+        })
+        .await
+    }
+
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let (entries, responders): (Vec<_>, Vec<_>) =
+            entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
+        let replies = self
+            .blocking(move |store| {
+                store.transact(|txn| {
+                    let mut kv = txn.open_table(KV)?;
+                    let mut meta = txn.open_table(RAFT_META)?;
+                    let mut replies = Vec::with_capacity(entries.len());
+                    for entry in &entries {
+                        replies.push(match &entry.payload {
+                            EntryPayload::Normal(write) => apply_write(&mut kv, write)?,
+                            EntryPayload::Membership(membership) => {
+                                let stored = StoredMembership::new(Some(entry.log_id()), membership.clone());
+                                meta.insert(MEMBERSHIP, encode(&stored)?.as_slice())?;
+                                Reply::ok()
+                            }
+                            EntryPayload::Blank => Reply::ok(),
+                        });
+                    }
+                    if let Some(last) = entries.last() {
+                        meta.insert(APPLIED, encode(&Some(last.log_id()))?.as_slice())?;
+                    }
+                    Ok(replies)
+                })
+            })
+            .await?;
+        // Answered only now that the batch is committed.
+        for (responder, reply) in responders.into_iter().zip(replies) {
+            if let Some(responder) = responder {
+                responder.send(reply);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Cursor<Vec<u8>>,
+    ) -> Result<(), io::Error> {
+        let data = snapshot.into_inner();
+        let pairs: Vec<(ByteBuf, ByteBuf)> =
+            rmp_serde::from_slice(&data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let state = (meta.last_log_id, meta.last_membership.clone());
+        self.blocking(move |store| {
+            store.transact(|txn| {
+                let mut kv = txn.open_table(KV)?;
+                kv.retain(|_, _| false)?;
+                for (key, value) in &pairs {
+                    kv.insert(key.as_slice(), value.as_slice())?;
+                }
+                let mut table = txn.open_table(RAFT_META)?;
+                table.insert(APPLIED, encode(&state.0)?.as_slice())?;
+                table.insert(MEMBERSHIP, encode(&state.1)?.as_slice())?;
+                Ok(())
+            })
+        })
+        .await?;
+        self.remember(StoredSnapshot { meta: meta.clone(), data });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let stored = self.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Cursor::new(s.data) }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let (meta, data) = self
+            .blocking(|store| {
+                // One read transaction: the data and the log id it reflects are consistent.
+                let txn = store.begin_read()?;
+                let storage = |e: redb::Error| StoreError::Storage(e);
+                let kv = txn.open_table(KV).map_err(|e| storage(e.into()))?;
+                let (applied, membership) =
+                    read_state(&txn.open_table(RAFT_META).map_err(|e| storage(e.into()))?)?;
+                let mut pairs = Vec::new();
+                for item in kv.iter().map_err(|e| storage(e.into()))? {
+                    let (key, value) = item.map_err(|e| storage(e.into()))?;
+                    pairs.push((ByteBuf::from(key.value()), ByteBuf::from(value.value())));
+                }
+                let data =
+                    rmp_serde::to_vec(&pairs).map_err(|e| storage(redb::Error::Corrupted(e.to_string())))?;
+                Ok((SnapshotMeta { last_log_id: applied, last_membership: membership }, data))
+            })
+            .await?;
+        self.remember(StoredSnapshot { meta: meta.clone(), data: data.clone() });
+        Ok(Snapshot { meta, snapshot: Cursor::new(data) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Read, Write};
+    use bytes::Bytes;
+    use openraft::testing::log_id;
+
+    fn open(dir: &std::path::Path) -> StateMachine {
+        StateMachine::open(Arc::new(Store::open(dir).unwrap())).unwrap()
+    }
+
+    fn normal(index: u64, write: Write) -> EntryResponder<TypeConfig> {
+        (openraft::Entry::new_normal(log_id::<TypeConfig>(1, 1, index), write), None)
+    }
+
+    fn get(sm: &StateMachine, key: &str) -> Reply {
+        sm.store.read(&Read::Get { key: Bytes::copy_from_slice(key.as_bytes()) }).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_carries_the_data_and_its_position_to_another_node() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = open(a_dir.path());
+        let set = |k: &str, v: &str| Write::Set {
+            key: Bytes::from(k.to_string()),
+            value: Bytes::from(v.to_string()),
+        };
+        let entries = vec![
+            normal(1, set("kept", "1")),
+            normal(2, set("gone", "2")),
+            normal(3, Write::Del { keys: vec![Bytes::from("gone")] }),
+            normal(4, set("bin", "\0\u{ff}")),
+        ];
+        a.apply(futures::stream::iter(entries.into_iter().map(Ok))).await.unwrap();
+        assert_eq!(a.applied_state().await.unwrap().0, Some(log_id::<TypeConfig>(1, 1, 4)));
+
+        let snapshot = a.build_snapshot().await.unwrap();
+        let mut b = open(b_dir.path());
+        // b holds stale data that the snapshot must replace, not merge with.
+        let stale = vec![normal(1, set("stale", "x"))];
+        b.apply(futures::stream::iter(stale.into_iter().map(Ok))).await.unwrap();
+        b.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+
+        assert_eq!(b.applied_state().await.unwrap().0, Some(log_id::<TypeConfig>(1, 1, 4)));
+        assert_eq!(get(&b, "kept"), Reply::Bulk { value: ByteBuf::from("1") });
+        assert_eq!(get(&b, "bin"), Reply::Bulk { value: ByteBuf::from("\0\u{ff}") });
+        assert_eq!(get(&b, "gone"), Reply::Nil);
+        assert_eq!(get(&b, "stale"), Reply::Nil);
+        let current = b.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id, Some(log_id::<TypeConfig>(1, 1, 4)));
+    }
+}
