@@ -87,7 +87,7 @@ impl Client {
             .map_err(|_| connect_error(format!("timed out after {timeout:?}")))?
             .map_err(|e| connect_error(e.to_string()))?;
         let (mut reader, mut writer) = connection::split(stream, DEFAULT_MAX_FRAME_BYTES);
-        let hello = Hello { version: PROTOCOL_VERSION, client: "kv-cli".to_string() };
+        let hello = Hello { version: PROTOCOL_VERSION, client: "kv-cli".to_string(), peer: None };
         let welcome = async {
             writer.send(&hello).await?;
             reader.read::<HelloReply>().await?.ok_or_else(|| ClientError::Lost("closed during hello".into()))

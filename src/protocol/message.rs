@@ -20,6 +20,10 @@ pub struct Hello {
     /// Free-form client name, shown in the node's logs.
     #[serde(default)]
     pub client: String,
+    /// Set only by another cluster member, to its own node id: the connection then carries Raft
+    /// traffic instead of client requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<u64>,
 }
 
 /// The node's answer to a [`Hello`].
@@ -152,7 +156,7 @@ mod tests {
     fn golden_encodings_match_the_protocol_document() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (
-                encode(&Hello { version: 1, client: "cli".into() }).to_vec(),
+                encode(&Hello { version: 1, client: "cli".into(), peer: None }).to_vec(),
                 "82 a7 76 65 72 73 69 6f 6e 01 a6 63 6c 69 65 6e 74 a3 63 6c 69",
             ),
             (

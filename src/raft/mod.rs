@@ -6,11 +6,16 @@
 //! - `state_machine`: applies committed [`Write`]s to the node's [`crate::store::Store`] through
 //!   the same deterministic `apply_write` a single node uses, with the applied log id and the
 //!   membership written in the same transaction as the data.
+//! - `network`: Raft RPCs between nodes over the frame codec, on the node's one address; a hello
+//!   with a `peer` id marks a peer connection.
 //!
-//! Not here yet (the next steps of the replication work): the peer network over the frame codec,
-//! starting a `Raft` in the node, forwarding to the leader, and per-peer acknowledgements.
+//! Not here yet (the next steps of the replication work): starting a `Raft` inside `kv-node` and
+//! routing peer hellos to `network::serve_peer`, bootstrapping the configured cluster, sending
+//! client writes through `client_write` and reads through `ensure_linearizable`, forwarding to
+//! the leader, and per-peer acknowledgements.
 
 pub mod log_store;
+pub mod network;
 pub mod state_machine;
 
 use crate::command::Write;

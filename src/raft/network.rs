@@ -1,0 +1,438 @@
+//! Raft traffic between nodes, over the same frame codec and the same address as clients.
+//!
+//! A peer connection starts with a [`Hello`] whose `peer` field names the sender, so the node
+//! can tell it from a client. After that the sender writes one [`PeerRequest`] at a time and
+//! reads its [`PeerResponse`]: openraft keeps at most one RPC in flight per target, so a plain
+//! request/response connection per target is all it needs.
+//!
+//! Failures map onto openraft's terms: a peer that cannot be reached is `Unreachable` (openraft
+//! backs off instead of flooding the log), a connection that breaks mid-RPC is a `Network` error
+//! and is dropped, to be reopened by the next RPC.
+//!
+//! Caveat: a snapshot travels in one frame, so peer connections accept frames up to
+//! [`PEER_MAX_FRAME_BYTES`]. Streaming snapshots in chunks under the client frame limit is part of
+//! the cluster-operations work.
+
+use super::TypeConfig;
+use super::state_machine::StateMachine;
+use crate::connection::{self, FrameReader, FrameWriter, ReadError};
+use crate::protocol::PROTOCOL_VERSION;
+use crate::protocol::message::{Hello, HelloReply};
+use openraft::error::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::{BasicNode, OptionalSend, Raft};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::future::Future;
+use std::io::Cursor;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Largest frame on a peer connection: a whole snapshot fits in one for now.
+pub const PEER_MAX_FRAME_BYTES: usize = 1 << 30;
+
+type Error = RaftError<TypeConfig>;
+
+/// One Raft RPC.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    Snapshot { vote: VoteOf<TypeConfig>, meta: SnapshotMetaOf<TypeConfig>, data: ByteBuf },
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
+}
+
+/// The answer to a [`PeerRequest`] of the same name.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    AppendEntries(Result<AppendEntriesResponse<TypeConfig>, Error>),
+    Vote(Result<VoteResponse<TypeConfig>, Error>),
+    Snapshot(Result<SnapshotResponse<TypeConfig>, Error>),
+    TransferLeader(Result<TransferLeaderResponse<TypeConfig>, Error>),
+}
+
+/// Answers the RPCs arriving on a peer connection (after its hello) until it closes.
+pub async fn serve_peer(
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
+    raft: &Raft<TypeConfig, StateMachine>,
+) -> Result<(), ReadError> {
+    reader.set_max_frame_bytes(PEER_MAX_FRAME_BYTES);
+    while let Some(request) = reader.read::<PeerRequest>().await? {
+        let response = match request {
+            PeerRequest::AppendEntries(rpc) => PeerResponse::AppendEntries(raft.append_entries(rpc).await),
+            PeerRequest::Vote(rpc) => PeerResponse::Vote(raft.vote(rpc).await),
+            PeerRequest::PreVote(rpc) => PeerResponse::Vote(raft.pre_vote(rpc).await),
+            PeerRequest::Snapshot { vote, meta, data } => {
+                let snapshot = SnapshotOf::<TypeConfig, _> { meta, snapshot: Cursor::new(data.into_vec()) };
+                PeerResponse::Snapshot(
+                    raft.install_full_snapshot(vote, snapshot).await.map_err(RaftError::Fatal),
+                )
+            }
+            PeerRequest::TransferLeader(rpc) => {
+                PeerResponse::TransferLeader(raft.handle_transfer_leader(rpc).await.map_err(RaftError::Fatal))
+            }
+        };
+        writer.send(&response).await.map_err(ReadError::Io)?;
+    }
+    Ok(())
+}
+
+/// Opens connections to peers for openraft.
+pub struct PeerNetwork {
+    /// This node's id, announced in the hello.
+    pub node_id: u64,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient { node_id: self.node_id, target, addr: node.addr.clone(), connection: None }
+    }
+}
+
+/// The connection to one peer, opened on first use and again after a failure.
+pub struct PeerClient {
+    node_id: u64,
+    target: u64,
+    addr: String,
+    connection: Option<(FrameReader, FrameWriter)>,
+}
+
+impl PeerClient {
+    async fn connect(&self, timeout: Duration) -> Result<(FrameReader, FrameWriter), String> {
+        let open = async {
+            let stream = TcpStream::connect(&self.addr).await.map_err(|e| e.to_string())?;
+            let (mut reader, mut writer) = connection::split(stream, PEER_MAX_FRAME_BYTES);
+            let hello = Hello { version: PROTOCOL_VERSION, client: "peer".into(), peer: Some(self.node_id) };
+            writer.send(&hello).await.map_err(|e| e.to_string())?;
+            match reader.read::<HelloReply>().await.map_err(|e| e.to_string())? {
+                Some(HelloReply::Welcome { node_id, .. }) if node_id == self.target => Ok((reader, writer)),
+                Some(HelloReply::Welcome { node_id, .. }) => {
+                    Err(format!("{} is node {node_id}, not node {}", self.addr, self.target))
+                }
+                Some(HelloReply::Refused { code, message }) => Err(format!("refused: {code} {message}")),
+                None => Err("closed during hello".into()),
+            }
+        };
+        tokio::time::timeout(timeout, open).await.map_err(|_| format!("no hello within {timeout:?}"))?
+    }
+
+    /// Sends one RPC and reads its answer within `ttl`.
+    async fn call(
+        &mut self,
+        request: PeerRequest,
+        ttl: Duration,
+    ) -> Result<PeerResponse, RPCError<TypeConfig>> {
+        let (mut reader, mut writer) = match self.connection.take() {
+            Some(connection) => connection,
+            None => self.connect(ttl).await.map_err(|e| {
+                RPCError::Unreachable(Unreachable::from_string(format!(
+                    "node {} at {}: {e}",
+                    self.target, self.addr
+                )))
+            })?,
+        };
+        let exchange = async {
+            writer.send(&request).await.map_err(|e| e.to_string())?;
+            reader
+                .read::<PeerResponse>()
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "connection closed".to_string())
+        };
+        match tokio::time::timeout(ttl, exchange).await {
+            Ok(Ok(response)) => {
+                self.connection = Some((reader, writer));
+                Ok(response)
+            }
+            Ok(Err(e)) => {
+                Err(RPCError::Network(NetworkError::from_string(format!("node {}: {e}", self.target))))
+            }
+            Err(_) => Err(RPCError::Network(NetworkError::from_string(format!(
+                "node {}: no answer within {ttl:?}",
+                self.target
+            )))),
+        }
+    }
+}
+
+fn unexpected(response: PeerResponse) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::from_string(format!("unexpected peer response {response:?}")))
+}
+
+/// A remote Raft that answered with an error (it is shutting down or broken): back off from it.
+fn remote(e: Error) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(e.to_string()))
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(PeerRequest::AppendEntries(rpc), option.hard_ttl()).await? {
+            PeerResponse::AppendEntries(result) => result.map_err(remote),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(PeerRequest::Vote(rpc), option.hard_ttl()).await? {
+            PeerResponse::Vote(result) => result.map_err(remote),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(PeerRequest::PreVote(rpc), option.hard_ttl()).await? {
+            PeerResponse::Vote(result) => result.map_err(remote),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, Cursor<Vec<u8>>>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let request = PeerRequest::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: ByteBuf::from(snapshot.snapshot.into_inner()),
+        };
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            response = self.call(request, option.hard_ttl()) => match response? {
+                PeerResponse::Snapshot(result) => Ok(result.map_err(remote)?),
+                other => Err(unexpected(other).into()),
+            },
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(PeerRequest::TransferLeader(rpc), option.hard_ttl()).await? {
+            PeerResponse::TransferLeader(result) => result.map_err(remote),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Read, Write};
+    use crate::protocol::message::Reply;
+    use crate::raft::log_store::LogStore;
+    use crate::store::Store;
+    use bytes::Bytes;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use tokio::net::TcpListener;
+
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    struct TestNode {
+        raft: Raft<TypeConfig, StateMachine>,
+        store: Arc<Store>,
+        server: tokio::task::JoinHandle<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn config() -> openraft::Config {
+        openraft::Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            ..Default::default()
+        }
+    }
+
+    /// A node whose listener speaks only the peer side of the protocol.
+    async fn start(id: u64, listener: TcpListener, config: openraft::Config) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let raft = Raft::new(
+            id,
+            Arc::new(config.validate().unwrap()),
+            PeerNetwork { node_id: id },
+            LogStore::open(dir.path()).unwrap(),
+            StateMachine::open(store.clone()).unwrap(),
+        )
+        .await
+        .unwrap();
+        let served = raft.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let raft = served.clone();
+                tokio::spawn(async move {
+                    let (mut reader, mut writer) = connection::split(stream, 1 << 20);
+                    let Ok(Some(Hello { peer: Some(_), .. })) = reader.read::<Hello>().await else { return };
+                    let welcome = HelloReply::Welcome { version: 1, node_id: id, max_frame_bytes: 1 << 20 };
+                    if writer.send(&welcome).await.is_ok() {
+                        let _ = serve_peer(reader, writer, &raft).await;
+                    }
+                });
+            }
+        });
+        TestNode { raft, store, server, _dir: dir }
+    }
+
+    fn get(store: &Store, key: &str) -> Reply {
+        store.read(&Read::Get { key: Bytes::copy_from_slice(key.as_bytes()) }).unwrap()
+    }
+
+    fn set(key: &str, value: &str) -> Write {
+        Write::Set {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        }
+    }
+
+    /// Writes through `node`, retrying while a fresh leader's lease is not yet confirmed by a
+    /// quorum: openraft refuses such a proposal before appending it, so a retry cannot apply it
+    /// twice.
+    async fn write(node: &TestNode, write: Write) -> openraft::raft::ClientWriteResponse<TypeConfig> {
+        let started = std::time::Instant::now();
+        loop {
+            match node.raft.client_write(write.clone()).await {
+                Ok(response) => return response,
+                Err(e) if e.forward_to_leader().is_some() && started.elapsed() < DEADLINE => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("write failed: {e}"),
+            }
+        }
+    }
+
+    async fn leader_among(nodes: &BTreeMap<u64, TestNode>, excluded: Option<u64>) -> u64 {
+        let any = nodes.values().next().unwrap();
+        let metrics = any
+            .raft
+            .wait(Some(DEADLINE))
+            .metrics(|m| m.current_leader.is_some_and(|l| Some(l) != excluded), "a leader")
+            .await
+            .unwrap();
+        metrics.current_leader.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_nodes_replicate_over_tcp_and_survive_losing_the_leader() {
+        let mut listeners = Vec::new();
+        let mut members = BTreeMap::new();
+        for id in 1..=3u64 {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            members.insert(id, BasicNode::new(listener.local_addr().unwrap().to_string()));
+            listeners.push((id, listener));
+        }
+        let mut nodes = BTreeMap::new();
+        for (id, listener) in listeners {
+            nodes.insert(id, start(id, listener, config()).await);
+        }
+        nodes[&1].raft.initialize(members).await.unwrap();
+
+        let leader = leader_among(&nodes, None).await;
+        let written = write(&nodes[&leader], set("k", "v1")).await;
+        assert_eq!(written.data, Reply::ok());
+        let index = written.log_id.index;
+        for node in nodes.values() {
+            node.raft.wait(Some(DEADLINE)).applied_index_at_least(Some(index), "the write").await.unwrap();
+            assert_eq!(get(&node.store, "k"), Reply::Bulk { value: ByteBuf::from("v1") });
+        }
+
+        // The leader goes away; the other two elect one of themselves and keep committing.
+        let old = nodes.remove(&leader).unwrap();
+        old.server.abort();
+        old.raft.shutdown().await.unwrap();
+        let new_leader = leader_among(&nodes, Some(leader)).await;
+        let written = write(&nodes[&new_leader], set("k", "v2")).await;
+        for node in nodes.values() {
+            let index = written.log_id.index;
+            node.raft
+                .wait(Some(DEADLINE))
+                .applied_index_at_least(Some(index), "the second write")
+                .await
+                .unwrap();
+            assert_eq!(get(&node.store, "k"), Reply::Bulk { value: ByteBuf::from("v2") });
+        }
+        for node in nodes.into_values() {
+            node.server.abort();
+            node.raft.shutdown().await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_that_missed_the_compacted_log_catches_up_by_snapshot() {
+        let compacting = openraft::Config {
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10),
+            max_in_snapshot_log_to_keep: 0,
+            purge_batch_size: 1,
+            ..config()
+        };
+        let mut listeners = Vec::new();
+        let mut members = BTreeMap::new();
+        for id in 1..=3u64 {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            members.insert(id, BasicNode::new(listener.local_addr().unwrap().to_string()));
+            listeners.push((id, listener));
+        }
+        let (late_id, late_listener) = listeners.pop().unwrap();
+        let mut nodes = BTreeMap::new();
+        for (id, listener) in listeners {
+            nodes.insert(id, start(id, listener, compacting.clone()).await);
+        }
+        nodes[&1].raft.initialize(members).await.unwrap();
+        let leader = leader_among(&nodes, None).await;
+        let mut last = 0;
+        for i in 0..40 {
+            last = write(&nodes[&leader], set(&format!("key{i}"), &format!("value{i}"))).await.log_id.index;
+        }
+        // The log the late node would need is gone from the leader.
+        nodes[&leader]
+            .raft
+            .wait(Some(DEADLINE))
+            .metrics(|m| m.purged.is_some_and(|p| p.index > 1), "the log to be purged")
+            .await
+            .unwrap();
+
+        let late = start(late_id, late_listener, compacting).await;
+        late.raft.wait(Some(DEADLINE)).applied_index_at_least(Some(last), "catching up").await.unwrap();
+        let metrics = {
+            use openraft::async_runtime::WatchReceiver;
+            late.raft.metrics().borrow_watched().clone()
+        };
+        assert!(metrics.snapshot.is_some(), "the late node got a snapshot: {metrics:?}");
+        for i in 0..40 {
+            let want = Reply::Bulk { value: ByteBuf::from(format!("value{i}")) };
+            assert_eq!(get(&late.store, &format!("key{i}")), want);
+        }
+        for node in nodes.into_values().chain([late]) {
+            node.server.abort();
+            node.raft.shutdown().await.unwrap();
+        }
+    }
+}
