@@ -81,12 +81,6 @@ pub struct LogStore {
     ops: mpsc::UnboundedSender<Op>,
 }
 
-/// A read-only handle on the log, for openraft's replication tasks.
-#[derive(Clone)]
-pub struct LogReader {
-    shared: Arc<Shared>,
-}
-
 impl LogStore {
     /// Opens (or creates) the log in `data_dir` and starts its writer thread, which ends when the
     /// last handle is dropped.
@@ -248,19 +242,6 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
     Ok(())
 }
 
-impl RaftLogReader<TypeConfig> for LogReader {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry>, io::Error> {
-        self.shared.entries(range)
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
-        self.shared.read_meta(VOTE)
-    }
-}
-
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -275,7 +256,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogReader;
+    /// Replication tasks read through a clone of the store itself.
+    type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged_log_id: Option<LogId> = self.shared.read_meta(PURGED)?;
@@ -283,8 +265,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
-    async fn get_log_reader(&mut self) -> LogReader {
-        LogReader { shared: self.shared.clone() }
+    async fn get_log_reader(&mut self) -> Self {
+        self.clone()
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {

@@ -164,8 +164,16 @@ impl PeerClient {
     }
 }
 
-fn unexpected(response: PeerResponse) -> RPCError<TypeConfig> {
-    RPCError::Network(NetworkError::from_string(format!("unexpected peer response {response:?}")))
+/// Picks the expected variant's result out of a response; anything else is a protocol error.
+macro_rules! expect_response {
+    ($response:expr, $variant:ident) => {
+        match $response {
+            PeerResponse::$variant(result) => result.map_err(remote),
+            other => Err(RPCError::Network(NetworkError::from_string(format!(
+                "unexpected peer response {other:?}"
+            )))),
+        }
+    };
 }
 
 /// A remote Raft that answered with an error (it is shutting down or broken): back off from it.
@@ -181,10 +189,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(PeerRequest::AppendEntries(rpc), option.hard_ttl()).await? {
-            PeerResponse::AppendEntries(result) => result.map_err(remote),
-            other => Err(unexpected(other)),
-        }
+        expect_response!(self.call(PeerRequest::AppendEntries(rpc), option.hard_ttl()).await?, AppendEntries)
     }
 
     async fn vote(
@@ -192,10 +197,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(PeerRequest::Vote(rpc), option.hard_ttl()).await? {
-            PeerResponse::Vote(result) => result.map_err(remote),
-            other => Err(unexpected(other)),
-        }
+        expect_response!(self.call(PeerRequest::Vote(rpc), option.hard_ttl()).await?, Vote)
     }
 
     async fn pre_vote(
@@ -203,10 +205,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(PeerRequest::PreVote(rpc), option.hard_ttl()).await? {
-            PeerResponse::Vote(result) => result.map_err(remote),
-            other => Err(unexpected(other)),
-        }
+        expect_response!(self.call(PeerRequest::PreVote(rpc), option.hard_ttl()).await?, Vote)
     }
 
     async fn full_snapshot(
@@ -223,10 +222,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         };
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            response = self.call(request, option.hard_ttl()) => match response? {
-                PeerResponse::Snapshot(result) => Ok(result.map_err(remote)?),
-                other => Err(unexpected(other).into()),
-            },
+            response = self.call(request, option.hard_ttl()) => Ok(expect_response!(response?, Snapshot)?),
         }
     }
 
@@ -235,10 +231,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(PeerRequest::TransferLeader(rpc), option.hard_ttl()).await? {
-            PeerResponse::TransferLeader(result) => result.map_err(remote),
-            other => Err(unexpected(other)),
-        }
+        expect_response!(
+            self.call(PeerRequest::TransferLeader(rpc), option.hard_ttl()).await?,
+            TransferLeader
+        )
     }
 }
 

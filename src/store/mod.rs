@@ -91,21 +91,18 @@ impl Store {
         &self,
         commands: impl IntoIterator<Item = &'a Command>,
     ) -> Result<Vec<Reply>, StoreError> {
-        let txn = self.db.begin_write().map_err(StoreError::storage)?;
-        let replies = {
-            let mut table = txn.open_table(KV).map_err(StoreError::storage)?;
-            commands
+        self.transact(|txn| {
+            let mut table = txn.open_table(KV)?;
+            let replies = commands
                 .into_iter()
                 .map(|command| match command {
                     Command::Write(write) => apply_write(&mut table, write),
                     Command::Read(read) => apply_read(&table, read),
                     Command::Ping { message } => Ok(pong(message.as_deref())),
                 })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(StoreError::storage)?
-        };
-        txn.commit().map_err(StoreError::storage)?;
-        Ok(replies)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(replies)
+        })
     }
 }
 
