@@ -73,10 +73,7 @@ impl Client {
                 Err(e) => failures.push(e.to_string()),
             }
         }
-        match failures.len() {
-            1 => Err(ClientError::NoNodeAnswered(failures.remove(0))),
-            _ => Err(ClientError::NoNodeAnswered(failures.join("; "))),
-        }
+        Err(ClientError::NoNodeAnswered(failures.join("; ")))
     }
 
     /// Connects to one node and says hello.

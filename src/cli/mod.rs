@@ -204,9 +204,8 @@ fn run_mode(
 }
 
 fn read_lines(mut input: impl BufRead, tx: &mpsc::Sender<batch::Line>) {
-    let mut buf = Vec::new();
     for number in 1.. {
-        buf.clear();
+        let mut buf = Vec::new();
         match input.read_until(b'\n', &mut buf) {
             Ok(0) => return,
             Ok(_) => {}
@@ -215,7 +214,7 @@ fn read_lines(mut input: impl BufRead, tx: &mpsc::Sender<batch::Line>) {
                 return;
             }
         }
-        let line = String::from_utf8(buf.clone())
+        let line = String::from_utf8(buf)
             .map_err(|_| format!("line {number} is not valid UTF-8; write binary data with \\xHH escapes"));
         if tx.blocking_send(line).is_err() {
             return;

@@ -95,7 +95,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), io::Error> {
         self.blocking(|store| {
             let txn = store.begin_read()?;
-            let table = txn.open_table(RAFT_META).map_err(|e| StoreError::Storage(e.into()))?;
+            let table = txn.open_table(RAFT_META).map_err(StoreError::storage)?;
             Ok(read_state(&table)?)
         })
         .await
@@ -185,17 +185,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             .blocking(|store| {
                 // One read transaction: the data and the log id it reflects are consistent.
                 let txn = store.begin_read()?;
-                let storage = |e: redb::Error| StoreError::Storage(e);
-                let kv = txn.open_table(KV).map_err(|e| storage(e.into()))?;
+                let kv = txn.open_table(KV).map_err(StoreError::storage)?;
                 let (applied, membership) =
-                    read_state(&txn.open_table(RAFT_META).map_err(|e| storage(e.into()))?)?;
+                    read_state(&txn.open_table(RAFT_META).map_err(StoreError::storage)?)?;
                 let mut pairs = Vec::new();
-                for item in kv.iter().map_err(|e| storage(e.into()))? {
-                    let (key, value) = item.map_err(|e| storage(e.into()))?;
+                for item in kv.iter().map_err(StoreError::storage)? {
+                    let (key, value) = item.map_err(StoreError::storage)?;
                     pairs.push((ByteBuf::from(key.value()), ByteBuf::from(value.value())));
                 }
-                let data =
-                    rmp_serde::to_vec(&pairs).map_err(|e| storage(redb::Error::Corrupted(e.to_string())))?;
+                let data = encode(&pairs)?;
                 Ok((SnapshotMeta { last_log_id: applied, last_membership: membership }, data))
             })
             .await?;

@@ -47,13 +47,12 @@ impl GroupCommit {
     /// was applied.
     pub async fn execute(&self, commands: Vec<Command>) -> Vec<Reply> {
         let n = commands.len();
+        let shutting_down = || vec![Reply::error(ErrorCode::ShuttingDown, "the node is shutting down"); n];
         let (done, answer) = oneshot::channel();
         if self.jobs.send(Job { commands, done }).await.is_err() {
-            return vec![Reply::error(ErrorCode::ShuttingDown, "the node is shutting down"); n];
+            return shutting_down();
         }
-        answer
-            .await
-            .unwrap_or_else(|_| vec![Reply::error(ErrorCode::ShuttingDown, "the node is shutting down"); n])
+        answer.await.unwrap_or_else(|_| shutting_down())
     }
 }
 

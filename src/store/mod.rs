@@ -36,7 +36,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn storage(e: impl Into<redb::Error>) -> StoreError {
+    pub(crate) fn storage(e: impl Into<redb::Error>) -> StoreError {
         StoreError::Storage(e.into())
     }
 }
