@@ -6,11 +6,14 @@
 //!
 //! Addresses are tried in the order given and the first node that completes the hello wins, so a
 //! caller with the whole cluster's addresses survives any one node being down.
+//!
+//! [`RequestOptions`] apply to every request of a connection: local (possibly stale) reads, and
+//! how many peer acknowledgements a write should wait for.
 
 use crate::connection::{self, FrameReader, FrameWriter, ReadError};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::frame::DEFAULT_MAX_FRAME_BYTES;
-use crate::protocol::message::{ErrorCode, Hello, HelloReply, Reply, Request, Response};
+use crate::protocol::message::{ErrorCode, Hello, HelloReply, Request, Response};
 use serde_bytes::ByteBuf;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -47,6 +50,17 @@ impl From<ReadError> for ClientError {
     }
 }
 
+/// Per-request settings a client applies to everything it sends; see [`Request`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestOptions {
+    /// Reads from the connected node's own state, possibly stale.
+    pub local: bool,
+    /// Writes wait for this many peer acknowledgements...
+    pub min_acks: Option<u32>,
+    /// ...for up to this long.
+    pub ack_timeout: Option<Duration>,
+}
+
 /// A connection to one node, after a successful hello.
 pub struct Client {
     sender: RequestSender,
@@ -65,8 +79,19 @@ pub struct NodeInfo {
 impl Client {
     /// Connects to the first of `addrs` that completes the hello within `timeout`.
     pub async fn connect_any(addrs: &[String], timeout: Duration) -> Result<(Client, NodeInfo), ClientError> {
+        Client::connect_any_from(addrs, 0, timeout).await
+    }
+
+    /// Like [`Client::connect_any`], but starts with `addrs[first]` and wraps around: after a
+    /// node fails, the next attempt starts with the one after it.
+    pub async fn connect_any_from(
+        addrs: &[String],
+        first: usize,
+        timeout: Duration,
+    ) -> Result<(Client, NodeInfo), ClientError> {
         let mut failures = Vec::new();
-        for addr in addrs {
+        let n = addrs.len();
+        for addr in (0..n).map(|i| &addrs[(first + i) % n]) {
             match Client::connect(addr, timeout).await {
                 Ok(connected) => return Ok(connected),
                 Err(e @ ClientError::Refused { code: ErrorCode::VersionMismatch, .. }) => return Err(e),
@@ -78,13 +103,37 @@ impl Client {
 
     /// Connects to one node and says hello.
     pub async fn connect(addr: &str, timeout: Duration) -> Result<(Client, NodeInfo), ClientError> {
+        let hello =
+            Hello { version: PROTOCOL_VERSION, client: "kv-cli".to_string(), peer: None, forwarded_by: None };
+        Client::connect_with(addr, timeout, hello).await
+    }
+
+    /// Connects to a node on behalf of cluster member `me`, to forward its clients' requests.
+    pub async fn connect_forwarding(
+        addr: &str,
+        timeout: Duration,
+        me: u64,
+    ) -> Result<(Client, NodeInfo), ClientError> {
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            client: format!("node {me}"),
+            peer: None,
+            forwarded_by: Some(me),
+        };
+        Client::connect_with(addr, timeout, hello).await
+    }
+
+    async fn connect_with(
+        addr: &str,
+        timeout: Duration,
+        hello: Hello,
+    ) -> Result<(Client, NodeInfo), ClientError> {
         let connect_error = |reason: String| ClientError::Connect { addr: addr.to_string(), reason };
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| connect_error(format!("timed out after {timeout:?}")))?
             .map_err(|e| connect_error(e.to_string()))?;
         let (mut reader, mut writer) = connection::split(stream, DEFAULT_MAX_FRAME_BYTES);
-        let hello = Hello { version: PROTOCOL_VERSION, client: "kv-cli".to_string(), peer: None };
         let welcome = async {
             writer.send(&hello).await?;
             reader.read::<HelloReply>().await?.ok_or_else(|| ClientError::Lost("closed during hello".into()))
@@ -99,7 +148,7 @@ impl Client {
                 let limit = usize::try_from(max_frame_bytes).unwrap_or(usize::MAX);
                 reader.set_max_frame_bytes(limit.saturating_add(64 * 1024).max(DEFAULT_MAX_FRAME_BYTES));
                 let client = Client {
-                    sender: RequestSender { writer, next_id: 1 },
+                    sender: RequestSender { writer, next_id: 1, options: RequestOptions::default() },
                     receiver: ResponseReceiver { reader },
                     timeout,
                 };
@@ -111,8 +160,13 @@ impl Client {
         }
     }
 
+    /// Applies `options` to every request sent from now on.
+    pub fn set_options(&mut self, options: RequestOptions) {
+        self.sender.options = options;
+    }
+
     /// Sends one command and waits for its answer.
-    pub async fn call(&mut self, args: Vec<Vec<u8>>) -> Result<Reply, ClientError> {
+    pub async fn call(&mut self, args: Vec<Vec<u8>>) -> Result<Response, ClientError> {
         let id = self.sender.send(args).await?;
         self.sender.flush().await?;
         let response = tokio::time::timeout(self.timeout, self.receiver.next())
@@ -127,14 +181,14 @@ impl Client {
     }
 }
 
-/// Checks that an answer is for the request we expected and unwraps it.
-pub fn expect_id(response: Response, id: u64) -> Result<Reply, ClientError> {
+/// Checks that an answer is for the request we expected.
+pub fn expect_id(response: Response, id: u64) -> Result<Response, ClientError> {
     if response.id == id {
-        return Ok(response.reply);
+        return Ok(response);
     }
     match response.reply {
         // Id 0 is the node telling us why it is closing the connection.
-        Reply::Error { code, message } if response.id == 0 => {
+        crate::protocol::message::Reply::Error { code, message } if response.id == 0 => {
             Err(ClientError::Protocol(format!("{code} {message}")))
         }
         _ => Err(ClientError::Protocol(format!("answer for request {} while waiting for {id}", response.id))),
@@ -145,16 +199,29 @@ pub fn expect_id(response: Response, id: u64) -> Result<Reply, ClientError> {
 pub struct RequestSender {
     writer: FrameWriter,
     next_id: u64,
+    options: RequestOptions,
 }
 
 impl RequestSender {
-    /// Queues a command; returns the id its answer will carry. Call [`Self::flush`] to send.
+    /// Queues a command with the connection's options; returns the id its answer will carry.
+    /// Call [`Self::flush`] to send.
     pub async fn send(&mut self, args: Vec<Vec<u8>>) -> Result<u64, ClientError> {
-        let id = self.next_id;
+        let request = Request {
+            id: 0,
+            args: args.into_iter().map(ByteBuf::from).collect(),
+            local: self.options.local,
+            min_acks: self.options.min_acks,
+            ack_timeout_ms: self.options.ack_timeout.map(|t| t.as_millis() as u64),
+        };
+        self.send_request(request).await
+    }
+
+    /// Queues a request as it is, except for its id; returns that id.
+    pub async fn send_request(&mut self, mut request: Request) -> Result<u64, ClientError> {
+        request.id = self.next_id;
         self.next_id += 1;
-        let request = Request { id, args: args.into_iter().map(ByteBuf::from).collect() };
         self.writer.feed(&request).await?;
-        Ok(id)
+        Ok(request.id)
     }
 
     pub async fn flush(&mut self) -> Result<(), ClientError> {

@@ -5,7 +5,7 @@
 //! completion and argument hints, so the three can never disagree.
 //!
 //! Commands are split by what they need from the node: a [`Write`] changes state and is what the
-//! replicated log carries; a [`Read`] only looks; `PING` touches nothing.
+//! replicated log carries; a [`Read`] only looks; `PING` and `CLUSTER` touch no data.
 
 use crate::protocol::message::{ErrorCode, Reply};
 use bytes::Bytes;
@@ -28,6 +28,9 @@ pub struct CommandSpec {
     pub args: &'static str,
     pub summary: &'static str,
     pub arity: Arity,
+    /// Whether the command changes the store: a client must not resend it after losing its
+    /// answer, since it may have been applied.
+    pub writes: bool,
 }
 
 const fn spec(
@@ -37,7 +40,8 @@ const fn spec(
     min: usize,
     max: Option<usize>,
 ) -> CommandSpec {
-    CommandSpec { name, args, summary, arity: Arity { min, max } }
+    let writes = matches!(name.as_bytes(), b"SET" | b"DEL");
+    CommandSpec { name, args, summary, arity: Arity { min, max }, writes }
 }
 
 /// Every command a node accepts.
@@ -53,6 +57,13 @@ pub const COMMANDS: &[CommandSpec] = &[
         None,
     ),
     spec("PING", "[message]", "Answer PONG, or echo message; checks the connection.", 0, Some(1)),
+    spec(
+        "CLUSTER",
+        "",
+        "Show every node: role, term, log and applied index, lag behind the leader, last contact.",
+        0,
+        Some(0),
+    ),
 ];
 
 /// Looks a command up by name, ignoring ASCII case.
@@ -102,7 +113,11 @@ pub enum Read {
 /// A parsed, validated command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Ping { message: Option<Bytes> },
+    Ping {
+        message: Option<Bytes>,
+    },
+    /// The cluster status table.
+    Cluster,
     Read(Read),
     Write(Write),
 }
@@ -161,6 +176,7 @@ impl Command {
             ("EXISTS", ks) => Command::Read(Read::Exists { keys: keys(ks)? }),
             ("PING", []) => Command::Ping { message: None },
             ("PING", [m]) => Command::Ping { message: Some(m.clone()) },
+            ("CLUSTER", []) => Command::Cluster,
             // Unreachable while the table and this match agree (a unit test checks that); answering
             // with an arity error rather than panicking keeps a client from ever crashing the node.
             (name, rest) => return Err(arity_error(spec, name, rest.len())),
@@ -178,6 +194,7 @@ fn check_arity(spec: &'static CommandSpec, got: usize) -> Result<(), CommandErro
 
 fn arity_error(spec: &'static CommandSpec, name: &'static str, got: usize) -> CommandError {
     let expected = match spec.arity {
+        Arity { min: 0, max: Some(0) } => "none".to_string(),
         Arity { min, max: Some(max) } if min == max => format!("{min} ({})", spec.args),
         Arity { min, max: Some(max) } => format!("{min} to {max} ({})", spec.args),
         Arity { min, max: None } => format!("at least {min} ({})", spec.args),
@@ -215,6 +232,7 @@ mod tests {
             (&["EXISTS", "a", "a"], Command::Read(Read::Exists { keys: vec![b("a"), b("a")] })),
             (&["ping"], Command::Ping { message: None }),
             (&["PING", "hi"], Command::Ping { message: Some(b("hi")) }),
+            (&["cluster"], Command::Cluster),
         ];
         for (words, want) in cases {
             assert_eq!(parse(words).as_ref(), Ok(want), "{words:?}");
@@ -248,7 +266,8 @@ mod tests {
             for n in spec.arity.min..=max {
                 let mut words = vec![spec.name];
                 words.extend(std::iter::repeat_n("x", n));
-                assert!(parse(&words).is_ok(), "{} with {n} args", spec.name);
+                let command = parse(&words).unwrap_or_else(|e| panic!("{} with {n} args: {e}", spec.name));
+                assert_eq!(matches!(command, Command::Write(_)), spec.writes, "{}", spec.name);
             }
         }
     }

@@ -41,12 +41,23 @@ pub struct NodeConfig {
     pub max_value_bytes: usize,
     /// Connections served at once; more are refused with a `BUSY` error. Default 1024.
     pub max_connections: usize,
+    /// How often the leader sends heartbeats, in milliseconds. Default 100.
+    pub heartbeat_ms: u64,
+    /// A follower that hears nothing from a leader for a random time between this and twice this
+    /// (milliseconds) starts an election. At least three heartbeats. Default 500.
+    pub election_timeout_ms: u64,
+    /// How long a request may wait for a leader with a quorum before it fails with `NO_QUORUM`
+    /// (or, once handed to a leader, `OUTCOME_UNKNOWN`), in milliseconds. Default 5000.
+    pub request_timeout_ms: u64,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7001";
 pub const DEFAULT_MAX_KEY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_HEARTBEAT_MS: usize = 100;
+pub const DEFAULT_ELECTION_TIMEOUT_MS: usize = 500;
+pub const DEFAULT_REQUEST_TIMEOUT_MS: usize = 5000;
 /// Room in a frame for everything but the key and the value of a `SET`.
 const FRAME_OVERHEAD_BYTES: usize = 1024;
 
@@ -87,6 +98,16 @@ pub struct NodeArgs {
     /// Connections served at once [default: 1024].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Leader heartbeat interval in milliseconds [default: 100].
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_ms: Option<usize>,
+    /// Election timeout in milliseconds; each node picks a random time between this and twice
+    /// this [default: 500].
+    #[arg(long, value_name = "MS")]
+    pub election_timeout_ms: Option<usize>,
+    /// How long a request waits for a leader with a quorum, in milliseconds [default: 5000].
+    #[arg(long, value_name = "MS")]
+    pub request_timeout_ms: Option<usize>,
 }
 
 /// The config file's shape. Unknown keys are an error: a typo must not be silently ignored.
@@ -102,6 +123,9 @@ struct FileConfig {
     max_key_bytes: Option<Spanned<usize>>,
     max_value_bytes: Option<Spanned<usize>>,
     max_connections: Option<Spanned<usize>>,
+    heartbeat_ms: Option<Spanned<usize>>,
+    election_timeout_ms: Option<Spanned<usize>>,
+    request_timeout_ms: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,14 +246,37 @@ pub fn load(args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         pick(args.max_value_bytes, "--max-value-bytes", &file.max_value_bytes, DEFAULT_MAX_VALUE_BYTES);
     let (max_connections, conn_origin) =
         pick(args.max_connections, "--max-connections", &file.max_connections, DEFAULT_MAX_CONNECTIONS);
+    let (heartbeat_ms, heartbeat_origin) =
+        pick(args.heartbeat_ms, "--heartbeat-ms", &file.heartbeat_ms, DEFAULT_HEARTBEAT_MS);
+    let (election_timeout_ms, election_origin) = pick(
+        args.election_timeout_ms,
+        "--election-timeout-ms",
+        &file.election_timeout_ms,
+        DEFAULT_ELECTION_TIMEOUT_MS,
+    );
+    let (request_timeout_ms, request_origin) = pick(
+        args.request_timeout_ms,
+        "--request-timeout-ms",
+        &file.request_timeout_ms,
+        DEFAULT_REQUEST_TIMEOUT_MS,
+    );
     for (value, origin, what) in [
         (max_key_bytes, &key_origin, "max_key_bytes"),
         (max_value_bytes, &value_origin, "max_value_bytes"),
         (max_connections, &conn_origin, "max_connections"),
+        (heartbeat_ms, &heartbeat_origin, "heartbeat_ms"),
+        (request_timeout_ms, &request_origin, "request_timeout_ms"),
     ] {
         if value == 0 {
             return Err(origin.error(format!("{what} must be at least 1")));
         }
+    }
+    if election_timeout_ms < 3 * heartbeat_ms {
+        return Err(election_origin.error(format!(
+            "election_timeout_ms is {election_timeout_ms}, but must be at least three heartbeats \
+             (3 x heartbeat_ms = {}), or followers would start elections against a healthy leader",
+            3 * heartbeat_ms
+        )));
     }
     if max_frame_bytes > u32::MAX as usize {
         return Err(frame_origin.error("max_frame_bytes must fit a 32-bit length prefix"));
@@ -251,6 +298,9 @@ pub fn load(args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         max_key_bytes,
         max_value_bytes,
         max_connections,
+        heartbeat_ms: heartbeat_ms as u64,
+        election_timeout_ms: election_timeout_ms as u64,
+        request_timeout_ms: request_timeout_ms as u64,
     })
 }
 
@@ -341,6 +391,8 @@ mod tests {
             ("[[peers]]\nid = 2\n", "missing field `addr`"),
             ("max_frame_bytes = 100\n", ":1:19: max_frame_bytes is 100, too small"),
             ("max_connections = 0\n", "max_connections must be at least 1"),
+            ("heartbeat_ms = 100\nelection_timeout_ms = 200\n", ":2:23: election_timeout_ms is 200"),
+            ("request_timeout_ms = 0\n", "request_timeout_ms must be at least 1"),
             ("id = [\n", ":1:"),
         ];
         for (toml, want) in cases {

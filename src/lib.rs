@@ -5,11 +5,14 @@
 //! 1. [`connection`] reads frames ([`protocol::frame`]) and decodes them into
 //!    [`protocol::message::Request`]s.
 //! 2. [`server`] accepts connections, and its handler gathers the requests a client has
-//!    pipelined into one batch and parses each with [`command::Command::parse`].
-//! 3. [`store`] executes the batch: writes through group commit (one durable redb transaction for
-//!    every writer waiting at that moment) via the deterministic [`store::apply_write`], reads
-//!    straight from the latest committed state.
-//! 4. The answers go back in request order, one flush per batch.
+//!    pipelined into one batch and parses each with [`command::Command::parse`]. A connection
+//!    whose hello names a peer carries Raft traffic instead ([`raft::network`]).
+//! 3. The server's executor runs the batch through the leader: on a follower it is forwarded; on
+//!    the leader consecutive writes become one Raft proposal ([`raft`]), which the state machine
+//!    applies to the [`store`] through the deterministic [`store::apply_write`] on every node,
+//!    and consecutive reads share one read-index check before reading the store.
+//! 4. The answers go back in request order, one flush per batch, writes with their replication
+//!    picture.
 //!
 //! The client side is [`client`] (connect, call, pipeline) and [`cli`] (shell, batches, demo).
 //! [`config`] turns a TOML file and flags into a validated node configuration.

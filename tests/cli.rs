@@ -97,11 +97,21 @@ fn json_mode_prints_one_object_per_answer() {
     let objects: Vec<serde_json::Value> =
         out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(objects.len(), 8, "{out:?}");
-    assert_eq!(objects[0], serde_json::json!({"type": "status", "value": "OK"}));
-    assert_eq!(objects[2], serde_json::json!({"type": "bulk", "value": "héllo"}));
-    assert_eq!(objects[3], serde_json::json!({"type": "bulk", "value": "AP8=", "encoding": "base64"}));
-    assert_eq!(objects[4], serde_json::json!({"type": "nil"}));
-    assert_eq!(objects[5], serde_json::json!({"type": "integer", "value": 2}));
+    // A single node leads itself; a write's replication picture has no peers to show.
+    assert_eq!(
+        objects[0],
+        serde_json::json!({"type": "status", "value": "OK", "leader": 1, "replication": {
+            "term": objects[0]["replication"]["term"], "index": objects[0]["replication"]["index"], "peers": []
+        }})
+    );
+    assert!(objects[1]["replication"]["index"].as_u64() > objects[0]["replication"]["index"].as_u64());
+    assert_eq!(objects[2], serde_json::json!({"type": "bulk", "value": "héllo", "leader": 1}));
+    assert_eq!(
+        objects[3],
+        serde_json::json!({"type": "bulk", "value": "AP8=", "encoding": "base64", "leader": 1})
+    );
+    assert_eq!(objects[4], serde_json::json!({"type": "nil", "leader": 1}));
+    assert_eq!(objects[5], serde_json::json!({"type": "integer", "value": 2, "leader": 1}));
     assert_eq!(objects[6]["type"], "error");
     assert_eq!(objects[6]["code"], "WRONG_ARITY");
     assert_eq!(objects[7]["type"], "help");
@@ -204,7 +214,7 @@ fn piped_commands_are_pipelined_not_sent_one_round_trip_at_a_time() {
             };
             let gathered = tokio::time::timeout(deadline, gather).await.is_ok();
             for id in &ids {
-                writer.feed(&Response { id: *id, reply: Reply::ok() }).await.unwrap();
+                writer.feed(&Response::new(*id, Reply::ok())).await.unwrap();
             }
             writer.flush().await.unwrap();
             (gathered, ids.len())

@@ -100,7 +100,7 @@ impl Raw {
 
     fn hello(node: &TestNode) -> Raw {
         let mut raw = Raw::connect(node);
-        raw.frame(&encode(&Hello { version: 1, client: "raw".into(), peer: None }));
+        raw.frame(&encode(&Hello { version: 1, client: "raw".into(), peer: None, forwarded_by: None }));
         let welcome: HelloReply = decode(&raw.read_frame().expect("welcome")).unwrap();
         assert!(matches!(welcome, HelloReply::Welcome { .. }), "{welcome:?}");
         raw
@@ -150,7 +150,9 @@ fn broken_clients_lose_their_own_connection_and_nothing_else() {
     let (mut good, _) =
         runtime.block_on(Client::connect(&node.addr.to_string(), Duration::from_secs(10))).unwrap();
     let mut set = |key: &str| {
-        runtime.block_on(good.call(vec![b"SET".to_vec(), key.as_bytes().to_vec(), b"v".to_vec()]))
+        runtime
+            .block_on(good.call(vec![b"SET".to_vec(), key.as_bytes().to_vec(), b"v".to_vec()]))
+            .map(|r| r.reply)
     };
     assert_eq!(set("before").unwrap(), Reply::ok());
 
@@ -163,7 +165,7 @@ fn broken_clients_lose_their_own_connection_and_nothing_else() {
 
     // A protocol version the node does not speak.
     let mut raw = Raw::connect(&node);
-    raw.frame(&encode(&Hello { version: 99, client: "future".into(), peer: None }));
+    raw.frame(&encode(&Hello { version: 99, client: "future".into(), peer: None, forwarded_by: None }));
     let refusal: HelloReply = decode(&raw.read_frame().unwrap()).unwrap();
     let HelloReply::Refused { code, message } = refusal else { panic!("{refusal:?}") };
     assert_eq!(code, ErrorCode::VersionMismatch);
@@ -177,7 +179,7 @@ fn broken_clients_lose_their_own_connection_and_nothing_else() {
 
     // A well-framed payload that is not a request; the good request before it is still answered.
     let mut raw = Raw::hello(&node);
-    raw.frame(&encode(&Request { id: 5, args: words(&["PING"]) }));
+    raw.frame(&encode(&Request::new(5, words(&["PING"]))));
     raw.frame(b"\xc1\xc1 not msgpack");
     let pong: Response = decode(&raw.read_frame().unwrap()).unwrap();
     assert_eq!(pong.id, 5);
@@ -188,7 +190,7 @@ fn broken_clients_lose_their_own_connection_and_nothing_else() {
     raw.0.write_all(&[0, 0, 0, 100, 1, 2, 3]).unwrap();
     drop(raw);
     let mut raw = Raw::hello(&node);
-    raw.frame(&encode(&Request { id: 1, args: words(&["SET", "vanished", "v"]) }));
+    raw.frame(&encode(&Request::new(1, words(&["SET", "vanished", "v"]))));
     drop(raw);
 
     // The established connection and new ones are unaffected.

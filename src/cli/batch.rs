@@ -5,19 +5,26 @@
 //! order. With `--stop-on-error` the window is one, so that no command after a failed one is ever
 //! sent, let alone applied.
 //!
+//! If the connection is lost (the node died), kv-cli connects to the next address that answers
+//! and carries on. Commands that were in flight are handled by what they do: a read is sent
+//! again (it changed nothing), a write is reported as `OUTCOME_UNKNOWN` and never resent, since
+//! it may have been applied and resending could apply it twice.
+//!
 //! Blank lines and lines starting with `#` are skipped; `QUIT` ends the input.
 
-use super::output::{BAD_INPUT, CONNECTION, Printer};
+use super::output::{BAD_INPUT, CONNECTION, Printer, TOO_FEW_ACKS};
 use super::split::split_args;
-use super::{ExitStatus, LocalCommand, Options, local_command};
-use crate::client::ClientError;
-use crate::client::{Client, ResponseReceiver, expect_id};
-use crate::protocol::message::Response;
+use super::{ExitStatus, LocalCommand, Options, judge, local_command};
+use crate::client::{Client, ClientError, RequestSender, ResponseReceiver, expect_id};
+use crate::command::lookup;
+use crate::protocol::message::{ErrorCode, Response};
 use std::collections::VecDeque;
 use tokio::sync::mpsc;
 
 /// Commands in flight at most on the connection.
 pub const WINDOW: usize = 1000;
+/// Connections lost in a row, with no answer in between, before kv-cli gives up.
+const MAX_LOSSES_IN_A_ROW: usize = 3;
 
 /// A line of input, or why it could not be read.
 pub type Line = Result<String, String>;
@@ -25,35 +32,55 @@ pub type Line = Result<String, String>;
 /// One line of input, in the order it must be reported.
 enum Slot {
     /// Sent; waiting for the answer with this id.
-    Sent(u64),
-    /// Answered by kv-cli itself: a line it could not parse, or help text.
-    Local(Result<String, String>),
+    Sent { id: u64, args: Vec<Vec<u8>>, writes: bool },
+    /// Known without the node: help text, or an error with its code and exit status.
+    Done(Result<String, (String, String, ExitStatus)>),
+}
+
+/// The live connection and where it goes.
+struct Link {
+    sender: RequestSender,
+    receiver: ResponseReceiver,
+    addr: String,
+    /// Index in the address list, so that a reconnection starts with the next one.
+    index: usize,
+}
+
+impl Link {
+    async fn open(options: &Options, first: usize) -> Result<Link, ClientError> {
+        let (mut client, info) =
+            Client::connect_any_from(&options.addrs, first, options.connect_timeout).await?;
+        client.set_options(options.request.clone());
+        let index = options.addrs.iter().position(|a| *a == info.addr).unwrap_or(first);
+        let (sender, receiver) = client.split();
+        Ok(Link { sender, receiver, addr: info.addr, index })
+    }
 }
 
 /// Runs every line that `lines` yields and returns the exit status.
 pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &Printer) -> ExitStatus {
-    let (client, _) = match Client::connect_any(&options.addrs, options.connect_timeout).await {
-        Ok(connected) => connected,
+    let mut link = match Link::open(options, 0).await {
+        Ok(link) => link,
         Err(e) => {
             printer.error(CONNECTION, &e.to_string());
             return ExitStatus::Failure;
         }
     };
-    let (mut sender, mut receiver) = client.split();
     let window = if options.stop_on_error { 1 } else { WINDOW };
     let mut queue: VecDeque<Slot> = VecDeque::new();
     let mut in_flight = 0;
     let mut input_done = false;
     let mut status = ExitStatus::Success;
+    let mut losses = 0;
 
     loop {
         // Report everything at the front that is already known.
-        while let Some(Slot::Local(outcome)) = queue.front() {
+        while let Some(Slot::Done(outcome)) = queue.front() {
             match outcome {
                 Ok(text) => printer.info(text),
-                Err(message) => {
-                    printer.error(BAD_INPUT, message);
-                    status = status.or(ExitStatus::ErrorReply);
+                Err((code, message, failure)) => {
+                    printer.error(code, message);
+                    status = status.or(*failure);
                 }
             }
             queue.pop_front();
@@ -66,26 +93,40 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
         }
         tokio::select! {
             biased;
-            answer = next_answer(&mut receiver, options), if in_flight > 0 => {
-                let Some(Slot::Sent(id)) = queue.pop_front() else { unreachable!("the front is a sent command") };
-                in_flight -= 1;
-                match answer.and_then(|response| expect_id(response, id)) {
-                    Ok(reply) => {
-                        printer.reply(&reply);
-                        if reply.is_error() {
-                            status = status.or(ExitStatus::ErrorReply);
-                            if options.stop_on_error {
-                                return status;
-                            }
+            answer = next_answer(&mut link.receiver, options), if in_flight > 0 => {
+                let Some(Slot::Sent { id, .. }) = queue.front() else { unreachable!("the front is a sent command") };
+                match answer.and_then(|response| expect_id(response, *id)) {
+                    Ok(response) => {
+                        queue.pop_front();
+                        in_flight -= 1;
+                        losses = 0;
+                        printer.response(&response);
+                        let (verdict, warning) = judge(&response, options);
+                        if let Some(warning) = warning {
+                            printer.warn(TOO_FEW_ACKS, &warning);
+                        }
+                        status = status.or(verdict);
+                        if options.stop_on_error && verdict != ExitStatus::Success {
+                            return status;
                         }
                     }
                     Err(e) => {
-                        printer.error(CONNECTION, &format!(
-                            "{e}; {} command(s) were sent without an answer and may or may not have been \
-                             applied; the rest of the input was not sent",
-                            in_flight + 1,
-                        ));
-                        return status.or(ExitStatus::Failure);
+                        losses += 1;
+                        let lost = format!("{} lost ({e})", link.addr);
+                        if losses > MAX_LOSSES_IN_A_ROW {
+                            printer.error(CONNECTION, &format!("{lost}; giving up after {MAX_LOSSES_IN_A_ROW} reconnections"));
+                            return status.or(ExitStatus::Failure);
+                        }
+                        match reconnect(&mut queue, &link, options, &lost).await {
+                            Ok((new_link, resent)) => {
+                                link = new_link;
+                                in_flight = resent;
+                            }
+                            Err(e) => {
+                                printer.error(CONNECTION, &format!("{lost}; cannot reconnect: {e}"));
+                                return status.or(ExitStatus::Failure);
+                            }
+                        }
                     }
                 }
             }
@@ -93,11 +134,11 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
                 let line = match line {
                     None => {
                         input_done = true;
-                        let _ = sender.flush().await;
+                        let _ = link.sender.flush().await;
                         continue;
                     }
                     Some(Err(unreadable)) => {
-                        queue.push_back(Slot::Local(Err(unreadable)));
+                        queue.push_back(bad_input(unreadable));
                         continue;
                     }
                     Some(Ok(line)) => line,
@@ -107,30 +148,60 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
                     continue;
                 }
                 match split_args(trimmed) {
-                    Err(e) => queue.push_back(Slot::Local(Err(format!("{e}: {trimmed}")))),
+                    Err(e) => queue.push_back(bad_input(format!("{e}: {trimmed}"))),
                     Ok(args) => match local_command(&args) {
                         Some(LocalCommand::Quit) => input_done = true,
-                        Some(LocalCommand::Help(text)) => queue.push_back(Slot::Local(text)),
-                        None => match sender.send(args).await {
-                            Ok(id) => {
-                                queue.push_back(Slot::Sent(id));
-                                in_flight += 1;
-                            }
-                            Err(e) => {
-                                printer.error(CONNECTION, &e.to_string());
-                                return status.or(ExitStatus::Failure);
-                            }
-                        },
+                        Some(LocalCommand::Help(Ok(text))) => queue.push_back(Slot::Done(Ok(text))),
+                        Some(LocalCommand::Help(Err(e))) => queue.push_back(bad_input(e)),
+                        None => {
+                            let writes = args.first().and_then(|name| lookup(name)).is_some_and(|spec| spec.writes);
+                            // A failed send shows up as a lost connection on the read side.
+                            let id = link.sender.send(args.clone()).await.unwrap_or(0);
+                            queue.push_back(Slot::Sent { id, args, writes });
+                            in_flight += 1;
+                        }
                     },
                 }
                 // Send what is queued once the input pauses or the window is full. A failed flush
                 // means a lost connection, which the read side reports with the details.
                 if lines.is_empty() || in_flight == window || input_done {
-                    let _ = sender.flush().await;
+                    let _ = link.sender.flush().await;
                 }
             }
         }
     }
+}
+
+fn bad_input(message: String) -> Slot {
+    Slot::Done(Err((BAD_INPUT.to_string(), message, ExitStatus::ErrorReply)))
+}
+
+/// After a lost connection: marks in-flight writes as of unknown outcome, connects to the next
+/// node that answers and resends the in-flight reads there. Returns the new link and how many
+/// commands are in flight on it.
+async fn reconnect(
+    queue: &mut VecDeque<Slot>,
+    old: &Link,
+    options: &Options,
+    lost: &str,
+) -> Result<(Link, usize), ClientError> {
+    for slot in queue.iter_mut() {
+        if let Slot::Sent { writes: true, .. } = slot {
+            let message = format!("{lost} after the write was sent: it may or may not have been applied");
+            *slot =
+                Slot::Done(Err((ErrorCode::OutcomeUnknown.to_string(), message, ExitStatus::OutcomeUnknown)));
+        }
+    }
+    let mut link = Link::open(options, old.index + 1).await?;
+    let mut resent = 0;
+    for slot in queue.iter_mut() {
+        if let Slot::Sent { id, args, .. } = slot {
+            *id = link.sender.send(args.clone()).await?;
+            resent += 1;
+        }
+    }
+    link.sender.flush().await?;
+    Ok((link, resent))
 }
 
 async fn next_answer(receiver: &mut ResponseReceiver, options: &Options) -> Result<Response, ClientError> {

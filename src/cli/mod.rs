@@ -2,8 +2,9 @@
 //! share: one line splitter (`split`) and one way of printing answers (`output`).
 //!
 //! Exit status: 0 when every command succeeded (a missing key is a success), 1 when the node
-//! answered an error (or a line could not be parsed), 2 for usage errors and connection failures.
-//! The first failure decides.
+//! answered an error (or a line could not be parsed), 2 for usage errors and connection failures,
+//! 3 when a write succeeded but fewer peers than `--min-acks` had acknowledged it, 4 when a
+//! write's outcome is unknown (it may or may not have been applied). The first failure decides.
 
 pub mod batch;
 pub mod demo;
@@ -11,7 +12,9 @@ pub mod output;
 pub mod shell;
 pub mod split;
 
+use crate::client::RequestOptions;
 use crate::command::{COMMANDS, lookup};
+use crate::protocol::message::{ErrorCode, Reply, Response};
 use output::{Format, Printer};
 use std::io::{BufRead, IsTerminal};
 use std::time::Duration;
@@ -23,7 +26,8 @@ use tokio::sync::mpsc;
     name = "kv-cli",
     version,
     about = "Client shell for a kv cluster",
-    after_help = "Exit status: 0 success, 1 error answer, 2 usage or connection failure."
+    after_help = "Exit status: 0 success, 1 error answer, 2 usage or connection failure, \
+                  3 fewer peer acks than --min-acks, 4 a write's outcome is unknown."
 )]
 pub struct CliArgs {
     #[command(subcommand)]
@@ -58,6 +62,19 @@ pub struct CliArgs {
     /// How long to wait for a node to accept the connection.
     #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
     pub connect_timeout: Duration,
+    /// Read from the connected node's own state: faster, but possibly stale (not linearizable).
+    #[arg(long)]
+    pub local: bool,
+    /// Print each write's replication picture in plain output too (the shell always shows it).
+    #[arg(long)]
+    pub acks: bool,
+    /// A write acknowledged by fewer than N peers (nodes other than the leader) makes kv-cli exit
+    /// with status 3. The leader waits up to --ack-timeout for them.
+    #[arg(long, value_name = "N")]
+    pub min_acks: Option<u32>,
+    /// How long the leader waits for --min-acks peer acknowledgements.
+    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds, requires = "min_acks")]
+    pub ack_timeout: Duration,
 }
 
 /// Modes other than talking to an existing cluster.
@@ -79,6 +96,8 @@ pub struct Options {
     pub stop_on_error: bool,
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// Sent with every request.
+    pub request: RequestOptions,
 }
 
 /// kv-cli's exit status.
@@ -87,6 +106,27 @@ pub enum ExitStatus {
     Success = 0,
     ErrorReply = 1,
     Failure = 2,
+    TooFewAcks = 3,
+    OutcomeUnknown = 4,
+}
+
+/// What an answer means for the exit status, with a warning to show when a write fell short of
+/// `--min-acks`.
+pub fn judge(response: &Response, options: &Options) -> (ExitStatus, Option<String>) {
+    match &response.reply {
+        Reply::Error { code: ErrorCode::OutcomeUnknown, .. } => (ExitStatus::OutcomeUnknown, None),
+        Reply::Error { .. } => (ExitStatus::ErrorReply, None),
+        _ => match (options.request.min_acks, &response.replication) {
+            (Some(min), Some(replication)) if replication.acked() < min as usize => (
+                ExitStatus::TooFewAcks,
+                Some(format!(
+                    "the write was applied, but only {} of the {min} required peers acknowledged it",
+                    replication.acked()
+                )),
+            ),
+            _ => (ExitStatus::Success, None),
+        },
+    }
 }
 
 impl ExitStatus {
@@ -145,12 +185,17 @@ pub fn run(args: CliArgs) -> ExitStatus {
         Format::Human
     };
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    let printer = Printer::new(format, stdout_is_tty && !no_color);
+    let printer = Printer::new(format, stdout_is_tty && !no_color, args.acks);
     let mut options = Options {
         addrs: args.addrs,
         stop_on_error: args.stop_on_error,
         timeout: args.timeout,
         connect_timeout: args.connect_timeout,
+        request: RequestOptions {
+            local: args.local,
+            min_acks: args.min_acks,
+            ack_timeout: args.min_acks.map(|_| args.ack_timeout),
+        },
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -194,6 +239,8 @@ fn run_mode(
         return runtime.block_on(batch::run(rx, &options, &printer));
     }
     if std::io::stdin().is_terminal() {
+        let mut printer = printer;
+        printer.show_acks();
         return shell::run(runtime, options, printer);
     }
     let (tx, rx) = mpsc::channel(batch::WINDOW);

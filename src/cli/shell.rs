@@ -1,16 +1,19 @@
 //! The interactive shell: rustyline for editing, history (Ctrl-R searches it), completion of
 //! command names, inline hints of a command's arguments, and typed, coloured answers.
 //!
-//! The shell survives its node: a lost connection is reported, with a warning that a write in
-//! flight may or may not have been applied, and the next command connects again (to the first
-//! address that answers). The shell never retries a command by itself, since a retried write
-//! could be applied twice.
+//! After each write the shell shows its replication picture: the leader, the log index and term,
+//! and for each peer whether (and how fast) it acknowledged the write.
+//!
+//! The shell survives its node: when the connection is lost it connects to the next address
+//! that answers. A read in flight is then sent again (it changed nothing); a write in flight is
+//! reported as `OUTCOME_UNKNOWN` and never resent, since a resent write could be applied twice.
 
-use super::output::{BAD_INPUT, CONNECTION, Printer};
+use super::output::{BAD_INPUT, CONNECTION, Printer, TOO_FEW_ACKS};
 use super::split::split_args;
-use super::{ExitStatus, LocalCommand, Options, local_command};
+use super::{ExitStatus, LocalCommand, Options, judge, local_command};
 use crate::client::{Client, NodeInfo};
 use crate::command::{COMMANDS, lookup};
+use crate::protocol::message::ErrorCode;
 use colored::Colorize;
 use rustyline::completion::Completer;
 use rustyline::error::ReadlineError;
@@ -55,7 +58,7 @@ pub fn run(runtime: Runtime, options: Options, printer: Printer) -> ExitStatus {
         let _ = editor.load_history(path);
     }
 
-    let mut shell = Shell { runtime, options, printer, connection: None };
+    let mut shell = Shell { runtime, options, printer, connection: None, next_addr: 0 };
     shell.connect();
     loop {
         let prompt = match &shell.connection {
@@ -110,14 +113,24 @@ struct Shell {
     options: Options,
     printer: Printer,
     connection: Option<(Client, NodeInfo)>,
+    /// Where the next connection attempt starts in the address list.
+    next_addr: usize,
 }
 
 impl Shell {
-    /// Connects to the first address that answers; reports failure and stays disconnected.
+    /// Connects to the first address that answers, starting at `next_addr`; reports failure and
+    /// stays disconnected.
     fn connect(&mut self) -> bool {
-        match self.runtime.block_on(Client::connect_any(&self.options.addrs, self.options.connect_timeout)) {
-            Ok(connected) => {
-                self.connection = Some(connected);
+        let addrs = &self.options.addrs;
+        match self.runtime.block_on(Client::connect_any_from(
+            addrs,
+            self.next_addr,
+            self.options.connect_timeout,
+        )) {
+            Ok((mut client, info)) => {
+                client.set_options(self.options.request.clone());
+                self.next_addr = addrs.iter().position(|a| *a == info.addr).unwrap_or(0);
+                self.connection = Some((client, info));
                 true
             }
             Err(e) => {
@@ -128,20 +141,34 @@ impl Shell {
     }
 
     fn call(&mut self, args: Vec<Vec<u8>>) {
-        if self.connection.is_none() && !self.connect() {
-            return;
-        }
-        let Some((client, info)) = self.connection.as_mut() else { return };
-        match self.runtime.block_on(client.call(args)) {
-            Ok(reply) => self.printer.reply(&reply),
-            Err(e) => {
-                let message = format!(
-                    "{} (node {}): {e}; if the command was a write, it may or may not have been \
-                     applied. The next command reconnects.",
-                    info.addr, info.node_id
-                );
-                self.printer.error(CONNECTION, &message);
-                self.connection = None;
+        let writes = args.first().and_then(|name| lookup(name)).is_some_and(|spec| spec.writes);
+        // A read may be sent twice: once, and again on another node if the first one died.
+        for attempt in 0..2 {
+            if self.connection.is_none() && !self.connect() {
+                return;
+            }
+            let Some((client, info)) = self.connection.as_mut() else { return };
+            match self.runtime.block_on(client.call(args.clone())) {
+                Ok(response) => {
+                    self.printer.response(&response);
+                    if let (_, Some(warning)) = judge(&response, &self.options) {
+                        self.printer.warn(TOO_FEW_ACKS, &warning);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let lost = format!("{} (node {}): {e}", info.addr, info.node_id);
+                    self.connection = None;
+                    self.next_addr += 1;
+                    if writes {
+                        let message = format!("{lost}; the write may or may not have been applied");
+                        return self.printer.error(ErrorCode::OutcomeUnknown.as_str(), &message);
+                    }
+                    if attempt == 1 {
+                        return self.printer.error(CONNECTION, &lost);
+                    }
+                    self.printer.warn(CONNECTION, &format!("{lost}; trying the next node"));
+                }
             }
         }
     }

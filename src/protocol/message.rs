@@ -24,6 +24,11 @@ pub struct Hello {
     /// traffic instead of client requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<u64>,
+    /// Set only by another cluster member that forwards its clients' requests to this node, to
+    /// its own node id. Such requests are never forwarded again: a node that is not the leader
+    /// answers them with [`ErrorCode::NotLeader`] so that the forwarding node re-routes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_by: Option<u64>,
 }
 
 /// The node's answer to a [`Hello`].
@@ -51,14 +56,86 @@ pub struct Request {
     pub id: u64,
     /// The command name followed by its arguments, each a byte string.
     pub args: Vec<ByteBuf>,
+    /// Answer a read from this node's own state, without asking the leader: fast, but possibly
+    /// stale (like etcd's serializable reads). Ignored by writes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
+    /// For a write: wait until at least this many peers (nodes other than the leader) have
+    /// persisted it, for up to `ack_timeout_ms`, before answering. The answer is the same either
+    /// way; its `replication` shows how many did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_acks: Option<u32>,
+    /// How long a write may wait for `min_acks`, in milliseconds (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_timeout_ms: Option<u64>,
+}
+
+impl Request {
+    /// A plain request: linearizable, no acknowledgement wait.
+    pub fn new(id: u64, args: Vec<ByteBuf>) -> Request {
+        Request { id, args, local: false, min_acks: None, ack_timeout_ms: None }
+    }
 }
 
 /// The node's answer to one [`Request`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     /// The id of the request this answers; 0 for a connection-level error sent before closing.
     pub id: u64,
     pub reply: Reply,
+    /// The node that led when the command went through the leader (writes and linearizable
+    /// reads); absent for local reads, `PING` and errors found before that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<u64>,
+    /// For a write that was committed: where it sits in the log and which peers have it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<Replication>,
+}
+
+impl Response {
+    /// An answer that carries no cluster information.
+    pub fn new(id: u64, reply: Reply) -> Response {
+        Response { id, reply, leader: None, replication: None }
+    }
+}
+
+/// The replication picture of a committed write at the moment it was answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Replication {
+    /// The leader's term.
+    pub term: u64,
+    /// The write's index in the replicated log.
+    pub index: u64,
+    /// Every member except the leader, by id.
+    pub peers: Vec<PeerAck>,
+}
+
+impl Replication {
+    /// How many peers had persisted the write.
+    pub fn acked(&self) -> usize {
+        self.peers.iter().filter(|p| p.state == AckState::Acked).count()
+    }
+}
+
+/// One peer's part in a [`Replication`] picture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerAck {
+    pub node: u64,
+    pub state: AckState,
+    /// For `acked`: milliseconds from the leader proposing the write to seeing the peer's ack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckState {
+    /// The peer has persisted the write.
+    Acked,
+    /// The peer is in contact with the leader but had not confirmed the write yet.
+    Pending,
+    /// The leader has not heard from the peer recently (it is down or cut off).
+    Unreachable,
 }
 
 /// The value of an answer.
@@ -75,6 +152,18 @@ pub enum Reply {
     Bulk { value: ByteBuf },
     /// The command failed; `code` is stable and meant for programs, `message` for people.
     Error { code: ErrorCode, message: String },
+    /// Rows of named columns, such as the answer to `CLUSTER`.
+    Table { columns: Vec<String>, rows: Vec<Vec<Cell>> },
+}
+
+/// One value in a [`Reply::Table`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Cell {
+    Integer(i64),
+    Text(String),
+    /// Not known (for example, a node that did not answer).
+    Nil,
 }
 
 impl Reply {
@@ -113,6 +202,18 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The node could not read or write its disk. The command was not applied.
     Storage,
+    /// No leader with a quorum could be found within the node's request timeout (an election is
+    /// going on, or too many nodes are down). The command was certainly not applied; retry later.
+    NoQuorum,
+    /// The write was handed to a leader, but its outcome could not be learned (the leader died,
+    /// lost its quorum or did not answer in time). It may or may not have been applied, now or
+    /// later: read before retrying it.
+    OutcomeUnknown,
+    /// The command got no answer in time. For a write this is reported as `OUTCOME_UNKNOWN`.
+    Timeout,
+    /// Only on forwarded connections: this node is not the leader and did not apply the command.
+    /// The forwarding node retries it at the leader; clients never see this code.
+    NotLeader,
     /// A code this build does not know (sent by a newer node).
     #[serde(other)]
     Unknown,
@@ -131,6 +232,10 @@ impl ErrorCode {
             ErrorCode::Busy => "BUSY",
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::Storage => "STORAGE",
+            ErrorCode::NoQuorum => "NO_QUORUM",
+            ErrorCode::OutcomeUnknown => "OUTCOME_UNKNOWN",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::NotLeader => "NOT_LEADER",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -156,20 +261,20 @@ mod tests {
     fn golden_encodings_match_the_protocol_document() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (
-                encode(&Hello { version: 1, client: "cli".into(), peer: None }).to_vec(),
+                encode(&Hello { version: 1, client: "cli".into(), peer: None, forwarded_by: None }).to_vec(),
                 "82 a7 76 65 72 73 69 6f 6e 01 a6 63 6c 69 65 6e 74 a3 63 6c 69",
             ),
             (
-                encode(&Request { id: 7, args: vec![ByteBuf::from("GET"), ByteBuf::from("k")] }).to_vec(),
+                encode(&Request::new(7, vec![ByteBuf::from("GET"), ByteBuf::from("k")])).to_vec(),
                 "82 a2 69 64 07 a4 61 72 67 73 92 c4 03 47 45 54 c4 01 6b",
             ),
             (
-                encode(&Response { id: 7, reply: Reply::Integer { value: 3 } }).to_vec(),
+                encode(&Response::new(7, Reply::Integer { value: 3 })).to_vec(),
                 "82 a2 69 64 07 a5 72 65 70 6c 79 82 a4 74 79 70 65 a7 69 6e 74 65 67 65 72 a5 \
                  76 61 6c 75 65 03",
             ),
             (
-                encode(&Response { id: 7, reply: Reply::Nil }).to_vec(),
+                encode(&Response::new(7, Reply::Nil)).to_vec(),
                 "82 a2 69 64 07 a5 72 65 70 6c 79 81 a4 74 79 70 65 a3 6e 69 6c",
             ),
         ];
@@ -189,7 +294,7 @@ mod tests {
             Reply::error(ErrorCode::WrongArity, "wrong number of arguments"),
         ];
         for reply in replies {
-            let response = Response { id: 9, reply };
+            let response = Response::new(9, reply);
             let back: Response = decode(&encode(&response)).unwrap();
             assert_eq!(back, response);
         }

@@ -9,17 +9,18 @@
 //! - `network`: Raft RPCs between nodes over the frame codec, on the node's one address; a hello
 //!   with a `peer` id marks a peer connection.
 //!
-//! Not here yet (the next steps of the replication work): starting a `Raft` inside `kv-node` and
-//! routing peer hellos to `network::serve_peer`, bootstrapping the configured cluster, sending
-//! client writes through `client_write` and reads through `ensure_linearizable`, forwarding to
-//! the leader, and per-peer acknowledgements.
+//!
+//! The node's request path on top of this (forwarding, linearizable reads, acknowledgements) lives
+//! in [`crate::server`].
 
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
 
 use crate::command::Write;
+use crate::config::NodeConfig;
 use crate::protocol::message::Reply;
+use openraft::Raft;
 
 openraft::declare_raft_types!(
     /// The types our Raft group is made of: log entries carry [`Write`]s, applying one yields the
@@ -30,6 +31,22 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
 );
+
+/// A running Raft member of our cluster.
+pub type KvRaft = Raft<TypeConfig, state_machine::StateMachine>;
+
+/// openraft's settings for a node: the timing from its configuration, the rest openraft's
+/// defaults (which include a snapshot every 5000 log entries).
+pub fn raft_config(node: &NodeConfig) -> Result<openraft::Config, openraft::ConfigError> {
+    openraft::Config {
+        cluster_name: "kv".to_string(),
+        heartbeat_interval: node.heartbeat_ms,
+        election_timeout_min: node.election_timeout_ms,
+        election_timeout_max: node.election_timeout_ms * 2,
+        ..Default::default()
+    }
+    .validate()
+}
 
 /// Turns any storage failure into the `io::Error` openraft's storage traits speak.
 fn io_error(e: impl std::fmt::Display) -> std::io::Error {

@@ -13,11 +13,11 @@
 //! [`PEER_MAX_FRAME_BYTES`]. Streaming snapshots in chunks under the client frame limit is part of
 //! the cluster-operations work.
 
-use super::TypeConfig;
-use super::state_machine::StateMachine;
+use super::{KvRaft, TypeConfig};
 use crate::connection::{self, FrameReader, FrameWriter, ReadError};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::message::{Hello, HelloReply};
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
 use openraft::raft::{
@@ -25,9 +25,10 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
-use openraft::{BasicNode, OptionalSend, Raft};
+use openraft::{BasicNode, Instant as _, OptionalSend, RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Cursor;
 use std::time::Duration;
@@ -44,8 +45,14 @@ pub enum PeerRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<TypeConfig>),
     PreVote(VoteRequest<TypeConfig>),
-    Snapshot { vote: VoteOf<TypeConfig>, meta: SnapshotMetaOf<TypeConfig>, data: ByteBuf },
+    Snapshot {
+        vote: VoteOf<TypeConfig>,
+        meta: SnapshotMetaOf<TypeConfig>,
+        data: ByteBuf,
+    },
     TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// Not Raft: the node's view of itself, for the `CLUSTER` table.
+    Status,
 }
 
 /// The answer to a [`PeerRequest`] of the same name.
@@ -55,13 +62,59 @@ pub enum PeerResponse {
     Vote(Result<VoteResponse<TypeConfig>, Error>),
     Snapshot(Result<SnapshotResponse<TypeConfig>, Error>),
     TransferLeader(Result<TransferLeaderResponse<TypeConfig>, Error>),
+    Status(NodeStatus),
+}
+
+/// What a node reports about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: u64,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub leader: Option<u64>,
+    /// Only on the leader: for each other member, milliseconds since it last acknowledged
+    /// anything (`None`: never).
+    pub contact_ms: BTreeMap<u64, Option<u64>>,
+}
+
+impl NodeStatus {
+    pub fn of(raft: &KvRaft) -> NodeStatus {
+        // Clone at once: holding the watch guard can block the Raft core.
+        let metrics: RaftMetrics<TypeConfig> = raft.metrics().borrow_watched().clone();
+        let role = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let contact_ms = metrics
+            .heartbeat
+            .iter()
+            .flatten()
+            .filter(|(id, _)| **id != metrics.id)
+            .map(|(id, at)| (*id, at.as_ref().map(|at| at.elapsed().as_millis() as u64)))
+            .collect();
+        NodeStatus {
+            id: metrics.id,
+            role: role.to_string(),
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index,
+            applied_index: metrics.last_applied.map(|l| l.index),
+            leader: metrics.current_leader,
+            contact_ms,
+        }
+    }
 }
 
 /// Answers the RPCs arriving on a peer connection (after its hello) until it closes.
 pub async fn serve_peer(
     mut reader: FrameReader,
     mut writer: FrameWriter,
-    raft: &Raft<TypeConfig, StateMachine>,
+    raft: &KvRaft,
 ) -> Result<(), ReadError> {
     reader.set_max_frame_bytes(PEER_MAX_FRAME_BYTES);
     while let Some(request) = reader.read::<PeerRequest>().await? {
@@ -78,6 +131,7 @@ pub async fn serve_peer(
             PeerRequest::TransferLeader(rpc) => {
                 PeerResponse::TransferLeader(raft.handle_transfer_leader(rpc).await.map_err(RaftError::Fatal))
             }
+            PeerRequest::Status => PeerResponse::Status(NodeStatus::of(raft)),
         };
         writer.send(&response).await.map_err(ReadError::Io)?;
     }
@@ -94,7 +148,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
-        PeerClient { node_id: self.node_id, target, addr: node.addr.clone(), connection: None }
+        PeerClient::new(self.node_id, target, node.addr.clone())
     }
 }
 
@@ -107,11 +161,29 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
+    /// A client for `target` at `addr`, announcing itself as `node_id`.
+    pub fn new(node_id: u64, target: u64, addr: String) -> PeerClient {
+        PeerClient { node_id, target, addr, connection: None }
+    }
+
+    /// Asks the peer for its [`NodeStatus`].
+    pub async fn status(&mut self, timeout: Duration) -> Result<NodeStatus, String> {
+        match self.call(PeerRequest::Status, timeout).await.map_err(|e| e.to_string())? {
+            PeerResponse::Status(status) => Ok(status),
+            other => Err(format!("unexpected peer response {other:?}")),
+        }
+    }
+
     async fn connect(&self, timeout: Duration) -> Result<(FrameReader, FrameWriter), String> {
         let open = async {
             let stream = TcpStream::connect(&self.addr).await.map_err(|e| e.to_string())?;
             let (mut reader, mut writer) = connection::split(stream, PEER_MAX_FRAME_BYTES);
-            let hello = Hello { version: PROTOCOL_VERSION, client: "peer".into(), peer: Some(self.node_id) };
+            let hello = Hello {
+                version: PROTOCOL_VERSION,
+                client: "peer".into(),
+                peer: Some(self.node_id),
+                forwarded_by: None,
+            };
             writer.send(&hello).await.map_err(|e| e.to_string())?;
             match reader.read::<HelloReply>().await.map_err(|e| e.to_string())? {
                 Some(HelloReply::Welcome { node_id, .. }) if node_id == self.target => Ok((reader, writer)),
@@ -244,16 +316,17 @@ mod tests {
     use crate::command::{Read, Write};
     use crate::protocol::message::Reply;
     use crate::raft::log_store::LogStore;
+    use crate::raft::state_machine::StateMachine;
     use crate::store::Store;
     use bytes::Bytes;
-    use std::collections::BTreeMap;
+    use openraft::Raft;
     use std::sync::Arc;
     use tokio::net::TcpListener;
 
     const DEADLINE: Duration = Duration::from_secs(20);
 
     struct TestNode {
-        raft: Raft<TypeConfig, StateMachine>,
+        raft: KvRaft,
         store: Arc<Store>,
         server: tokio::task::JoinHandle<()>,
         _dir: tempfile::TempDir,

@@ -1,10 +1,10 @@
-//! One client connection: the hello, then a loop of batches until the client leaves, breaks the
-//! protocol, or the node shuts down.
+//! One connection: the hello, then either Raft traffic (the hello names a peer) or a loop of
+//! client batches until the client leaves, breaks the protocol, or the node shuts down.
 //!
 //! A batch is the first request that arrives plus every further request already buffered on the
-//! socket (a pipelining client's burst). A batch that writes goes to group commit as one job, in
-//! order, so its reads see its writes and its writes share one fsync; a batch that only reads is
-//! answered straight from the store. Answers go out in request order with one flush per batch.
+//! socket (a pipelining client's burst). The executor runs it in order, so its reads see its
+//! writes and its consecutive writes share one Raft proposal. Answers go out in request order
+//! with one flush per batch.
 //!
 //! Errors in a command are answers (the connection stays usable). Errors in the byte stream are
 //! not: a frame over the limit, an undecodable payload, or a stream cut inside a frame closes this
@@ -12,11 +12,11 @@
 //! can affect another connection.
 
 use super::Node;
-use crate::command::Command;
+use super::executor::Executor;
 use crate::connection::{self, FrameReader, FrameWriter, ReadError};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::message::{ErrorCode, Hello, HelloReply, Reply, Request, Response};
-use crate::store::pong;
+use crate::raft::network::serve_peer;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -30,31 +30,43 @@ const MAX_BATCH: usize = 1024;
 
 pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, node: &Node, token: &CancellationToken) {
     let (mut reader, mut writer) = connection::split(stream, node.config.max_frame_bytes);
-    match handshake(&mut reader, &mut writer, node).await {
-        Ok(client) => tracing::debug!(%peer, client, "client connected"),
+    let hello = match handshake(&mut reader, &mut writer, node).await {
+        Ok(hello) => hello,
         Err(reason) => {
             tracing::debug!(%peer, reason, "connection refused at hello");
             return;
         }
+    };
+    if let Some(member) = hello.peer {
+        tracing::debug!(%peer, member, "peer connected");
+        let raft = node.raft.clone();
+        // Raft traffic ends with the connection or the node, whichever comes first.
+        tokio::select! {
+            () = token.cancelled() => {}
+            outcome = serve_peer(reader, writer, &raft) => {
+                if let Err(e) = outcome {
+                    tracing::debug!(%peer, member, error = %e, "peer connection ended");
+                }
+            }
+        }
+        return;
     }
-    let outcome = serve_requests(&mut reader, &mut writer, node, token).await;
+    tracing::debug!(%peer, client = hello.client, forwarded_by = hello.forwarded_by, "client connected");
+    let mut executor = Executor::new(node, hello.forwarded_by);
+    let outcome = serve_requests(&mut reader, &mut writer, &mut executor, token).await;
     match outcome {
         Ok(()) => tracing::debug!(%peer, "client disconnected"),
         Err(e) if e.is_protocol_violation() => {
             tracing::warn!(%peer, error = %e, "closing connection: protocol violation");
             let reply = Reply::error(ErrorCode::Protocol, format!("{e}; closing the connection"));
-            let _ = writer.send(&Response { id: 0, reply }).await;
+            let _ = writer.send(&Response::new(0, reply)).await;
         }
         Err(e) => tracing::debug!(%peer, error = %e, "connection lost"),
     }
 }
 
 /// Reads the hello and answers it. `Err` carries why the connection is being dropped.
-async fn handshake(
-    reader: &mut FrameReader,
-    writer: &mut FrameWriter,
-    node: &Node,
-) -> Result<String, String> {
+async fn handshake(reader: &mut FrameReader, writer: &mut FrameWriter, node: &Node) -> Result<Hello, String> {
     let refusal = match tokio::time::timeout(HELLO_TIMEOUT, reader.read::<Hello>()).await {
         Err(_) => Some((ErrorCode::Protocol, format!("no hello within {HELLO_TIMEOUT:?}"))),
         Ok(Ok(None)) => return Err("closed before hello".into()),
@@ -74,7 +86,7 @@ async fn handshake(
                 max_frame_bytes: node.config.max_frame_bytes as u64,
             };
             writer.send(&welcome).await.map_err(|e| e.to_string())?;
-            return Ok(hello.client);
+            return Ok(hello);
         }
     };
     let (code, message) = refusal.expect("every other arm returns");
@@ -85,7 +97,7 @@ async fn handshake(
 async fn serve_requests(
     reader: &mut FrameReader,
     writer: &mut FrameWriter,
-    node: &Node,
+    executor: &mut Executor<'_>,
     token: &CancellationToken,
 ) -> Result<(), ReadError> {
     loop {
@@ -107,49 +119,12 @@ async fn serve_requests(
                 Some(Ok(None)) | None => break,
             }
         }
-        let ids: Vec<u64> = batch.iter().map(|r| r.id).collect();
-        let replies = execute(node, batch).await;
-        for (id, reply) in ids.into_iter().zip(replies) {
-            writer.feed(&Response { id, reply }).await.map_err(ReadError::Io)?;
+        for response in executor.execute(batch).await {
+            writer.feed(&response).await.map_err(ReadError::Io)?;
         }
         writer.flush().await.map_err(ReadError::Io)?;
         if let Some(e) = broken {
             return Err(e);
         }
     }
-}
-
-/// Answers a batch of requests in order.
-async fn execute(node: &Node, batch: Vec<Request>) -> Vec<Reply> {
-    let limits = node.config.limits();
-    let parsed: Vec<Result<Command, Reply>> = batch
-        .into_iter()
-        .map(|request| Command::parse(request.args, &limits).map_err(|e| e.to_reply()))
-        .collect();
-
-    if parsed.iter().any(|p| matches!(p, Ok(Command::Write(_)))) {
-        let commands: Vec<Command> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
-        let mut executed = node.writes.execute(commands).await.into_iter();
-        return parsed
-            .into_iter()
-            .map(|p| match p {
-                Ok(_) => executed
-                    .next()
-                    .unwrap_or_else(|| Reply::error(ErrorCode::Storage, "internal error: missing reply")),
-                Err(reply) => reply,
-            })
-            .collect();
-    }
-    parsed
-        .into_iter()
-        .map(|p| match p {
-            Ok(Command::Read(read)) => node.store.read(&read).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "read failed");
-                Reply::error(ErrorCode::Storage, e.to_string())
-            }),
-            Ok(Command::Ping { message }) => pong(message.as_deref()),
-            Ok(Command::Write(_)) => unreachable!("batches with writes went to group commit"),
-            Err(reply) => reply,
-        })
-        .collect()
 }

@@ -1,19 +1,37 @@
-//! The node's network side: the accept loop, the connection cap and graceful shutdown.
+//! The node: storage, the Raft member, the accept loop, the connection cap and graceful shutdown.
 //!
-//! [`run`] serves until its `shutdown` future completes, then stops accepting, lets every
-//! connection finish the batch it is executing (so no acknowledged write is cut off), waits for
-//! them up to [`DRAIN_TIMEOUT`], and lets the last commit finish before returning.
+//! [`run`] opens the node's storage, starts its Raft member, forms the cluster on first start,
+//! and serves until its `shutdown` future completes. Then it stops accepting, lets every
+//! connection finish the batch it is executing (so no answer is cut off), waits for them up to
+//! [`DRAIN_TIMEOUT`], and stops Raft.
 //!
-//! Per-connection work lives in `handler`; this module never looks inside a frame except to refuse
-//! a connection over the cap.
+//! Forming the cluster: a node whose Raft state is empty calls `initialize` with the configured
+//! membership (itself plus its peers). Every node of a cluster has the same membership in its
+//! configuration, and openraft accepts identical initializations on several nodes (the vote
+//! decides who leads), so the nodes may start in any order and the cluster forms as soon as a
+//! majority is up. A node that has state never initializes again, so restarts cannot split it.
+//!
+//! Per-connection work lives in `handler`, request execution in `executor` (with `forward` for
+//! followers), acknowledgements in `acks`, and the `CLUSTER` table in `status`.
 
+mod acks;
+mod executor;
+mod forward;
 mod handler;
+mod status;
 
 use crate::config::NodeConfig;
 use crate::connection;
 use crate::protocol::message::{ErrorCode, HelloReply};
-use crate::store::group_commit::GroupCommit;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::PeerNetwork;
+use crate::raft::state_machine::StateMachine;
+use crate::raft::{KvRaft, raft_config};
 use crate::store::{Store, StoreError};
+use acks::AckTracker;
+use openraft::BasicNode;
+use openraft::async_runtime::WatchReceiver;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,29 +47,60 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum ServerError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot open the Raft log: {0}")]
+    Log(#[from] std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
-    #[error("cannot start the writer thread: {0}")]
-    Thread(std::io::Error),
+    #[error("invalid Raft timing: {0}")]
+    RaftConfig(#[from] openraft::ConfigError),
+    #[error("cannot start Raft: {0}")]
+    Raft(String),
 }
 
 /// What every connection of a node shares.
 struct Node {
     config: NodeConfig,
     store: Arc<Store>,
-    writes: GroupCommit,
+    raft: KvRaft,
+    acks: AckTracker,
 }
 
-/// Opens the store, binds the configured address and serves until `shutdown` completes.
+impl Node {
+    /// The current leader's id and address, if one is known.
+    fn leader(&self) -> Option<(u64, String)> {
+        // Clone what is needed at once: holding the watch guard can block the Raft core.
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let leader = metrics.current_leader?;
+        let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
+        Some((leader, addr))
+    }
+}
+
+/// Opens the node's storage, starts Raft, binds the configured address and serves until
+/// `shutdown` completes.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let store = Arc::new(Store::open(&config.data_dir)?);
+    let log = LogStore::open(&config.data_dir)?;
+    let state_machine = StateMachine::open(store.clone())?;
+    let raft_settings = Arc::new(raft_config(&config)?);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
-    let (writes, writer_thread) = GroupCommit::start(store.clone()).map_err(ServerError::Thread)?;
-    tracing::info!(id = config.id, addr = %config.listen, data_dir = %config.data_dir.display(), "serving");
+    let raft = KvRaft::new(config.id, raft_settings, PeerNetwork { node_id: config.id }, log, state_machine)
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
+    bootstrap(&raft, &config).await?;
+    let acks = AckTracker::start(&raft, Duration::from_millis(config.election_timeout_ms));
+    tracing::info!(
+        id = config.id,
+        addr = %config.listen,
+        data_dir = %config.data_dir.display(),
+        peers = config.peers.len(),
+        "serving"
+    );
 
-    let node = Arc::new(Node { config, store, writes });
+    let node = Arc::new(Node { config, store, raft, acks });
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     tokio::select! {
@@ -61,19 +110,28 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     drop(listener);
     token.cancel();
     tracker.close();
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_ok();
-    drop(node);
-    if drained {
-        // The writer thread exits once the last handle is gone; join it so the final commit is done.
-        let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
-    } else {
-        // Stuck connections still hold the writer's handle, so it cannot be joined. Exiting now is
-        // safe: a commit cut short is rolled back by redb on the next start, and its clients were
-        // never told it succeeded.
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
+        // A write cut short here was never acknowledged to its client; the Raft log decides its fate.
         tracing::warn!("connections still busy after {DRAIN_TIMEOUT:?}; closing them");
+    }
+    if let Err(e) = node.raft.shutdown().await {
+        tracing::warn!(error = %e, "Raft did not stop cleanly");
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Forms the configured cluster if this node has never been part of one.
+async fn bootstrap(raft: &KvRaft, config: &NodeConfig) -> Result<(), ServerError> {
+    if raft.is_initialized().await.map_err(|e| ServerError::Raft(e.to_string()))? {
+        return Ok(());
+    }
+    let members: BTreeMap<u64, BasicNode> = std::iter::once((config.id, config.listen))
+        .chain(config.peers.iter().map(|p| (p.id, p.addr)))
+        .map(|(id, addr)| (id, BasicNode::new(addr.to_string())))
+        .collect();
+    tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "first start: initializing the cluster");
+    raft.initialize(members).await.map_err(|e| ServerError::Raft(e.to_string()))
 }
 
 async fn accept_loop(
@@ -98,6 +156,7 @@ async fn accept_loop(
                 continue;
             }
         };
+        let _ = stream.set_nodelay(true);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracker.spawn(refuse_busy(stream, node.config.max_connections));
             continue;

@@ -1,19 +1,17 @@
 //! Durable key-value state in an embedded `redb` database.
 //!
 //! [`Store`] owns one redb file under the node's data directory. Its contract is narrow on
-//! purpose: [`Store::execute`] runs a sequence of commands in *one* transaction and commits it
-//! durably (fsync) before returning, and [`apply_write`] is a deterministic function from a
-//! [`Write`] and the current table to a [`Reply`]. Determinism is what lets a replicated log drive
-//! the same code on every node and get the same state.
+//! purpose: [`apply_write`] is a deterministic function from a [`Write`] and the current table to
+//! a [`Reply`], and [`Store::transact`] runs such writes in one durable transaction. Determinism
+//! is what lets the replicated log drive the same code on every node and get the same state; the
+//! only writer is the Raft state machine ([`crate::raft::state_machine`]).
 //!
-//! redb calls block, so async callers go through [`group_commit::GroupCommit`] (writes) or call
-//! reads directly: a read is a short in-memory B-tree walk or a page read, cheaper than a thread hop.
+//! Reads are called directly from async code: a read is a short in-memory B-tree walk or a page
+//! read, cheaper than a thread hop.
 //!
 //! Not here: replication, and anything about connections or the wire.
 
-pub mod group_commit;
-
-use crate::command::{Command, Read, Write};
+use crate::command::{Read, Write};
 use crate::protocol::message::Reply;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_bytes::ByteBuf;
@@ -62,9 +60,14 @@ impl Store {
 
     /// Answers a read from the latest committed state.
     pub fn read(&self, read: &Read) -> Result<Reply, StoreError> {
+        Ok(self.read_many([read])?.remove(0))
+    }
+
+    /// Answers reads from one consistent view of the latest committed state.
+    pub fn read_many<'a>(&self, reads: impl IntoIterator<Item = &'a Read>) -> Result<Vec<Reply>, StoreError> {
         let txn = self.db.begin_read().map_err(StoreError::storage)?;
         let table = txn.open_table(KV).map_err(StoreError::storage)?;
-        apply_read(&table, read).map_err(StoreError::storage)
+        reads.into_iter().map(|read| apply_read(&table, read).map_err(StoreError::storage)).collect()
     }
 
     /// Runs `f` in one write transaction and commits it durably if `f` succeeds. This is for an
@@ -83,26 +86,6 @@ impl Store {
     /// A consistent read-only view of the latest committed state.
     pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
         self.db.begin_read().map_err(StoreError::storage)
-    }
-
-    /// Runs `commands` in order in one transaction and commits it durably. Reads in the sequence
-    /// see the writes before them. Either every write is committed or none is.
-    pub fn execute<'a>(
-        &self,
-        commands: impl IntoIterator<Item = &'a Command>,
-    ) -> Result<Vec<Reply>, StoreError> {
-        self.transact(|txn| {
-            let mut table = txn.open_table(KV)?;
-            let replies = commands
-                .into_iter()
-                .map(|command| match command {
-                    Command::Write(write) => apply_write(&mut table, write),
-                    Command::Read(read) => apply_read(&table, read),
-                    Command::Ping { message } => Ok(pong(message.as_deref())),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(replies)
-        })
     }
 }
 
@@ -166,29 +149,35 @@ mod tests {
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
     }
-    fn set(k: &str, v: &str) -> Command {
-        Command::Write(Write::Set { key: b(k), value: b(v) })
+    fn set(k: &str, v: &str) -> Write {
+        Write::Set { key: b(k), value: b(v) }
     }
-    fn get(k: &str) -> Command {
-        Command::Read(Read::Get { key: b(k) })
+    fn del(ks: &[&str]) -> Write {
+        Write::Del { keys: ks.iter().map(|k| b(k)).collect() }
     }
-    fn del(ks: &[&str]) -> Command {
-        Command::Write(Write::Del { keys: ks.iter().map(|k| b(k)).collect() })
+    fn apply(store: &Store, writes: &[Write]) -> Vec<Reply> {
+        store
+            .transact(|txn| {
+                let mut table = txn.open_table(KV)?;
+                Ok(writes.iter().map(|w| apply_write(&mut table, w)).collect::<Result<Vec<_>, _>>()?)
+            })
+            .unwrap()
     }
     fn bulk(v: &[u8]) -> Reply {
         Reply::Bulk { value: ByteBuf::from(v) }
     }
 
     #[test]
-    fn a_batch_sees_its_own_writes_in_order() {
+    fn writes_apply_in_order_and_answer_like_redis() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let replies =
-            store.execute(&[get("a"), set("a", "1"), get("a"), del(&["a", "a", "b"]), get("a")]).unwrap();
+        let replies = apply(&store, &[set("a", "1"), set("b", "2"), del(&["a", "a", "c"]), del(&["a"])]);
         assert_eq!(
             replies,
-            vec![Reply::Nil, Reply::ok(), bulk(b"1"), Reply::Integer { value: 1 }, Reply::Nil]
+            vec![Reply::ok(), Reply::ok(), Reply::Integer { value: 1 }, Reply::Integer { value: 0 }]
         );
+        let reads = [Read::Get { key: b("a") }, Read::Get { key: b("b") }];
+        assert_eq!(store.read_many(&reads).unwrap(), vec![Reply::Nil, bulk(b"2")]);
     }
 
     #[test]
@@ -196,8 +185,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            store.execute(&[set("k", "v"), set("bin", "\0\u{1}"), set("gone", "x")]).unwrap();
-            store.execute(&[del(&["gone"])]).unwrap();
+            apply(&store, &[set("k", "v"), set("bin", "\0\u{1}"), set("gone", "x")]);
+            apply(&store, &[del(&["gone"])]);
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.read(&Read::Get { key: b("k") }).unwrap(), bulk(b"v"));

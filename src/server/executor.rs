@@ -1,0 +1,298 @@
+//! Executing a client's batch of requests: here, at the leader through Raft, or forwarded to it.
+//!
+//! Requests are answered in order. Each one either needs the leader (writes, and reads unless
+//! the client asked for a local read) or is answered by this node (`PING`, `CLUSTER`, local reads,
+//! and requests that failed to parse). Consecutive requests that need the leader form a run:
+//!
+//! - On the leader, consecutive writes become one `client_write_many` (one Raft append, one
+//!   fsync, replicated together), answered once applied, with their replication picture.
+//!   Consecutive reads share one read-index check (`ensure_linearizable`), then read the store.
+//! - On a follower, the run is forwarded to the leader ([`super::forward`]).
+//!
+//! Waiting is bounded by the node's request timeout. A request that never reached a leader with
+//! a quorum in that time fails with `NO_QUORUM` (certainly not applied); a write that was
+//! proposed but whose fate is unknown gets `OUTCOME_UNKNOWN`. Nothing is retried unless it is
+//! certain it was not applied, so no retry can apply a write twice.
+
+use super::Node;
+use super::forward::{Forwarder, Outbound};
+use super::status;
+use crate::command::{Command, Read, Write};
+use crate::protocol::message::{ErrorCode, Reply, Request, Response};
+use crate::store::pong;
+use futures::StreamExt;
+use openraft::ReadPolicy;
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::ClientWriteError;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long to wait for news of a leader before trying again.
+const LEADER_POLL: Duration = Duration::from_millis(50);
+/// How long a write waits for `min_acks` when the client gave no timeout.
+const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A request and what it parsed into.
+struct Item {
+    request: Request,
+    command: Result<Command, Reply>,
+}
+
+impl Item {
+    fn needs_leader(&self) -> bool {
+        match &self.command {
+            Ok(Command::Write(_)) => true,
+            Ok(Command::Read(_)) => !self.request.local,
+            _ => false,
+        }
+    }
+
+    fn write(&self) -> Option<&Write> {
+        match &self.command {
+            Ok(Command::Write(write)) => Some(write),
+            _ => None,
+        }
+    }
+
+    fn read(&self) -> Option<&Read> {
+        match &self.command {
+            Ok(Command::Read(read)) => Some(read),
+            _ => None,
+        }
+    }
+
+    fn answer(&self, reply: Reply) -> Response {
+        Response::new(self.request.id, reply)
+    }
+}
+
+/// Executes the batches of one client connection.
+pub(super) struct Executor<'n> {
+    node: &'n Node,
+    /// Set when the client is another node forwarding to us: then we never forward or wait for a
+    /// leader, we answer `NOT_LEADER` and let that node re-route.
+    forwarded_by: Option<u64>,
+    forwarder: Forwarder,
+}
+
+impl<'n> Executor<'n> {
+    pub fn new(node: &'n Node, forwarded_by: Option<u64>) -> Executor<'n> {
+        Executor { node, forwarded_by, forwarder: Forwarder::new(node.config.id) }
+    }
+
+    /// Answers a batch of requests in order.
+    pub async fn execute(&mut self, batch: Vec<Request>) -> Vec<Response> {
+        let limits = self.node.config.limits();
+        let items: Vec<Item> = batch
+            .into_iter()
+            .map(|request| {
+                let command = Command::parse(request.args.clone(), &limits).map_err(|e| e.to_reply());
+                Item { request, command }
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(items.len());
+        let mut start = 0;
+        while start < items.len() {
+            if !items[start].needs_leader() {
+                answers.push(self.here(&items[start]).await);
+                start += 1;
+                continue;
+            }
+            let end =
+                items[start..].iter().position(|i| !i.needs_leader()).map_or(items.len(), |n| start + n);
+            answers.extend(self.through_leader(&items[start..end]).await);
+            start = end;
+        }
+        answers
+    }
+
+    /// Answers what this node answers by itself.
+    async fn here(&self, item: &Item) -> Response {
+        let reply = match &item.command {
+            Err(reply) => reply.clone(),
+            Ok(Command::Ping { message }) => pong(message.as_deref()),
+            Ok(Command::Cluster) => status::cluster_table(self.node).await,
+            Ok(Command::Read(read)) => self.node.store.read(read).unwrap_or_else(|e| storage_error(&e)),
+            Ok(Command::Write(_)) => unreachable!("writes always go through the leader"),
+        };
+        item.answer(reply)
+    }
+
+    /// Answers a run of requests that need the leader, retrying those certainly not applied
+    /// until the request timeout.
+    async fn through_leader(&mut self, items: &[Item]) -> Vec<Response> {
+        let deadline = Instant::now() + Duration::from_millis(self.node.config.request_timeout_ms);
+        let mut answers: Vec<Option<Response>> = items.iter().map(|_| None).collect();
+        let mut metrics = self.node.raft.metrics();
+        loop {
+            let pending: Vec<usize> = (0..items.len()).filter(|&i| answers[i].is_none()).collect();
+            if pending.is_empty() {
+                break;
+            }
+            let run: Vec<&Item> = pending.iter().map(|&i| &items[i]).collect();
+            let got = match (self.node.leader(), self.forwarded_by) {
+                (Some((leader, _)), _) if leader == self.node.config.id => self.lead(&run, deadline).await,
+                (Some((leader, addr)), None) => {
+                    let outbound: Vec<Outbound> = run
+                        .iter()
+                        .map(|i| Outbound { request: &i.request, writes: i.write().is_some() })
+                        .collect();
+                    self.forwarder.forward(leader, &addr, &outbound, deadline).await
+                }
+                _ => Vec::new(),
+            };
+            let progressed = got.iter().any(Option::is_some);
+            for (i, answer) in pending.iter().zip(got) {
+                answers[*i] = answer;
+            }
+            if progressed {
+                continue;
+            }
+            if let Some(by) = self.forwarded_by {
+                let message =
+                    format!("node {} is not the leader; node {by} will retry elsewhere", self.node.config.id);
+                fill(&mut answers, items, || Reply::error(ErrorCode::NotLeader, message.clone()));
+                break;
+            }
+            if Instant::now() >= deadline {
+                let message = format!(
+                    "no leader with a quorum within {} ms (an election is under way or too many nodes \
+                     are down); the command was not applied",
+                    self.node.config.request_timeout_ms
+                );
+                fill(&mut answers, items, || Reply::error(ErrorCode::NoQuorum, message.clone()));
+                break;
+            }
+            let pause = deadline.min(Instant::now() + LEADER_POLL);
+            let _ = tokio::time::timeout_at(pause, metrics.changed()).await;
+        }
+        answers.into_iter().map(|a| a.expect("every slot is filled")).collect()
+    }
+
+    /// Executes a run on this node as the leader: consecutive writes as one proposal, consecutive
+    /// reads behind one read-index check. Stops at the first part that could not be done; what
+    /// it did not answer was not applied.
+    async fn lead(&self, run: &[&Item], deadline: Instant) -> Vec<Option<Response>> {
+        let mut answers = Vec::with_capacity(run.len());
+        while answers.len() < run.len() {
+            let rest = &run[answers.len()..];
+            let writes = rest[0].write().is_some();
+            let len = rest.iter().position(|i| i.write().is_some() != writes).unwrap_or(rest.len());
+            let part = if writes {
+                self.propose(&rest[..len], deadline).await
+            } else {
+                self.read(&rest[..len], deadline).await
+            };
+            let complete = part.iter().all(Option::is_some);
+            answers.extend(part);
+            if !complete {
+                break;
+            }
+        }
+        answers.resize_with(run.len(), || None);
+        answers
+    }
+
+    /// Proposes consecutive writes as one batch and answers each once it is applied.
+    async fn propose(&self, run: &[&Item], deadline: Instant) -> Vec<Option<Response>> {
+        let me = self.node.config.id;
+        let writes: Vec<Write> = run.iter().filter_map(|i| i.write().cloned()).collect();
+        let proposed_at = std::time::Instant::now();
+        let unknown = |why: &str| {
+            Reply::error(
+                ErrorCode::OutcomeUnknown,
+                format!("{why}; the write may or may not have been applied"),
+            )
+        };
+        let mut answers: Vec<Option<Response>> = run.iter().map(|_| None).collect();
+        let mut stream =
+            match tokio::time::timeout_at(deadline, self.node.raft.client_write_many(writes)).await {
+                Ok(Ok(stream)) => stream,
+                // Raft has stopped: nothing was proposed.
+                Ok(Err(_)) => return answers,
+                Err(_) => {
+                    let reply = unknown("the leader did not take the write in time");
+                    return run.iter().map(|i| Some(i.answer(reply.clone()))).collect();
+                }
+            };
+        let mut indexes = Vec::new();
+        for (slot, item) in answers.iter_mut().zip(run) {
+            let reply = match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(Ok(Ok(written)))) => {
+                    indexes.push(written.log_id.index);
+                    let mut response = item.answer(written.response);
+                    response.leader = Some(me);
+                    *slot = Some(response);
+                    continue;
+                }
+                // Rejected before it was appended: another node leads, or the lease lapsed.
+                Ok(Some(Ok(Err(ClientWriteError::ForwardToLeader(_))))) => continue,
+                Ok(Some(Ok(Err(e)))) => unknown(&format!("leadership changed before it committed ({e})")),
+                Ok(Some(Err(_)) | None) => unknown("the node stopped before it committed"),
+                Err(_) => unknown(&format!(
+                    "not committed within {} ms (the leader may have lost its quorum)",
+                    self.node.config.request_timeout_ms
+                )),
+            };
+            *slot = Some(item.answer(reply));
+        }
+        // A rejected write before an applied one cannot be retried without reordering them.
+        if let Some(last) = answers.iter().rposition(Option::is_some) {
+            for (slot, item) in answers[..last].iter_mut().zip(run) {
+                if slot.is_none() {
+                    let message = "rejected while leadership was changing; the write was not applied";
+                    *slot = Some(item.answer(Reply::error(ErrorCode::NoQuorum, message)));
+                }
+            }
+        }
+        let min_acks = run.iter().filter_map(|i| i.request.min_acks).max();
+        let ack_timeout = run
+            .iter()
+            .filter_map(|i| i.request.ack_timeout_ms)
+            .max()
+            .map_or(DEFAULT_ACK_TIMEOUT, Duration::from_millis);
+        let pictures = self.node.acks.pictures(&indexes, proposed_at, min_acks, ack_timeout).await;
+        let mut pictures = pictures.into_iter();
+        for answer in answers.iter_mut().flatten() {
+            if answer.leader.is_some() {
+                answer.replication = pictures.next().flatten();
+            }
+        }
+        answers
+    }
+
+    /// Answers consecutive reads after one read-index check, or not at all.
+    async fn read(&self, run: &[&Item], deadline: Instant) -> Vec<Option<Response>> {
+        let confirmed =
+            tokio::time::timeout_at(deadline, self.node.raft.ensure_linearizable(ReadPolicy::ReadIndex));
+        if !matches!(confirmed.await, Ok(Ok(_))) {
+            return run.iter().map(|_| None).collect();
+        }
+        let replies = match self.node.store.read_many(run.iter().filter_map(|i| i.read())) {
+            Ok(replies) => replies,
+            Err(e) => run.iter().map(|_| storage_error(&e)).collect(),
+        };
+        run.iter()
+            .zip(replies)
+            .map(|(item, reply)| {
+                let mut response = item.answer(reply);
+                response.leader = Some(self.node.config.id);
+                Some(response)
+            })
+            .collect()
+    }
+}
+
+/// Answers every empty slot with `reply()`.
+fn fill(answers: &mut [Option<Response>], items: &[Item], reply: impl Fn() -> Reply) {
+    for (slot, item) in answers.iter_mut().zip(items) {
+        if slot.is_none() {
+            *slot = Some(item.answer(reply()));
+        }
+    }
+}
+
+fn storage_error(e: &crate::store::StoreError) -> Reply {
+    tracing::error!(error = %e, "read failed");
+    Reply::error(ErrorCode::Storage, e.to_string())
+}

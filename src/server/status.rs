@@ -1,0 +1,84 @@
+//! The `CLUSTER` table: every member's own report, gathered by whichever node was asked.
+//!
+//! Each node reports its role, term, last log index and applied index itself (over a peer
+//! connection), so the table shows what the nodes believe rather than what one node guesses. The
+//! leader's report adds, for each peer, how long ago it last heard from it; lag is measured
+//! against the leader's last log index. A member that does not answer within [`STATUS_TIMEOUT`]
+//! is shown as `unreachable`.
+
+use super::Node;
+use crate::protocol::message::{Cell, Reply};
+use crate::raft::network::{NodeStatus, PeerClient};
+use openraft::async_runtime::WatchReceiver;
+use std::time::Duration;
+
+/// How long each member has to report.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+
+pub const COLUMNS: [&str; 8] =
+    ["id", "address", "role", "term", "last_index", "applied", "lag", "last_contact_ms"];
+
+pub(super) async fn cluster_table(node: &Node) -> Reply {
+    let me = node.config.id;
+    let members: Vec<(u64, String)> = {
+        let metrics = node.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        let members: Vec<(u64, String)> = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        if members.is_empty() {
+            // Not initialized yet: show the configured cluster.
+            std::iter::once((me, node.config.listen.to_string()))
+                .chain(node.config.peers.iter().map(|p| (p.id, p.addr.to_string())))
+                .collect()
+        } else {
+            members
+        }
+    };
+    let reports = futures::future::join_all(members.iter().map(|(id, addr)| async move {
+        if *id == me {
+            return Ok(NodeStatus::of(&node.raft));
+        }
+        PeerClient::new(me, *id, addr.clone()).status(STATUS_TIMEOUT).await
+    }))
+    .await;
+    let leader = reports.iter().flatten().filter(|s| s.role == "leader").max_by_key(|s| s.term).cloned();
+    let int = |v: Option<u64>| v.map_or(Cell::Nil, |v| Cell::Integer(v as i64));
+    let rows = members
+        .iter()
+        .zip(reports)
+        .map(|((id, addr), report)| {
+            let contact = leader.as_ref().and_then(|l| l.contact_ms.get(id).copied().flatten());
+            let is_leader = leader.as_ref().is_some_and(|l| l.id == *id);
+            match report {
+                Ok(status) => {
+                    let lag = leader.as_ref().map(|l| {
+                        l.last_log_index.unwrap_or(0).saturating_sub(status.last_log_index.unwrap_or(0))
+                    });
+                    vec![
+                        Cell::Integer(*id as i64),
+                        Cell::Text(addr.clone()),
+                        Cell::Text(status.role),
+                        int(Some(status.term)),
+                        int(status.last_log_index),
+                        int(status.applied_index),
+                        int(lag),
+                        if is_leader { Cell::Nil } else { int(contact) },
+                    ]
+                }
+                Err(e) => {
+                    tracing::debug!(node = id, error = %e, "no status");
+                    vec![
+                        Cell::Integer(*id as i64),
+                        Cell::Text(addr.clone()),
+                        Cell::Text("unreachable".to_string()),
+                        Cell::Nil,
+                        Cell::Nil,
+                        Cell::Nil,
+                        Cell::Nil,
+                        int(contact),
+                    ]
+                }
+            }
+        })
+        .collect();
+    Reply::Table { columns: COLUMNS.iter().map(|c| c.to_string()).collect(), rows }
+}
