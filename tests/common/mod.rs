@@ -50,17 +50,26 @@ pub struct TestNode {
 impl TestNode {
     /// Starts a single node with a fresh data directory.
     pub fn start(flags: &[&str]) -> TestNode {
+        let mut node = TestNode::stopped(SocketAddr::from(([127, 0, 0, 1], 0)), flags);
+        node.boot_on_a_free_port();
+        node
+    }
+
+    /// A node that is not running yet, with a fresh data directory.
+    fn stopped(addr: SocketAddr, flags: &[&str]) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
-        let mut node = TestNode {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        TestNode {
+            addr,
             data_dir: dir.path().join("data"),
             flags: flags.iter().map(|f| f.to_string()).collect(),
             child: None,
             log: dir.path().join("node.log"),
             _dir: Some(dir),
-        };
-        node.boot_on_a_free_port();
-        node
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     fn boot_on_a_free_port(&mut self) {
@@ -74,7 +83,7 @@ impl TestNode {
     }
 
     /// Starts the process on `self.addr`; false if it exited because the port was taken.
-    fn boot(&mut self) -> bool {
+    pub fn boot(&mut self) -> bool {
         let log = std::fs::File::create(&self.log).unwrap();
         let child = Command::new(NODE_BIN)
             .arg("--listen")
@@ -182,6 +191,110 @@ impl Drop for TestNode {
             let _ = child.wait();
         }
     }
+}
+
+/// A cluster of real nodes on free loopback ports. Node `id` is `nodes[id - 1]`.
+pub struct TestCluster {
+    pub nodes: Vec<TestNode>,
+}
+
+/// How long a cluster may take to elect a leader and commit a first write.
+pub const FORM_DEADLINE: Duration = Duration::from_secs(30);
+
+impl TestCluster {
+    /// Starts `size` nodes that know each other, each with `flags`, and waits until the cluster
+    /// commits a write.
+    pub fn start(size: u64, flags: &[&str]) -> TestCluster {
+        for _ in 0..5 {
+            let addrs: Vec<SocketAddr> =
+                (0..size).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
+            let mut nodes = Vec::new();
+            for id in 1..=size {
+                let mut node_flags: Vec<String> = vec!["--id".into(), id.to_string()];
+                for (peer, addr) in (1..=size).zip(&addrs).filter(|(peer, _)| *peer != id) {
+                    node_flags.extend(["--peer".to_string(), format!("{peer}={addr}")]);
+                }
+                node_flags.extend(flags.iter().map(|f| f.to_string()));
+                let flags: Vec<&str> = node_flags.iter().map(String::as_str).collect();
+                nodes.push(TestNode::stopped(addrs[id as usize - 1], &flags));
+            }
+            // A lost race for a port means new ports for everyone: the peers' lists name them.
+            if nodes.iter_mut().all(TestNode::boot) {
+                let cluster = TestCluster { nodes };
+                cluster.wait_for_a_leader();
+                return cluster;
+            }
+        }
+        panic!("could not start a cluster on free ports");
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut TestNode {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    /// Every node's address, comma-separated, for `--addr`.
+    pub fn addrs(&self) -> String {
+        self.nodes.iter().map(|n| n.addr.to_string()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The addresses of the running nodes only.
+    pub fn live_addrs(&self) -> String {
+        self.nodes.iter().filter(|n| n.is_running()).map(|n| n.addr.to_string()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Runs kv-cli with every node's address.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        let addrs = self.addrs();
+        let mut all = vec!["--addr", addrs.as_str()];
+        all.extend_from_slice(args);
+        run_cli(&all, None, &[])
+    }
+
+    /// Runs kv-cli with every node's address and `input` on stdin.
+    pub fn cli_piped(&self, args: &[&str], input: &[u8]) -> CliOutput {
+        let addrs = self.addrs();
+        let mut all = vec!["--addr", addrs.as_str()];
+        all.extend_from_slice(args);
+        run_cli(&all, Some(input), &[])
+    }
+
+    /// Waits until a write commits, and returns the id of the node that led it.
+    pub fn wait_for_a_leader(&self) -> u64 {
+        let mut leader = None;
+        let addrs = self.live_addrs();
+        wait_until("the cluster to commit a write", FORM_DEADLINE, || {
+            let out = run_cli(&["--addr", &addrs, "--json", "-c", "SET cluster-ready yes"], None, &[]);
+            let answer: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap_or_default();
+            leader = answer["leader"].as_u64().filter(|_| out.code == 0);
+            leader.is_some()
+        });
+        leader.unwrap()
+    }
+
+    /// The `CLUSTER` table as seen from node `via`: one JSON object per node.
+    pub fn status(&self, via: u64) -> Vec<serde_json::Value> {
+        let out = self.nodes[via as usize - 1].cli(&["--json", "-c", "CLUSTER"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let table: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+        let columns: Vec<&str> =
+            table["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+        table["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                let cells = row.as_array().unwrap();
+                serde_json::Value::Object(
+                    columns.iter().map(|c| c.to_string()).zip(cells.iter().cloned()).collect(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// `count` commands made by `line(i)`, one per line, for piping into kv-cli.
+pub fn script(count: usize, line: impl Fn(usize) -> String) -> Vec<u8> {
+    (0..count).map(|i| line(i) + "\n").collect::<String>().into_bytes()
 }
 
 /// What one kv-cli run printed, and how it exited.
