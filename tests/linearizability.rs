@@ -12,8 +12,8 @@ use common::TestCluster;
 use kv::client::{Client, ClientError};
 use kv::protocol::message::{ErrorCode, Reply};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const KEYS: usize = 3;
