@@ -1,4 +1,4 @@
-//! `kv-cli demo`: starts its own node, runs the usual modes against it, and cleans up after itself.
+//! `kv-cli demo`: starts its own three-node cluster, runs the usual modes against it, and cleans up after itself.
 
 mod common;
 
@@ -8,16 +8,21 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-/// The node address and data directory from the demo's banner line.
-fn parse_banner(stderr: &str) -> (String, PathBuf) {
+/// The nodes' addresses and the data directory from the demo's banner line:
+/// `kv demo: node 1 on A, node 2 on B, node 3 on C; data and logs in DIR. ...`.
+fn parse_banner(stderr: &str) -> (Vec<String>, PathBuf) {
     let banner = stderr.lines().find(|l| l.starts_with("kv demo: node 1 on ")).expect(stderr);
-    let addr = banner["kv demo: node 1 on ".len()..].split(';').next().unwrap().to_string();
+    let nodes = banner["kv demo: ".len()..].split(';').next().unwrap();
+    let addrs: Vec<String> = nodes.split(", ").map(|n| n.split(" on ").nth(1).unwrap().to_string()).collect();
+    assert_eq!(addrs.len(), 3, "a three-node cluster: {banner}");
     let dir = banner.split("data and logs in ").nth(1).unwrap().split(". ").next().unwrap();
-    (addr, PathBuf::from(dir))
+    (addrs, PathBuf::from(dir))
 }
 
-fn assert_node_gone(addr: &str) {
-    wait_until("the demo node to stop", Duration::from_secs(15), || TcpStream::connect(addr).is_err());
+fn assert_nodes_gone(addrs: &[String]) {
+    for addr in addrs {
+        wait_until("the demo nodes to stop", Duration::from_secs(15), || TcpStream::connect(addr).is_err());
+    }
 }
 
 #[test]
@@ -25,8 +30,8 @@ fn a_piped_demo_runs_the_commands_and_removes_its_data() {
     let out = run_cli(&["demo"], Some(b"SET a 1\nGET a\nDEL a\n"), &[]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.lines(), ["OK", "1", "1"]);
-    let (addr, dir) = parse_banner(&out.stderr);
-    assert_node_gone(&addr);
+    let (addrs, dir) = parse_banner(&out.stderr);
+    assert_nodes_gone(&addrs);
     assert!(!dir.exists(), "{} should be removed", dir.display());
 }
 
@@ -35,10 +40,12 @@ fn keep_leaves_the_data_where_it_says() {
     let out = run_cli(&["demo", "--keep"], None, &[]);
     // No -c and no stdin: nothing to run, which is a success.
     assert_eq!(out.code, 0, "{out:?}");
-    let (addr, dir) = parse_banner(&out.stderr);
-    assert_node_gone(&addr);
+    let (addrs, dir) = parse_banner(&out.stderr);
+    assert_nodes_gone(&addrs);
     assert!(out.stderr.contains(&format!("data kept in {}", dir.display())), "{out:?}");
-    assert!(dir.join("node1").join("state.redb").is_file());
+    for id in 1..=3 {
+        assert!(dir.join(format!("node{id}")).join("state.redb").is_file());
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -47,14 +54,16 @@ fn an_interactive_demo_stops_its_node_when_the_shell_ends() {
     let mut cmd = Command::new(CLI_BIN);
     cmd.arg("demo").env("NO_COLOR", "1").env("KV_CLI_HISTFILE", "/dev/null").env("TERM", "xterm");
     let mut p = rexpect::session::spawn_command(cmd, Some(20_000)).unwrap();
-    let (_, banner) = p.exp_regex(r"kv demo: node 1 on [0-9.:]+;[^\r\n]*").unwrap();
-    let (addr, dir) = parse_banner(&banner);
-    p.exp_string(&format!("{addr}> ")).unwrap();
+    let (_, banner) = p.exp_regex(r"kv demo: node 1 on [^;]+;[^\r\n]*").unwrap();
+    let (addrs, dir) = parse_banner(&banner);
+    p.exp_string(&format!("{}> ", addrs[0])).unwrap();
     p.send_line("SET demo works").unwrap();
     p.exp_string("OK").unwrap();
-    p.exp_string(&format!("{addr}> ")).unwrap();
+    // The shell shows which peers acknowledged the write.
+    p.exp_regex(r"leader n[123] \S+ term [0-9]+ \S+ index [0-9]+ \S+ n[123] acked [0-9.]+ ms").unwrap();
+    p.exp_string(&format!("{}> ", addrs[0])).unwrap();
     p.send_control('d').unwrap();
     p.exp_eof().unwrap();
-    assert_node_gone(&addr);
+    assert_nodes_gone(&addrs);
     assert!(!dir.exists());
 }

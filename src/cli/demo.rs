@@ -7,8 +7,10 @@
 //! The nodes run in their own process group, so a Ctrl-C typed at the shell does not reach them,
 //! and they get SIGTERM if kv-cli dies, so they never outlive the demo.
 //!
-//! For now the cluster has one node: replication arrives with the Raft work.
+//! The cluster has three nodes that replicate through Raft; the demo is ready once they have
+//! elected a leader, so the first command does not wait for an election.
 
+use crate::client::Client;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::net::{SocketAddr, TcpListener};
@@ -21,6 +23,8 @@ use std::time::{Duration, Instant};
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a demo node may take to shut down before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many nodes the demo cluster has.
+const NODES: u64 = 3;
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -39,6 +43,15 @@ pub enum DemoError {
     Spawn(std::io::Error),
     #[error("kv-node did not start; its log says:\n{0}")]
     NodeFailed(String),
+    #[error("the demo cluster elected no leader within {0:?}")]
+    NoLeader(Duration),
+}
+
+/// Why one node did not start.
+enum StartFailure {
+    /// Its port was taken between choosing and binding it: try the whole cluster again.
+    PortTaken,
+    Failed(DemoError),
 }
 
 /// A running demo cluster.
@@ -53,12 +66,62 @@ struct DemoNode {
 }
 
 impl DemoCluster {
-    /// Starts the demo's node(s) and waits until they serve.
+    /// Starts the demo's nodes and waits until they have a leader.
     pub fn start() -> Result<DemoCluster, DemoError> {
         let binary = node_binary()?;
         let dir = tempfile::Builder::new().prefix("kv-demo-").tempdir().map_err(DemoError::TempDir)?;
-        let node = DemoNode::start(&binary, 1, dir.path())?;
-        Ok(DemoCluster { nodes: vec![node], dir })
+        let mut last = DemoError::NodeFailed("no free ports".to_string());
+        // A port that was free a moment ago may be taken by the time a node binds it; every
+        // node's peer list names the ports, so a lost race means new ports for all.
+        for _ in 0..5 {
+            let addrs: Vec<SocketAddr> =
+                (0..NODES).map(|_| free_addr()).collect::<Result<_, _>>().map_err(DemoError::Spawn)?;
+            let mut nodes = Vec::new();
+            let mut port_taken = false;
+            for id in 1..=NODES {
+                match DemoNode::start(&binary, id, &addrs, dir.path()) {
+                    Ok(node) => nodes.push(node),
+                    Err(StartFailure::PortTaken) => {
+                        port_taken = true;
+                        break;
+                    }
+                    Err(StartFailure::Failed(e)) => {
+                        nodes.into_iter().for_each(DemoNode::stop);
+                        return Err(e);
+                    }
+                }
+            }
+            if !port_taken {
+                let cluster = DemoCluster { nodes, dir };
+                if let Err(e) = cluster.wait_for_a_leader() {
+                    cluster.stop(false);
+                    return Err(e);
+                }
+                return Ok(cluster);
+            }
+            nodes.into_iter().for_each(DemoNode::stop);
+            last = DemoError::NodeFailed("every port tried was taken".to_string());
+        }
+        Err(last)
+    }
+
+    /// Waits until a linearizable read succeeds, which needs an elected leader.
+    fn wait_for_a_leader(&self) -> Result<(), DemoError> {
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DemoError::Spawn)?;
+        let addrs = self.addrs();
+        let started = Instant::now();
+        while started.elapsed() < START_TIMEOUT {
+            let read = runtime.block_on(async {
+                let (mut client, _) = Client::connect_any(&addrs, Duration::from_secs(1)).await.ok()?;
+                client.call(vec![b"EXISTS".to_vec(), b"demo".to_vec()]).await.ok()
+            });
+            if read.is_some_and(|response| !response.reply.is_error()) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(DemoError::NoLeader(START_TIMEOUT))
     }
 
     pub fn addrs(&self) -> Vec<String> {
@@ -86,52 +149,51 @@ impl DemoCluster {
 }
 
 impl DemoNode {
-    fn start(binary: &Path, id: u64, dir: &Path) -> Result<DemoNode, DemoError> {
+    /// Starts node `id` of the cluster whose nodes listen on `addrs` (node `i` on `addrs[i - 1]`).
+    fn start(binary: &Path, id: u64, addrs: &[SocketAddr], dir: &Path) -> Result<DemoNode, StartFailure> {
+        let failed = |e| StartFailure::Failed(DemoError::Spawn(e));
         let log_path = dir.join(format!("node{id}.log"));
-        let mut last_log = String::new();
-        // A port that was free a moment ago may be taken by the time the node binds it.
-        for _ in 0..5 {
-            let addr = free_addr().map_err(DemoError::Spawn)?;
-            let log = std::fs::File::create(&log_path).map_err(DemoError::Spawn)?;
-            let mut command = Command::new(binary);
-            command
-                .args(["--id", &id.to_string(), "--listen", &addr.to_string()])
-                .arg("--data-dir")
-                .arg(dir.join(format!("node{id}")))
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .process_group(0);
-            // SAFETY: set_pdeathsig is a single prctl(2) call, async-signal-safe, and touches no
-            // memory of the parent.
-            unsafe {
-                command.pre_exec(|| {
-                    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
-                });
-            }
-            let mut child = command.spawn().map_err(DemoError::Spawn)?;
-            let started = Instant::now();
-            loop {
-                last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                if last_log.contains("serving") {
-                    return Ok(DemoNode { child, addr });
-                }
-                if child.try_wait().map_err(DemoError::Spawn)?.is_some() {
-                    break;
-                }
-                if started.elapsed() > START_TIMEOUT {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(DemoError::NodeFailed(last_log));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !last_log.contains("cannot listen") {
-                break;
-            }
+        let addr = addrs[id as usize - 1];
+        let log = std::fs::File::create(&log_path).map_err(failed)?;
+        let mut command = Command::new(binary);
+        command.args(["--id", &id.to_string(), "--listen", &addr.to_string()]);
+        for (peer, peer_addr) in (1..).zip(addrs).filter(|(peer, _)| *peer != id) {
+            command.args(["--peer", &format!("{peer}={peer_addr}")]);
         }
-        Err(DemoError::NodeFailed(last_log))
+        command
+            .arg("--data-dir")
+            .arg(dir.join(format!("node{id}")))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0);
+        // SAFETY: set_pdeathsig is a single prctl(2) call, async-signal-safe, and touches no
+        // memory of the parent.
+        unsafe {
+            command
+                .pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from));
+        }
+        let mut child = command.spawn().map_err(failed)?;
+        let started = Instant::now();
+        loop {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if log.contains("serving") {
+                return Ok(DemoNode { child, addr });
+            }
+            if child.try_wait().map_err(failed)?.is_some() {
+                if log.contains("cannot listen") {
+                    return Err(StartFailure::PortTaken);
+                }
+                return Err(StartFailure::Failed(DemoError::NodeFailed(log)));
+            }
+            if started.elapsed() > START_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(StartFailure::Failed(DemoError::NodeFailed(log)));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM, then SIGKILL if the node has not exited in time.
