@@ -2,7 +2,7 @@
 //!
 //! [`Store`] owns one redb file under the node's data directory. Its contract is narrow on
 //! purpose: [`apply_write`] is a deterministic function from a [`Write`] and the current table to
-//! a [`Reply`], and [`Store::transact`] runs such writes in one durable transaction. Determinism
+//! a [`Reply`], and `Store::transact` runs such writes in one durable transaction. Determinism
 //! is what lets the replicated log drive the same code on every node and get the same state; the
 //! only writer is the Raft state machine ([`crate::raft::state_machine`]).
 //!
