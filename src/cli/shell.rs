@@ -11,7 +11,7 @@
 use super::output::{BAD_INPUT, CONNECTION, Printer, TOO_FEW_ACKS};
 use super::split::split_args;
 use super::{ExitStatus, LocalCommand, Options, judge, local_command};
-use crate::client::{Client, NodeInfo};
+use crate::client::{Client, ClientError, NodeInfo};
 use crate::command::{COMMANDS, lookup};
 use crate::protocol::message::ErrorCode;
 use colored::Colorize;
@@ -157,6 +157,10 @@ impl Shell {
                     return;
                 }
                 Err(e) => {
+                    let code = match e {
+                        ClientError::Timeout(_) => ErrorCode::Timeout.as_str(),
+                        _ => CONNECTION,
+                    };
                     let lost = format!("{} (node {}): {e}", info.addr, info.node_id);
                     self.connection = None;
                     self.next_addr += 1;
@@ -165,7 +169,7 @@ impl Shell {
                         return self.printer.error(ErrorCode::OutcomeUnknown.as_str(), &message);
                     }
                     if attempt == 1 {
-                        return self.printer.error(CONNECTION, &lost);
+                        return self.printer.error(code, &lost);
                     }
                     self.printer.warn(CONNECTION, &format!("{lost}; trying the next node"));
                 }

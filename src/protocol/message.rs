@@ -209,7 +209,8 @@ pub enum ErrorCode {
     /// lost its quorum or did not answer in time). It may or may not have been applied, now or
     /// later: read before retrying it.
     OutcomeUnknown,
-    /// The command got no answer in time. For a write this is reported as `OUTCOME_UNKNOWN`.
+    /// Reported by clients: a read got no answer in time (it changed nothing). For a write the
+    /// same situation is `OUTCOME_UNKNOWN`.
     Timeout,
     /// Only on forwarded connections: this node is not the leader and did not apply the command.
     /// The forwarding node retries it at the leader; clients never see this code.
