@@ -65,6 +65,11 @@ impl NodeConfig {
     pub fn limits(&self) -> Limits {
         Limits { max_key_bytes: self.max_key_bytes, max_value_bytes: self.max_value_bytes }
     }
+
+    /// The configured cluster: this node and its peers, by id and address.
+    pub fn members(&self) -> impl Iterator<Item = (u64, SocketAddr)> + '_ {
+        std::iter::once((self.id, self.listen)).chain(self.peers.iter().map(|p| (p.id, p.addr)))
+    }
 }
 
 /// Command-line flags of `kv-node`. Each overrides the config file's key of the same name.

@@ -14,9 +14,8 @@
 
 use super::output::{BAD_INPUT, CONNECTION, Printer, TOO_FEW_ACKS};
 use super::split::split_args;
-use super::{ExitStatus, LocalCommand, Options, judge, local_command};
-use crate::client::{Client, ClientError, RequestSender, ResponseReceiver, expect_id};
-use crate::command::lookup;
+use super::{ExitStatus, LocalCommand, Options, connect, judge, local_command, writes};
+use crate::client::{ClientError, RequestSender, ResponseReceiver, expect_id};
 use crate::protocol::message::{ErrorCode, Response};
 use std::collections::VecDeque;
 use tokio::sync::mpsc;
@@ -48,10 +47,7 @@ struct Link {
 
 impl Link {
     async fn open(options: &Options, first: usize) -> Result<Link, ClientError> {
-        let (mut client, info) =
-            Client::connect_any_from(&options.addrs, first, options.connect_timeout).await?;
-        client.set_options(options.request.clone());
-        let index = options.addrs.iter().position(|a| *a == info.addr).unwrap_or(first);
+        let (client, info, index) = connect(options, first).await?;
         let (sender, receiver) = client.split();
         Ok(Link { sender, receiver, addr: info.addr, index })
     }
@@ -154,7 +150,7 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
                         Some(LocalCommand::Help(Ok(text))) => queue.push_back(Slot::Done(Ok(text))),
                         Some(LocalCommand::Help(Err(e))) => queue.push_back(bad_input(e)),
                         None => {
-                            let writes = args.first().and_then(|name| lookup(name)).is_some_and(|spec| spec.writes);
+                            let writes = writes(&args);
                             // A failed send shows up as a lost connection on the read side.
                             let id = link.sender.send(args.clone()).await.unwrap_or(0);
                             queue.push_back(Slot::Sent { id, args, writes });

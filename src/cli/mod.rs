@@ -12,7 +12,7 @@ pub mod output;
 pub mod shell;
 pub mod split;
 
-use crate::client::RequestOptions;
+use crate::client::{Client, ClientError, NodeInfo, RequestOptions};
 use crate::command::{COMMANDS, lookup};
 use crate::protocol::message::{ErrorCode, Reply, Response};
 use output::{Format, Printer};
@@ -134,6 +134,21 @@ impl ExitStatus {
     pub fn or(self, later: ExitStatus) -> ExitStatus {
         if self == ExitStatus::Success { later } else { self }
     }
+}
+
+/// Whether a command line changes the store, so that it must not be resent after its answer was
+/// lost.
+pub fn writes(args: &[Vec<u8>]) -> bool {
+    args.first().and_then(|name| lookup(name)).is_some_and(|spec| spec.writes)
+}
+
+/// Connects to the first address that answers, starting at `addrs[first]`, and applies the
+/// request options. Also returns the address's index, so that a reconnection can start after it.
+pub async fn connect(options: &Options, first: usize) -> Result<(Client, NodeInfo, usize), ClientError> {
+    let (mut client, info) = Client::connect_any_from(&options.addrs, first, options.connect_timeout).await?;
+    client.set_options(options.request.clone());
+    let index = options.addrs.iter().position(|a| *a == info.addr).unwrap_or(first);
+    Ok((client, info, index))
 }
 
 /// Commands that kv-cli answers itself.

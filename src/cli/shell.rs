@@ -10,7 +10,7 @@
 
 use super::output::{BAD_INPUT, CONNECTION, Printer, TOO_FEW_ACKS};
 use super::split::split_args;
-use super::{ExitStatus, LocalCommand, Options, judge, local_command};
+use super::{ExitStatus, LocalCommand, Options, connect, judge, local_command, writes};
 use crate::client::{Client, ClientError, NodeInfo};
 use crate::command::{COMMANDS, lookup};
 use crate::protocol::message::ErrorCode;
@@ -121,15 +121,9 @@ impl Shell {
     /// Connects to the first address that answers, starting at `next_addr`; reports failure and
     /// stays disconnected.
     fn connect(&mut self) -> bool {
-        let addrs = &self.options.addrs;
-        match self.runtime.block_on(Client::connect_any_from(
-            addrs,
-            self.next_addr,
-            self.options.connect_timeout,
-        )) {
-            Ok((mut client, info)) => {
-                client.set_options(self.options.request.clone());
-                self.next_addr = addrs.iter().position(|a| *a == info.addr).unwrap_or(0);
+        match self.runtime.block_on(connect(&self.options, self.next_addr)) {
+            Ok((client, info, index)) => {
+                self.next_addr = index;
                 self.connection = Some((client, info));
                 true
             }
@@ -141,7 +135,7 @@ impl Shell {
     }
 
     fn call(&mut self, args: Vec<Vec<u8>>) {
-        let writes = args.first().and_then(|name| lookup(name)).is_some_and(|spec| spec.writes);
+        let writes = writes(&args);
         // A read may be sent twice: once, and again on another node if the first one died.
         for attempt in 0..2 {
             if self.connection.is_none() && !self.connect() {

@@ -126,10 +126,8 @@ async fn bootstrap(raft: &KvRaft, config: &NodeConfig) -> Result<(), ServerError
     if raft.is_initialized().await.map_err(|e| ServerError::Raft(e.to_string()))? {
         return Ok(());
     }
-    let members: BTreeMap<u64, BasicNode> = std::iter::once((config.id, config.listen))
-        .chain(config.peers.iter().map(|p| (p.id, p.addr)))
-        .map(|(id, addr)| (id, BasicNode::new(addr.to_string())))
-        .collect();
+    let members: BTreeMap<u64, BasicNode> =
+        config.members().map(|(id, addr)| (id, BasicNode::new(addr.to_string()))).collect();
     tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "first start: initializing the cluster");
     raft.initialize(members).await.map_err(|e| ServerError::Raft(e.to_string()))
 }

@@ -26,9 +26,7 @@ pub(super) async fn cluster_table(node: &Node) -> Reply {
         let members: Vec<(u64, String)> = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
         if members.is_empty() {
             // Not initialized yet: show the configured cluster.
-            std::iter::once((me, node.config.listen.to_string()))
-                .chain(node.config.peers.iter().map(|p| (p.id, p.addr.to_string())))
-                .collect()
+            node.config.members().map(|(id, addr)| (id, addr.to_string())).collect()
         } else {
             members
         }
