@@ -32,6 +32,10 @@ pub enum ClientError {
     Timeout(Duration),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The node is shutting down and executes nothing more on this connection: every request not
+    /// answered yet was not applied, and may be sent to another node.
+    #[error("the node is going away: {0}")]
+    GoingAway(String),
 }
 
 impl From<std::io::Error> for ClientError {
@@ -188,6 +192,9 @@ pub fn expect_id(response: Response, id: u64) -> Result<Response, ClientError> {
     }
     match response.reply {
         // Id 0 is the node telling us why it is closing the connection.
+        crate::protocol::message::Reply::Error { code: ErrorCode::ShuttingDown, message } if response.id == 0 => {
+            Err(ClientError::GoingAway(message))
+        }
         crate::protocol::message::Reply::Error { code, message } if response.id == 0 => {
             Err(ClientError::Protocol(format!("{code} {message}")))
         }

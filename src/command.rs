@@ -5,7 +5,8 @@
 //! completion and argument hints, so the three can never disagree.
 //!
 //! Commands are split by what they need from the node: a [`Write`] changes state and is what the
-//! replicated log carries; a [`Read`] only looks; `PING` and `CLUSTER` touch no data.
+//! replicated log carries; a [`Read`] only looks; `PING` and `CLUSTER` touch no data, while
+//! `CLUSTER`'s subcommands ([`Admin`]) change who is in the cluster.
 
 use crate::protocol::message::{ErrorCode, Reply};
 use bytes::Bytes;
@@ -59,12 +60,27 @@ pub const COMMANDS: &[CommandSpec] = &[
     spec("PING", "[message]", "Answer PONG, or echo message; checks the connection.", 0, Some(1)),
     spec(
         "CLUSTER",
-        "",
-        "Show every node: role, term, log and applied index, lag behind the leader, last contact.",
+        "[ADD-LEARNER id addr | ADD-VOTER id | REMOVE id | TRANSFER-LEADER id]",
+        "Show every node (role, term, log and applied index, lag, last contact), or change the \
+         membership: add a learner, promote it to voter, remove a node, move the leadership.",
         0,
-        Some(0),
+        Some(3),
     ),
 ];
+
+/// `CLUSTER`'s subcommands: their names and how many arguments each takes.
+pub const CLUSTER_SUBCOMMANDS: &[(&str, &str)] =
+    &[("ADD-LEARNER", "id addr"), ("ADD-VOTER", "id"), ("REMOVE", "id"), ("TRANSFER-LEADER", "id")];
+
+/// Whether a request with these arguments (name first) changes state: a write, or a membership
+/// change. A client must not resend such a request after losing its answer.
+pub fn changes_state(args: &[impl AsRef<[u8]>]) -> bool {
+    match args.first().and_then(|name| lookup(name.as_ref())) {
+        Some(spec) if spec.name == "CLUSTER" => args.len() > 1,
+        Some(spec) => spec.writes,
+        None => false,
+    }
+}
 
 /// Looks a command up by name, ignoring ASCII case.
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
@@ -84,6 +100,16 @@ pub struct Limits {
 pub enum Write {
     Set { key: Bytes, value: Bytes },
     Del { keys: Vec<Bytes> },
+}
+
+impl Write {
+    /// Roughly how many bytes the write takes encoded: its keys and value plus a little framing.
+    pub fn encoded_len_estimate(&self) -> usize {
+        match self {
+            Write::Set { key, value } => key.len() + value.len() + 16,
+            Write::Del { keys } => keys.iter().map(|k| k.len() + 8).sum::<usize>() + 16,
+        }
+    }
 }
 
 /// A short description for logs; never the value, which may be large or private.
@@ -110,6 +136,20 @@ pub enum Read {
     Exists { keys: Vec<Bytes> },
 }
 
+/// A change to the cluster's membership or leadership (`CLUSTER` with a subcommand). Only the
+/// leader can make one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admin {
+    /// Add a non-voting member that receives the log (how a new node joins).
+    AddLearner { id: u64, addr: String },
+    /// Make a caught-up learner a voter.
+    AddVoter { id: u64 },
+    /// Take a voter or learner out of the cluster.
+    Remove { id: u64 },
+    /// Hand the leadership to another voter.
+    TransferLeader { id: u64 },
+}
+
 /// A parsed, validated command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -118,6 +158,7 @@ pub enum Command {
     },
     /// The cluster status table.
     Cluster,
+    Admin(Admin),
     Read(Read),
     Write(Write),
 }
@@ -134,6 +175,8 @@ pub enum CommandError {
     WrongArity { name: &'static str, expected: String, got: usize },
     #[error("{what} is {len} bytes, over the limit of {max} bytes")]
     TooLarge { what: &'static str, len: usize, max: usize },
+    #[error("{0}")]
+    BadArgument(String),
 }
 
 impl CommandError {
@@ -143,6 +186,7 @@ impl CommandError {
             CommandError::Unknown(_) => ErrorCode::UnknownCommand,
             CommandError::WrongArity { .. } => ErrorCode::WrongArity,
             CommandError::TooLarge { .. } => ErrorCode::TooLarge,
+            CommandError::BadArgument(_) => ErrorCode::BadRequest,
         }
     }
 
@@ -177,11 +221,61 @@ impl Command {
             ("PING", []) => Command::Ping { message: None },
             ("PING", [m]) => Command::Ping { message: Some(m.clone()) },
             ("CLUSTER", []) => Command::Cluster,
+            ("CLUSTER", [sub, rest @ ..]) => Command::Admin(parse_admin(sub, rest)?),
             // Unreachable while the table and this match agree (a unit test checks that); answering
             // with an arity error rather than panicking keeps a client from ever crashing the node.
             (name, rest) => return Err(arity_error(spec, name, rest.len())),
         })
     }
+}
+
+/// Parses `CLUSTER <subcommand> <args>`.
+fn parse_admin(sub: &Bytes, args: &[Bytes]) -> Result<Admin, CommandError> {
+    let Some(&(name, synopsis)) =
+        CLUSTER_SUBCOMMANDS.iter().find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(sub))
+    else {
+        let names: Vec<&str> = CLUSTER_SUBCOMMANDS.iter().map(|(n, _)| *n).collect();
+        return Err(CommandError::BadArgument(format!(
+            "unknown CLUSTER subcommand '{}'; expected one of {}, or none for the status table",
+            String::from_utf8_lossy(&sub[..sub.len().min(64)]),
+            names.join(", ")
+        )));
+    };
+    let wanted = synopsis.split(' ').count();
+    if args.len() != wanted {
+        return Err(CommandError::WrongArity {
+            name: "CLUSTER",
+            expected: format!("{} ({name} {synopsis})", wanted + 1),
+            got: args.len() + 1,
+        });
+    }
+    let id = parse_node_id(&args[0])?;
+    Ok(match name {
+        "ADD-LEARNER" => {
+            let addr = std::str::from_utf8(&args[1])
+                .ok()
+                .and_then(|a| crate::config::parse_addr(a).ok())
+                .ok_or_else(|| {
+                    CommandError::BadArgument(format!(
+                        "bad address '{}': expected IP:PORT",
+                        String::from_utf8_lossy(&args[1][..args[1].len().min(64)])
+                    ))
+                })?;
+            Admin::AddLearner { id, addr: addr.to_string() }
+        }
+        "ADD-VOTER" => Admin::AddVoter { id },
+        "REMOVE" => Admin::Remove { id },
+        _ => Admin::TransferLeader { id },
+    })
+}
+
+fn parse_node_id(arg: &Bytes) -> Result<u64, CommandError> {
+    std::str::from_utf8(arg).ok().and_then(|s| s.parse::<u64>().ok()).filter(|id| *id > 0).ok_or_else(|| {
+        CommandError::BadArgument(format!(
+            "bad node id '{}': expected a positive integer",
+            String::from_utf8_lossy(&arg[..arg.len().min(64)])
+        ))
+    })
 }
 
 fn check_arity(spec: &'static CommandSpec, got: usize) -> Result<(), CommandError> {
@@ -233,6 +327,13 @@ mod tests {
             (&["ping"], Command::Ping { message: None }),
             (&["PING", "hi"], Command::Ping { message: Some(b("hi")) }),
             (&["cluster"], Command::Cluster),
+            (
+                &["cluster", "add-learner", "4", "127.0.0.1:7004"],
+                Command::Admin(Admin::AddLearner { id: 4, addr: "127.0.0.1:7004".into() }),
+            ),
+            (&["CLUSTER", "ADD-VOTER", "4"], Command::Admin(Admin::AddVoter { id: 4 })),
+            (&["CLUSTER", "REMOVE", "2"], Command::Admin(Admin::Remove { id: 2 })),
+            (&["CLUSTER", "TRANSFER-LEADER", "3"], Command::Admin(Admin::TransferLeader { id: 3 })),
         ];
         for (words, want) in cases {
             assert_eq!(parse(words).as_ref(), Ok(want), "{words:?}");
@@ -251,6 +352,11 @@ mod tests {
             (&["SET", "123456789", "v"], ErrorCode::TooLarge, "key is 9 bytes, over the limit of 8"),
             (&["SET", "k", "0123456789abcdefg"], ErrorCode::TooLarge, "value is 17 bytes"),
             (&["DEL", "ok", "123456789"], ErrorCode::TooLarge, "key is 9 bytes"),
+            (&["CLUSTER", "FLY"], ErrorCode::BadRequest, "unknown CLUSTER subcommand 'FLY'"),
+            (&["CLUSTER", "REMOVE"], ErrorCode::WrongArity, "expected 2 (REMOVE id), got 1"),
+            (&["CLUSTER", "ADD-VOTER", "0"], ErrorCode::BadRequest, "bad node id '0'"),
+            (&["CLUSTER", "ADD-LEARNER", "4", "nowhere"], ErrorCode::BadRequest, "bad address 'nowhere'"),
+            (&["CLUSTER", "a", "b", "c", "d"], ErrorCode::WrongArity, "expected 0 to 3"),
         ];
         for (words, code, text) in cases {
             let err = parse(words).unwrap_err();
@@ -261,7 +367,7 @@ mod tests {
 
     #[test]
     fn every_table_entry_parses_at_its_minimum_and_maximum_arity() {
-        for spec in COMMANDS {
+        for spec in COMMANDS.iter().filter(|c| c.name != "CLUSTER") {
             let max = spec.arity.max.unwrap_or(spec.arity.min + 3);
             for n in spec.arity.min..=max {
                 let mut words = vec![spec.name];
@@ -269,6 +375,22 @@ mod tests {
                 let command = parse(&words).unwrap_or_else(|e| panic!("{} with {n} args: {e}", spec.name));
                 assert_eq!(matches!(command, Command::Write(_)), spec.writes, "{}", spec.name);
             }
+        }
+    }
+
+    #[test]
+    fn writes_and_membership_changes_change_state() {
+        assert!(changes_state(&["set", "k", "v"]));
+        assert!(changes_state(&["CLUSTER", "REMOVE", "2"]));
+        assert!(!changes_state(&["cluster"]));
+        assert!(!changes_state(&["GET", "k"]));
+        assert!(!changes_state(&["NOPE"]));
+        for (name, synopsis) in CLUSTER_SUBCOMMANDS {
+            let mut words = vec!["CLUSTER", name, "4"];
+            if synopsis.contains("addr") {
+                words.push("127.0.0.1:1");
+            }
+            assert!(matches!(parse(&words), Ok(Command::Admin(_))), "{words:?}");
         }
     }
 }

@@ -49,6 +49,18 @@ pub struct NodeConfig {
     /// How long a request may wait for a leader with a quorum before it fails with `NO_QUORUM`
     /// (or, once handed to a leader, `OUTCOME_UNKNOWN`), in milliseconds. Default 5000.
     pub request_timeout_ms: u64,
+    /// A member of a running cluster to join through, instead of forming one with `peers`. Only
+    /// used on first start (empty data dir). Default none.
+    pub join: Option<SocketAddr>,
+    /// With `join`: stay a non-voting learner instead of asking to become a voter once caught
+    /// up. Default false.
+    pub learner: bool,
+    /// Take a snapshot (and compact the log) after this many log entries since the last one.
+    /// Default 10000.
+    pub snapshot_entries: u64,
+    /// Log entries kept behind the latest snapshot, so that a briefly lagging member can catch up
+    /// from the log instead of a snapshot. Default 1000.
+    pub keep_log_entries: u64,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7001";
@@ -58,6 +70,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_HEARTBEAT_MS: usize = 100;
 pub const DEFAULT_ELECTION_TIMEOUT_MS: usize = 500;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: usize = 5000;
+pub const DEFAULT_SNAPSHOT_ENTRIES: usize = 10_000;
+pub const DEFAULT_KEEP_LOG_ENTRIES: usize = 1000;
 /// Room in a frame for everything but the key and the value of a `SET`.
 const FRAME_OVERHEAD_BYTES: usize = 1024;
 
@@ -113,6 +127,18 @@ pub struct NodeArgs {
     /// How long a request waits for a leader with a quorum, in milliseconds [default: 5000].
     #[arg(long, value_name = "MS")]
     pub request_timeout_ms: Option<usize>,
+    /// Join the running cluster that this member belongs to (first start only; no --peer).
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_addr)]
+    pub join: Option<SocketAddr>,
+    /// With --join: stay a non-voting learner (a read replica) instead of becoming a voter.
+    #[arg(long)]
+    pub learner: bool,
+    /// Snapshot and compact the log after this many entries [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub snapshot_entries: Option<usize>,
+    /// Log entries kept behind the latest snapshot [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub keep_log_entries: Option<usize>,
 }
 
 /// The config file's shape. Unknown keys are an error: a typo must not be silently ignored.
@@ -131,6 +157,10 @@ struct FileConfig {
     heartbeat_ms: Option<Spanned<usize>>,
     election_timeout_ms: Option<Spanned<usize>>,
     request_timeout_ms: Option<Spanned<usize>>,
+    join: Option<Spanned<String>>,
+    learner: Option<Spanned<bool>>,
+    snapshot_entries: Option<Spanned<usize>>,
+    keep_log_entries: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,12 +295,37 @@ pub fn load(args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         &file.request_timeout_ms,
         DEFAULT_REQUEST_TIMEOUT_MS,
     );
+    let (snapshot_entries, snapshot_origin) =
+        pick(args.snapshot_entries, "--snapshot-entries", &file.snapshot_entries, DEFAULT_SNAPSHOT_ENTRIES);
+    let (keep_log_entries, _) =
+        pick(args.keep_log_entries, "--keep-log-entries", &file.keep_log_entries, DEFAULT_KEEP_LOG_ENTRIES);
+    let (join, join_origin) = match (args.join, &file.join) {
+        (Some(addr), _) => (Some(addr), Origin::Flag("--join")),
+        (None, Some(s)) => (Some(parse_addr(s.get_ref()).map_err(|m| at(s.span()).error(m))?), at(s.span())),
+        (None, None) => (None, Origin::Default),
+    };
+    let (learner, learner_origin) = match (args.learner, &file.learner) {
+        (true, _) => (true, Origin::Flag("--learner")),
+        (false, Some(v)) => (*v.get_ref(), at(v.span())),
+        (false, None) => (false, Origin::Default),
+    };
+    if join.is_some() && !peers.is_empty() {
+        return Err(join_origin
+            .error("join and peers exclude each other: a joining node learns its peers from the cluster"));
+    }
+    if join == Some(listen) {
+        return Err(join_origin.error(format!("cannot join through this node's own address {listen}")));
+    }
+    if learner && join.is_none() {
+        return Err(learner_origin.error("learner only applies to a node that joins (give join)"));
+    }
     for (value, origin, what) in [
         (max_key_bytes, &key_origin, "max_key_bytes"),
         (max_value_bytes, &value_origin, "max_value_bytes"),
         (max_connections, &conn_origin, "max_connections"),
         (heartbeat_ms, &heartbeat_origin, "heartbeat_ms"),
         (request_timeout_ms, &request_origin, "request_timeout_ms"),
+        (snapshot_entries, &snapshot_origin, "snapshot_entries"),
     ] {
         if value == 0 {
             return Err(origin.error(format!("{what} must be at least 1")));
@@ -306,6 +361,10 @@ pub fn load(args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         heartbeat_ms: heartbeat_ms as u64,
         election_timeout_ms: election_timeout_ms as u64,
         request_timeout_ms: request_timeout_ms as u64,
+        join,
+        learner,
+        snapshot_entries: snapshot_entries as u64,
+        keep_log_entries: keep_log_entries as u64,
     })
 }
 
@@ -398,6 +457,13 @@ mod tests {
             ("max_connections = 0\n", "max_connections must be at least 1"),
             ("heartbeat_ms = 100\nelection_timeout_ms = 200\n", ":2:23: election_timeout_ms is 200"),
             ("request_timeout_ms = 0\n", "request_timeout_ms must be at least 1"),
+            ("snapshot_entries = 0\n", "snapshot_entries must be at least 1"),
+            (
+                "join = \"127.0.0.1:7002\"\n[[peers]]\nid = 3\naddr = \"127.0.0.1:7003\"\n",
+                ":1:8: join and peers exclude each other",
+            ),
+            ("learner = true\n", ":1:11: learner only applies to a node that joins"),
+            ("join = \"127.0.0.1:7001\"\n", "cannot join through this node's own address"),
             ("id = [\n", ":1:"),
         ];
         for (toml, want) in cases {

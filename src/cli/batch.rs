@@ -8,7 +8,9 @@
 //! If the connection is lost (the node died), kv-cli connects to the next address that answers
 //! and carries on. Commands that were in flight are handled by what they do: a read is sent
 //! again (it changed nothing), a write is reported as `OUTCOME_UNKNOWN` and never resent, since
-//! it may have been applied and resending could apply it twice.
+//! it may have been applied and resending could apply it twice. A node that stops gracefully
+//! says so first (`SHUTTING_DOWN`), which means it applied nothing left unanswered: then writes
+//! are resent too, and a rolling restart costs the script nothing.
 //!
 //! Blank lines and lines starting with `#` are skipped; `QUIT` ends the input.
 
@@ -113,7 +115,8 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
                             printer.error(CONNECTION, &format!("{lost}; giving up after {MAX_LOSSES_IN_A_ROW} reconnections"));
                             return status.or(ExitStatus::Failure);
                         }
-                        match reconnect(&mut queue, &link, options, &lost).await {
+                        let unapplied = matches!(e, ClientError::GoingAway(_));
+                        match reconnect(&mut queue, &link, options, &lost, unapplied).await {
                             Ok((new_link, resent)) => {
                                 link = new_link;
                                 in_flight = resent;
@@ -172,17 +175,18 @@ fn bad_input(message: String) -> Slot {
     Slot::Done(Err((BAD_INPUT.to_string(), message, ExitStatus::ErrorReply)))
 }
 
-/// After a lost connection: marks in-flight writes as of unknown outcome, connects to the next
-/// node that answers and resends the in-flight reads there. Returns the new link and how many
-/// commands are in flight on it.
+/// After a lost connection: marks in-flight writes as of unknown outcome (unless the node said
+/// it applied none of them), connects to the next node that answers and resends the rest there.
+/// Returns the new link and how many commands are in flight on it.
 async fn reconnect(
     queue: &mut VecDeque<Slot>,
     old: &Link,
     options: &Options,
     lost: &str,
+    unapplied: bool,
 ) -> Result<(Link, usize), ClientError> {
     for slot in queue.iter_mut() {
-        if let Slot::Sent { writes: true, .. } = slot {
+        if let (Slot::Sent { writes: true, .. }, false) = (&slot, unapplied) {
             let message = format!("{lost} after the write was sent: it may or may not have been applied");
             *slot =
                 Slot::Done(Err((ErrorCode::OutcomeUnknown.to_string(), message, ExitStatus::OutcomeUnknown)));

@@ -139,7 +139,7 @@ impl ExitStatus {
 /// Whether a command line changes the store, so that it must not be resent after its answer was
 /// lost.
 pub fn writes(args: &[Vec<u8>]) -> bool {
-    args.first().and_then(|name| lookup(name)).is_some_and(|spec| spec.writes)
+    crate::command::changes_state(args)
 }
 
 /// Connects to the first address that answers, starting at `addrs[first]`, and applies the

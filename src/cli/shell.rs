@@ -6,7 +6,8 @@
 //!
 //! The shell survives its node: when the connection is lost it connects to the next address
 //! that answers. A read in flight is then sent again (it changed nothing); a write in flight is
-//! reported as `OUTCOME_UNKNOWN` and never resent, since a resent write could be applied twice.
+//! reported as `OUTCOME_UNKNOWN` and never resent, since a resent write could be applied twice,
+//! unless the node said it was going away without applying it (`SHUTTING_DOWN`).
 
 use super::output::{BAD_INPUT, CONNECTION, Printer, TOO_FEW_ACKS};
 use super::split::split_args;
@@ -156,9 +157,10 @@ impl Shell {
                         _ => CONNECTION,
                     };
                     let lost = format!("{} (node {}): {e}", info.addr, info.node_id);
+                    let unapplied = matches!(e, ClientError::GoingAway(_));
                     self.connection = None;
                     self.next_addr += 1;
-                    if writes {
+                    if writes && !unapplied {
                         let message = format!("{lost}; the write may or may not have been applied");
                         return self.printer.error(ErrorCode::OutcomeUnknown.as_str(), &message);
                     }

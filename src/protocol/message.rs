@@ -215,6 +215,10 @@ pub enum ErrorCode {
     /// Only on forwarded connections: this node is not the leader and did not apply the command.
     /// The forwarding node retries it at the leader; clients never see this code.
     NotLeader,
+    /// A membership change was refused (see the message); nothing changed.
+    Refused,
+    /// A learner cannot become a voter yet: it has not caught up with the leader's log.
+    NotCaughtUp,
     /// A code this build does not know (sent by a newer node).
     #[serde(other)]
     Unknown,
@@ -237,6 +241,8 @@ impl ErrorCode {
             ErrorCode::OutcomeUnknown => "OUTCOME_UNKNOWN",
             ErrorCode::Timeout => "TIMEOUT",
             ErrorCode::NotLeader => "NOT_LEADER",
+            ErrorCode::Refused => "REFUSED",
+            ErrorCode::NotCaughtUp => "NOT_CAUGHT_UP",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }

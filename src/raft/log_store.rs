@@ -38,6 +38,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const VOTE: &str = "vote";
 const PURGED: &str = "last_purged";
 const COMMITTED: &str = "committed";
+/// The peers this node, as leader, has seen hold log entries. A node's own log cannot tell it
+/// that its data was lost; the other nodes' memory of it can (see `crate::server::membership`).
+const SEEN: &str = "seen_members";
 
 /// The name of the log's database file inside the data directory.
 pub const LOG_FILE: &str = "raft-log.redb";
@@ -107,6 +110,19 @@ impl LogStore {
         let (done, result) = oneshot::channel();
         self.ops.send(op(done)).map_err(|_| writer_gone())?;
         result.await.map_err(|_| writer_gone())?
+    }
+}
+
+impl LogStore {
+    /// The peers this node has seen acknowledge log entries while it led.
+    pub fn seen_members(&self) -> io::Result<std::collections::BTreeSet<u64>> {
+        Ok(self.shared.read_meta(SEEN)?.unwrap_or_default())
+    }
+
+    /// Records the peers seen so far (a superset of what was recorded before); fire and forget.
+    pub fn record_seen_members(&self, seen: &std::collections::BTreeSet<u64>) -> io::Result<()> {
+        let value = encode(seen)?;
+        self.ops.send(Op::Meta { key: SEEN, value, done: None }).map_err(|_| writer_gone())
     }
 }
 

@@ -35,14 +35,16 @@ openraft::declare_raft_types!(
 /// A running Raft member of our cluster.
 pub type KvRaft = Raft<TypeConfig, state_machine::StateMachine>;
 
-/// openraft's settings for a node: the timing from its configuration, the rest openraft's
-/// defaults (which include a snapshot every 5000 log entries).
+/// openraft's settings for a node: the timing and the snapshot policy from its configuration,
+/// the rest openraft's defaults.
 pub fn raft_config(node: &NodeConfig) -> Result<openraft::Config, openraft::ConfigError> {
     openraft::Config {
         cluster_name: "kv".to_string(),
         heartbeat_interval: node.heartbeat_ms,
         election_timeout_min: node.election_timeout_ms,
         election_timeout_max: node.election_timeout_ms * 2,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(node.snapshot_entries),
+        max_in_snapshot_log_to_keep: node.keep_log_entries,
         ..Default::default()
     }
     .validate()

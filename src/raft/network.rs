@@ -5,54 +5,68 @@
 //! reads its [`PeerResponse`]: openraft keeps at most one RPC in flight per target, so a plain
 //! request/response connection per target is all it needs.
 //!
+//! Every frame stays under the receiver's frame limit (from its welcome), like a client's:
+//! - an `AppendEntries` whose entries would not fit sends the prefix that does and reports a
+//!   partial success, so openraft sends the rest next;
+//! - a snapshot is streamed in chunks, each acknowledged; the receiver assembles them and installs
+//!   the snapshot after the last one. A transfer cut short (the connection broke, the sender
+//!   stopped) is dropped with its connection, and openraft sends the snapshot again.
+//!
 //! Failures map onto openraft's terms: a peer that cannot be reached is `Unreachable` (openraft
 //! backs off instead of flooding the log), a connection that breaks mid-RPC is a `Network` error
 //! and is dropped, to be reopened by the next RPC.
 //!
-//! Caveat: a snapshot travels in one frame, so peer connections accept frames up to
-//! [`PEER_MAX_FRAME_BYTES`]. Streaming snapshots in chunks under the client frame limit is part of
-//! the cluster-operations work.
+//! Besides Raft, peers ask each other for their [`NodeStatus`] (the `CLUSTER` table, and the check
+//! that a node with an empty data dir was never a working member), and a leader tells a node it
+//! removed that it was removed ([`RemovalNotice`]), since openraft never tells it.
 
 use super::{KvRaft, TypeConfig};
 use crate::connection::{self, FrameReader, FrameWriter, ReadError};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::message::{Hello, HelloReply};
 use openraft::async_runtime::WatchReceiver;
+use openraft::entry::RaftEntry;
 use openraft::error::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
-use openraft::{BasicNode, Instant as _, OptionalSend, RaftMetrics, ServerState};
+use openraft::type_config::alias::{EntryOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf, VoteOf};
+use openraft::{BasicNode, EntryPayload, Instant as _, OptionalSend, RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io::Cursor;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-/// Largest frame on a peer connection: a whole snapshot fits in one for now.
-pub const PEER_MAX_FRAME_BYTES: usize = 1 << 30;
+/// Room in a frame for everything around the entries of an `AppendEntries` or the bytes of a
+/// snapshot chunk: the vote, log ids, the snapshot's membership, encoding overhead.
+const FRAME_MARGIN: usize = 16 * 1024;
 
 type Error = RaftError<TypeConfig>;
 
-/// One Raft RPC.
+/// One Raft RPC, or one of the few node-to-node messages beside Raft.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PeerRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<TypeConfig>),
     PreVote(VoteRequest<TypeConfig>),
-    Snapshot {
+    /// Part of a snapshot: `data` goes at `offset`; the last chunk has `done` set.
+    SnapshotChunk {
         vote: VoteOf<TypeConfig>,
         meta: SnapshotMetaOf<TypeConfig>,
+        offset: u64,
         data: ByteBuf,
+        done: bool,
     },
     TransferLeader(TransferLeaderRequest<TypeConfig>),
     /// Not Raft: the node's view of itself, for the `CLUSTER` table.
     Status,
+    /// Not Raft: the leader removed the receiver from the cluster.
+    Removed(RemovalNotice),
 }
 
 /// The answer to a [`PeerRequest`] of the same name.
@@ -60,9 +74,27 @@ pub enum PeerRequest {
 pub enum PeerResponse {
     AppendEntries(Result<AppendEntriesResponse<TypeConfig>, Error>),
     Vote(Result<VoteResponse<TypeConfig>, Error>),
-    Snapshot(Result<SnapshotResponse<TypeConfig>, Error>),
+    /// `None` for a chunk that is not the last; `Err` when the transfer cannot go on.
+    SnapshotChunk(Result<Option<SnapshotResponse<TypeConfig>>, String>),
     TransferLeader(Result<TransferLeaderResponse<TypeConfig>, Error>),
     Status(NodeStatus),
+    /// Whether the receiver accepted the notice (the membership indeed leaves it out).
+    Removed(bool),
+}
+
+/// A leader's word that it removed the receiver: the membership that leaves it out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemovalNotice {
+    pub by: u64,
+    pub membership: StoredMembershipOf<TypeConfig>,
+}
+
+/// What a node knows beyond its Raft state, for its peers to ask about.
+pub trait NodeFacts: Sync {
+    /// The peers this node has seen hold log entries while it led.
+    fn seen_members(&self) -> BTreeSet<u64>;
+    /// A leader says this node was removed; returns whether the notice was accepted.
+    fn removed(&self, notice: RemovalNotice) -> bool;
 }
 
 /// What a node reports about itself.
@@ -78,10 +110,19 @@ pub struct NodeStatus {
     /// Only on the leader: for each other member, milliseconds since it last acknowledged
     /// anything (`None`: never).
     pub contact_ms: BTreeMap<u64, Option<u64>>,
+    /// Whether the node has Raft state (a log or a membership); a fresh node has none.
+    #[serde(default)]
+    pub initialized: bool,
+    /// The peers this node has seen hold log entries while it led.
+    #[serde(default)]
+    pub seen_members: BTreeSet<u64>,
+    /// The last log index its latest snapshot covers; the log before it may be compacted.
+    #[serde(default)]
+    pub snapshot_index: Option<u64>,
 }
 
 impl NodeStatus {
-    pub fn of(raft: &KvRaft) -> NodeStatus {
+    pub fn of(raft: &KvRaft, facts: &dyn NodeFacts) -> NodeStatus {
         // Clone at once: holding the watch guard can block the Raft core.
         let metrics: RaftMetrics<TypeConfig> = raft.metrics().borrow_watched().clone();
         let role = match metrics.state {
@@ -106,8 +147,19 @@ impl NodeStatus {
             applied_index: metrics.last_applied.map(|l| l.index),
             leader: metrics.current_leader,
             contact_ms,
+            initialized: metrics.last_log_index.is_some()
+                || metrics.membership_config.membership().nodes().next().is_some(),
+            seen_members: facts.seen_members(),
+            snapshot_index: metrics.snapshot.map(|l| l.index),
         }
     }
+}
+
+/// A snapshot being received on one connection.
+struct IncomingSnapshot {
+    meta: SnapshotMetaOf<TypeConfig>,
+    data: Vec<u8>,
+    chunks: usize,
 }
 
 /// Answers the RPCs arriving on a peer connection (after its hello) until it closes.
@@ -115,27 +167,57 @@ pub async fn serve_peer(
     mut reader: FrameReader,
     mut writer: FrameWriter,
     raft: &KvRaft,
+    facts: &dyn NodeFacts,
 ) -> Result<(), ReadError> {
-    reader.set_max_frame_bytes(PEER_MAX_FRAME_BYTES);
+    let mut incoming: Option<IncomingSnapshot> = None;
     while let Some(request) = reader.read::<PeerRequest>().await? {
         let response = match request {
             PeerRequest::AppendEntries(rpc) => PeerResponse::AppendEntries(raft.append_entries(rpc).await),
             PeerRequest::Vote(rpc) => PeerResponse::Vote(raft.vote(rpc).await),
             PeerRequest::PreVote(rpc) => PeerResponse::Vote(raft.pre_vote(rpc).await),
-            PeerRequest::Snapshot { vote, meta, data } => {
-                let snapshot = SnapshotOf::<TypeConfig, _> { meta, snapshot: Cursor::new(data.into_vec()) };
-                PeerResponse::Snapshot(
-                    raft.install_full_snapshot(vote, snapshot).await.map_err(RaftError::Fatal),
-                )
-            }
+            PeerRequest::SnapshotChunk { vote, meta, offset, data, done } => PeerResponse::SnapshotChunk(
+                receive_chunk(raft, &mut incoming, vote, meta, offset, data, done).await,
+            ),
             PeerRequest::TransferLeader(rpc) => {
                 PeerResponse::TransferLeader(raft.handle_transfer_leader(rpc).await.map_err(RaftError::Fatal))
             }
-            PeerRequest::Status => PeerResponse::Status(NodeStatus::of(raft)),
+            PeerRequest::Status => PeerResponse::Status(NodeStatus::of(raft, facts)),
+            PeerRequest::Removed(notice) => PeerResponse::Removed(facts.removed(notice)),
         };
         writer.send(&response).await.map_err(ReadError::Io)?;
     }
     Ok(())
+}
+
+/// Adds one chunk to the snapshot being received, and installs it after the last one.
+async fn receive_chunk(
+    raft: &KvRaft,
+    incoming: &mut Option<IncomingSnapshot>,
+    vote: VoteOf<TypeConfig>,
+    meta: SnapshotMetaOf<TypeConfig>,
+    offset: u64,
+    data: ByteBuf,
+    done: bool,
+) -> Result<Option<SnapshotResponse<TypeConfig>>, String> {
+    if offset == 0 {
+        *incoming = Some(IncomingSnapshot { meta: meta.clone(), data: Vec::new(), chunks: 0 });
+    }
+    let Some(snapshot) = incoming.as_mut().filter(|s| s.meta == meta && s.data.len() as u64 == offset) else {
+        *incoming = None;
+        return Err(format!("snapshot chunk at offset {offset} does not continue a transfer; start over"));
+    };
+    snapshot.data.extend_from_slice(&data);
+    snapshot.chunks += 1;
+    if !done {
+        return Ok(None);
+    }
+    let IncomingSnapshot { meta, data, chunks } = incoming.take().expect("checked above");
+    let bytes = data.len();
+    let last = meta.last_log_id.map(|l| l.index);
+    let snapshot = SnapshotOf::<TypeConfig, _> { meta, snapshot: Cursor::new(data) };
+    let response = raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?;
+    tracing::info!(last_index = ?last, bytes, chunks, "installed a snapshot from the leader");
+    Ok(Some(response))
 }
 
 /// Opens connections to peers for openraft.
@@ -157,7 +239,8 @@ pub struct PeerClient {
     node_id: u64,
     target: u64,
     addr: String,
-    connection: Option<(FrameReader, FrameWriter)>,
+    /// The open connection and the largest frame the peer accepts on it.
+    connection: Option<(FrameReader, FrameWriter, usize)>,
 }
 
 impl PeerClient {
@@ -174,10 +257,20 @@ impl PeerClient {
         }
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<(FrameReader, FrameWriter), String> {
+    /// Tells the peer it was removed from the cluster; returns whether it took note.
+    pub async fn notify_removed(&mut self, notice: RemovalNotice, timeout: Duration) -> Result<bool, String> {
+        match self.call(PeerRequest::Removed(notice), timeout).await.map_err(|e| e.to_string())? {
+            PeerResponse::Removed(accepted) => Ok(accepted),
+            other => Err(format!("unexpected peer response {other:?}")),
+        }
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<(FrameReader, FrameWriter, usize), String> {
         let open = async {
             let stream = TcpStream::connect(&self.addr).await.map_err(|e| e.to_string())?;
-            let (mut reader, mut writer) = connection::split(stream, PEER_MAX_FRAME_BYTES);
+            // Answers are bounded by what we send (a status, an ack, a vote), never by data.
+            let (mut reader, mut writer) =
+                connection::split(stream, crate::protocol::frame::DEFAULT_MAX_FRAME_BYTES);
             let hello = Hello {
                 version: PROTOCOL_VERSION,
                 client: "peer".into(),
@@ -186,7 +279,9 @@ impl PeerClient {
             };
             writer.send(&hello).await.map_err(|e| e.to_string())?;
             match reader.read::<HelloReply>().await.map_err(|e| e.to_string())? {
-                Some(HelloReply::Welcome { node_id, .. }) if node_id == self.target => Ok((reader, writer)),
+                Some(HelloReply::Welcome { node_id, max_frame_bytes, .. }) if node_id == self.target => {
+                    Ok((reader, writer, max_frame_bytes as usize))
+                }
                 Some(HelloReply::Welcome { node_id, .. }) => {
                     Err(format!("{} is node {node_id}, not node {}", self.addr, self.target))
                 }
@@ -197,20 +292,27 @@ impl PeerClient {
         tokio::time::timeout(timeout, open).await.map_err(|_| format!("no hello within {timeout:?}"))?
     }
 
+    /// The largest frame the peer accepts, connecting first if needed.
+    async fn max_frame(&mut self, ttl: Duration) -> Result<usize, RPCError<TypeConfig>> {
+        if self.connection.is_none() {
+            self.connection = Some(self.connect(ttl).await.map_err(|e| self.unreachable(e))?);
+        }
+        Ok(self.connection.as_ref().map_or(0, |c| c.2))
+    }
+
+    fn unreachable(&self, e: String) -> RPCError<TypeConfig> {
+        RPCError::Unreachable(Unreachable::from_string(format!("node {} at {}: {e}", self.target, self.addr)))
+    }
+
     /// Sends one RPC and reads its answer within `ttl`.
     async fn call(
         &mut self,
         request: PeerRequest,
         ttl: Duration,
     ) -> Result<PeerResponse, RPCError<TypeConfig>> {
-        let (mut reader, mut writer) = match self.connection.take() {
+        let (mut reader, mut writer, max_frame) = match self.connection.take() {
             Some(connection) => connection,
-            None => self.connect(ttl).await.map_err(|e| {
-                RPCError::Unreachable(Unreachable::from_string(format!(
-                    "node {} at {}: {e}",
-                    self.target, self.addr
-                )))
-            })?,
+            None => self.connect(ttl).await.map_err(|e| self.unreachable(e))?,
         };
         let exchange = async {
             writer.send(&request).await.map_err(|e| e.to_string())?;
@@ -222,7 +324,7 @@ impl PeerClient {
         };
         match tokio::time::timeout(ttl, exchange).await {
             Ok(Ok(response)) => {
-                self.connection = Some((reader, writer));
+                self.connection = Some((reader, writer, max_frame));
                 Ok(response)
             }
             Ok(Err(e)) => {
@@ -234,6 +336,22 @@ impl PeerClient {
             )))),
         }
     }
+}
+
+/// How many of `entries`, from the first, fit in `budget` bytes (estimated from their payloads).
+fn fitting_entries(entries: &[EntryOf<TypeConfig>], budget: usize) -> usize {
+    let mut used = 0;
+    for (n, entry) in entries.iter().enumerate() {
+        used += match &entry.payload {
+            EntryPayload::Normal(write) => write.encoded_len_estimate(),
+            EntryPayload::Membership(membership) => 64 + 128 * membership.nodes().count(),
+            EntryPayload::Blank => 0,
+        } + 64;
+        if used > budget {
+            return n;
+        }
+    }
+    entries.len()
 }
 
 /// Picks the expected variant's result out of a response; anything else is a protocol error.
@@ -258,10 +376,24 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        expect_response!(self.call(PeerRequest::AppendEntries(rpc), option.hard_ttl()).await?, AppendEntries)
+        let budget = self.max_frame(option.hard_ttl()).await?.saturating_sub(FRAME_MARGIN);
+        // Always at least one entry: the node's own limits keep a single write within a frame.
+        let fits = fitting_entries(&rpc.entries, budget).max(1);
+        let sent_part = (fits < rpc.entries.len()).then(|| {
+            rpc.entries.truncate(fits);
+            rpc.entries.last().map(|e| e.log_id())
+        });
+        let response = expect_response!(
+            self.call(PeerRequest::AppendEntries(rpc), option.hard_ttl()).await?,
+            AppendEntries
+        )?;
+        Ok(match (response, sent_part) {
+            (AppendEntriesResponse::Success, Some(last)) => AppendEntriesResponse::PartialSuccess(last),
+            (response, _) => response,
+        })
     }
 
     async fn vote(
@@ -287,14 +419,50 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let request = PeerRequest::Snapshot {
-            vote,
-            meta: snapshot.meta,
-            data: ByteBuf::from(snapshot.snapshot.into_inner()),
+        let ttl = option.hard_ttl();
+        let send = async {
+            let max_frame = self.max_frame(ttl).await?;
+            let chunk_bytes = max_frame.saturating_sub(FRAME_MARGIN).max(max_frame / 2).max(1);
+            let data = snapshot.snapshot.into_inner();
+            let mut offset = 0;
+            loop {
+                let end = (offset + chunk_bytes).min(data.len());
+                let done = end == data.len();
+                let request = PeerRequest::SnapshotChunk {
+                    vote,
+                    meta: snapshot.meta.clone(),
+                    offset: offset as u64,
+                    data: ByteBuf::from(&data[offset..end]),
+                    done,
+                };
+                let answer = match self.call(request, ttl).await? {
+                    PeerResponse::SnapshotChunk(answer) => answer,
+                    other => {
+                        let e = format!("unexpected peer response {other:?}");
+                        return Err(RPCError::Network(NetworkError::from_string(e)));
+                    }
+                };
+                match answer {
+                    Ok(Some(response)) if done => return Ok(response),
+                    Ok(None) if !done => offset = end,
+                    Ok(_) => {
+                        let e = "the peer answered out of turn during a snapshot".to_string();
+                        return Err(RPCError::Network(NetworkError::from_string(e)));
+                    }
+                    Err(e) => {
+                        // The connection may hold half a transfer: start the next one afresh.
+                        self.connection = None;
+                        return Err(RPCError::Network(NetworkError::from_string(format!(
+                            "node {}: {e}",
+                            self.target
+                        ))));
+                    }
+                }
+            }
         };
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            response = self.call(request, option.hard_ttl()) => Ok(expect_response!(response?, Snapshot)?),
+            response = send => Ok(response?),
         }
     }
 
@@ -324,6 +492,18 @@ mod tests {
     use tokio::net::TcpListener;
 
     const DEADLINE: Duration = Duration::from_secs(20);
+
+    struct NoFacts;
+
+    impl NodeFacts for NoFacts {
+        fn seen_members(&self) -> BTreeSet<u64> {
+            BTreeSet::new()
+        }
+
+        fn removed(&self, _: RemovalNotice) -> bool {
+            false
+        }
+    }
 
     struct TestNode {
         raft: KvRaft,
@@ -363,7 +543,7 @@ mod tests {
                     let Ok(Some(Hello { peer: Some(_), .. })) = reader.read::<Hello>().await else { return };
                     let welcome = HelloReply::Welcome { version: 1, node_id: id, max_frame_bytes: 1 << 20 };
                     if writer.send(&welcome).await.is_ok() {
-                        let _ = serve_peer(reader, writer, &raft).await;
+                        let _ = serve_peer(reader, writer, &raft, &NoFacts).await;
                     }
                 });
             }

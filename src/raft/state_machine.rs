@@ -7,9 +7,14 @@
 //! deterministic [`apply_write`] a single node uses, so every node computes the same state and
 //! the same answers.
 //!
-//! Snapshots are the whole key space, MessagePack-encoded as `[[key, value], ...]`, built from a
-//! read transaction (so `apply` goes on meanwhile) and kept in memory. The state machine itself is
-//! durable, so after a restart openraft simply builds a new snapshot when it needs one.
+//! It also remembers every node id that was ever a member ([`members_ever`]), so that an id is
+//! never given to a second node: a fresh node under an old id could replay old memberships in
+//! which it alone is a quorum.
+//!
+//! Snapshots are the whole key space plus that id set, MessagePack-encoded as a
+//! [`SnapshotBody`], built from a read transaction (so `apply` goes on meanwhile) and kept in
+//! memory. The state machine itself is durable, so after a restart openraft simply builds a new
+//! snapshot when it needs one.
 
 use super::{TypeConfig, io_error};
 use crate::protocol::message::Reply;
@@ -21,6 +26,7 @@ use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMe
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
 use redb::{ReadableTable, TableDefinition};
 use serde_bytes::ByteBuf;
+use std::collections::BTreeSet;
 use std::io::{self, Cursor};
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +39,27 @@ type Snapshot = SnapshotOf<TypeConfig, Cursor<Vec<u8>>>;
 const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
 const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";
+const MEMBERS_EVER: &str = "members_ever";
+
+/// What a snapshot carries.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotBody {
+    members_ever: BTreeSet<u64>,
+    pairs: Vec<(ByteBuf, ByteBuf)>,
+}
+
+/// Every node id that has been a member of the cluster, as of the last applied entry.
+pub fn members_ever(store: &Store) -> Result<BTreeSet<u64>, StoreError> {
+    let txn = store.begin_read()?;
+    let table = txn.open_table(RAFT_META).map_err(StoreError::storage)?;
+    Ok(read_members_ever(&table)?)
+}
+
+fn read_members_ever(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<BTreeSet<u64>, redb::Error> {
+    Ok(table.get(MEMBERS_EVER)?.map(|v| decode(v.value())).transpose()?.unwrap_or_default())
+}
 
 /// The latest snapshot, as openraft hands it to lagging followers.
 #[derive(Clone)]
@@ -119,6 +146,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             EntryPayload::Membership(membership) => {
                                 let stored = StoredMembership::new(Some(entry.log_id()), membership.clone());
                                 meta.insert(MEMBERSHIP, encode(&stored)?.as_slice())?;
+                                let mut ever = read_members_ever(&meta)?;
+                                ever.extend(membership.nodes().map(|(id, _)| *id));
+                                meta.insert(MEMBERS_EVER, encode(&ever)?.as_slice())?;
                                 Reply::ok()
                             }
                             EntryPayload::Blank => Reply::ok(),
@@ -150,17 +180,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Cursor<Vec<u8>>,
     ) -> Result<(), io::Error> {
         let data = snapshot.into_inner();
-        let pairs: Vec<(ByteBuf, ByteBuf)> =
+        let body: SnapshotBody =
             rmp_serde::from_slice(&data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let state = (meta.last_log_id, meta.last_membership.clone());
         self.blocking(move |store| {
             store.transact(|txn| {
                 let mut kv = txn.open_table(KV)?;
                 kv.retain(|_, _| false)?;
-                for (key, value) in &pairs {
+                for (key, value) in &body.pairs {
                     kv.insert(key.as_slice(), value.as_slice())?;
                 }
                 let mut table = txn.open_table(RAFT_META)?;
+                table.insert(MEMBERS_EVER, encode(&body.members_ever)?.as_slice())?;
                 table.insert(APPLIED, encode(&state.0)?.as_slice())?;
                 table.insert(MEMBERSHIP, encode(&state.1)?.as_slice())?;
                 Ok(())
@@ -186,14 +217,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 // One read transaction: the data and the log id it reflects are consistent.
                 let txn = store.begin_read()?;
                 let kv = txn.open_table(KV).map_err(StoreError::storage)?;
-                let (applied, membership) =
-                    read_state(&txn.open_table(RAFT_META).map_err(StoreError::storage)?)?;
+                let meta = txn.open_table(RAFT_META).map_err(StoreError::storage)?;
+                let (applied, membership) = read_state(&meta)?;
+                let members_ever = read_members_ever(&meta)?;
                 let mut pairs = Vec::new();
                 for item in kv.iter().map_err(StoreError::storage)? {
                     let (key, value) = item.map_err(StoreError::storage)?;
                     pairs.push((ByteBuf::from(key.value()), ByteBuf::from(value.value())));
                 }
-                let data = encode(&pairs)?;
+                let data = encode(&SnapshotBody { members_ever, pairs })?;
                 Ok((SnapshotMeta { last_log_id: applied, last_membership: membership }, data))
             })
             .await?;

@@ -12,12 +12,16 @@
 //! timeout: waiting for it would only delay the answer. Otherwise an unacknowledged peer is
 //! *pending*, and the answer waits a few milliseconds ([`ACK_WAIT`]) for it, so that in a healthy
 //! cluster the picture is usually complete.
+//!
+//! The watcher also records, durably, each peer it sees hold log entries for the first time:
+//! that memory is how a node that lost its data is recognised (see `membership`).
 
 use crate::protocol::message::{AckState, PeerAck, Replication};
 use crate::raft::KvRaft;
+use crate::raft::log_store::LogStore;
 use openraft::Instant as _;
 use openraft::async_runtime::WatchReceiver;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -56,8 +60,9 @@ pub struct AckTracker {
 
 impl AckTracker {
     /// Starts the watcher task; it ends when Raft shuts down.
-    pub fn start(raft: &KvRaft, unreachable_after: Duration) -> AckTracker {
+    pub fn start(raft: &KvRaft, unreachable_after: Duration, log: LogStore) -> AckTracker {
         let state = Arc::new(Mutex::new(State::default()));
+        let mut seen: BTreeSet<u64> = log.seen_members().unwrap_or_default();
         let (notify, updated) = watch::channel(0u64);
         let mut metrics = raft.metrics();
         let watched = state.clone();
@@ -84,6 +89,11 @@ impl AckTracker {
                     for id in members {
                         let progress = state.peers.entry(id).or_default();
                         if let Some(Some(matched)) = replication.get(&id) {
+                            if seen.insert(id)
+                                && let Err(e) = log.record_seen_members(&seen)
+                            {
+                                tracing::warn!(error = %e, "cannot record the peers seen");
+                            }
                             let known = progress.advances.back().map(|(index, _)| *index);
                             if known.is_none_or(|known| matched.index > known) {
                                 progress.advances.push_back((matched.index, now));

@@ -16,8 +16,8 @@
 
 use super::Node;
 use super::forward::{Forwarder, Outbound};
-use super::status;
-use crate::command::{Command, Read, Write};
+use super::{membership, status};
+use crate::command::{Admin, Command, Read, Write};
 use crate::protocol::message::{ErrorCode, Reply, Request, Response};
 use crate::store::pong;
 use futures::StreamExt;
@@ -41,7 +41,7 @@ struct Item {
 impl Item {
     fn needs_leader(&self) -> bool {
         match &self.command {
-            Ok(Command::Write(_)) => true,
+            Ok(Command::Write(_) | Command::Admin(_)) => true,
             Ok(Command::Read(_)) => !self.request.local,
             _ => false,
         }
@@ -52,6 +52,18 @@ impl Item {
             Ok(Command::Write(write)) => Some(write),
             _ => None,
         }
+    }
+
+    fn admin(&self) -> Option<&Admin> {
+        match &self.command {
+            Ok(Command::Admin(admin)) => Some(admin),
+            _ => None,
+        }
+    }
+
+    /// Whether the request may have changed something if its answer is lost.
+    fn changes_state(&self) -> bool {
+        self.write().is_some() || self.admin().is_some()
     }
 
     fn read(&self) -> Option<&Read> {
@@ -78,6 +90,10 @@ pub(super) struct Executor<'n> {
 impl<'n> Executor<'n> {
     pub fn new(node: &'n Node, forwarded_by: Option<u64>) -> Executor<'n> {
         Executor { node, forwarded_by, forwarder: Forwarder::new(node.config.id) }
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node.config.id
     }
 
     /// Answers a batch of requests in order.
@@ -113,7 +129,7 @@ impl<'n> Executor<'n> {
             Ok(Command::Ping { message }) => pong(message.as_deref()),
             Ok(Command::Cluster) => status::cluster_table(self.node).await,
             Ok(Command::Read(read)) => self.node.store.read(read).unwrap_or_else(|e| storage_error(&e)),
-            Ok(Command::Write(_)) => unreachable!("writes always go through the leader"),
+            Ok(Command::Write(_) | Command::Admin(_)) => unreachable!("changes always go through the leader"),
         };
         item.answer(reply)
     }
@@ -135,7 +151,7 @@ impl<'n> Executor<'n> {
                 (Some((leader, addr)), None) => {
                     let outbound: Vec<Outbound> = run
                         .iter()
-                        .map(|i| Outbound { request: &i.request, writes: i.write().is_some() })
+                        .map(|i| Outbound { request: &i.request, writes: i.changes_state() })
                         .collect();
                     self.forwarder.forward(leader, &addr, &outbound, deadline).await
                 }
@@ -170,14 +186,26 @@ impl<'n> Executor<'n> {
     }
 
     /// Executes a run on this node as the leader: consecutive writes as one proposal, consecutive
-    /// reads behind one read-index check. Stops at the first part that could not be done; what
-    /// it did not answer was not applied.
+    /// reads behind one read-index check, membership changes one by one. Stops at the first part
+    /// that could not be done; what it did not answer was not applied.
     async fn lead(&self, run: &[&Item], deadline: Instant) -> Vec<Option<Response>> {
         let mut answers = Vec::with_capacity(run.len());
         while answers.len() < run.len() {
             let rest = &run[answers.len()..];
+            if let Some(admin) = rest[0].admin() {
+                let reply = membership::change(self.node, admin, deadline).await;
+                let done = reply.is_some();
+                answers.push(reply.map(|reply| rest[0].answer(reply)));
+                if !done {
+                    break;
+                }
+                continue;
+            }
             let writes = rest[0].write().is_some();
-            let len = rest.iter().position(|i| i.write().is_some() != writes).unwrap_or(rest.len());
+            let len = rest
+                .iter()
+                .position(|i| i.admin().is_some() || i.write().is_some() != writes)
+                .unwrap_or(rest.len());
             let part = if writes {
                 self.propose(&rest[..len], deadline).await
             } else {

@@ -12,9 +12,11 @@
 //!   so the requests are retried;
 //! - after the requests were sent: an unanswered write may have been applied, so it is answered
 //!   `OUTCOME_UNKNOWN` and never re-sent (that could apply it twice); an unanswered read changed
-//!   nothing and is retried.
+//!   nothing and is retried;
+//! - unless the leader said it is going away (`SHUTTING_DOWN` notice): then nothing it left
+//!   unanswered was applied, and everything is retried at the next leader.
 
-use crate::client::{Client, RequestSender, ResponseReceiver};
+use crate::client::{Client, ClientError, RequestSender, ResponseReceiver};
 use crate::protocol::message::{ErrorCode, Reply, Request, Response};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -78,20 +80,25 @@ impl Forwarder {
                 if let Reply::Error { code: ErrorCode::NotLeader, .. } = response.reply {
                     continue;
                 }
+                if let (0, Reply::Error { code: ErrorCode::ShuttingDown, message }) = (response.id, &response.reply) {
+                    // The leader is going away: what it has not answered, it did not apply.
+                    return Err(ClientError::GoingAway(message.clone()));
+                }
                 *answer = Some(Response { id: outbound.request.id, ..response });
             }
-            Ok::<(), crate::client::ClientError>(())
+            Ok::<(), ClientError>(())
         };
         match tokio::time::timeout_at(deadline + ANSWER_MARGIN, exchange).await {
             Ok(Ok(())) => self.link = Some(Link { leader, sender, receiver }),
             failed => {
+                let not_applied = matches!(failed, Ok(Err(ClientError::GoingAway(_))));
                 let why = match failed {
                     Ok(Err(e)) => e.to_string(),
                     _ => "no answer in time".to_string(),
                 };
                 tracing::warn!(leader, error = %why, "forwarding to the leader failed");
                 for (answer, outbound) in answers.iter_mut().zip(requests) {
-                    if answer.is_none() && outbound.writes {
+                    if answer.is_none() && outbound.writes && !not_applied {
                         let message = format!(
                             "the connection to leader {leader} failed ({why}) after the write was sent: \
                              it may or may not have been applied"

@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most requests executed as one batch; more stay buffered for the next one.
 const MAX_BATCH: usize = 1024;
+/// After telling a client the node is going away, how long to wait for it to hang up before
+/// closing (closing on unread data would reset the connection and could destroy the notice).
+const LINGER: Duration = Duration::from_secs(1);
 
 pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, node: &Node, token: &CancellationToken) {
     let (mut reader, mut writer) = connection::split(stream, node.config.max_frame_bytes);
@@ -43,7 +46,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, node: &Node, toke
         // Raft traffic ends with the connection or the node, whichever comes first.
         tokio::select! {
             () = token.cancelled() => {}
-            outcome = serve_peer(reader, writer, &raft) => {
+            outcome = serve_peer(reader, writer, &raft, node) => {
                 if let Err(e) = outcome {
                     tracing::debug!(%peer, member, error = %e, "peer connection ended");
                 }
@@ -94,6 +97,22 @@ async fn handshake(reader: &mut FrameReader, writer: &mut FrameWriter, node: &No
     Err(message)
 }
 
+/// Tells the client this node executes nothing more here, so that it sends whatever it is
+/// still waiting for to another node, then waits briefly for it to hang up.
+async fn going_away(reader: &mut FrameReader, writer: &mut FrameWriter, me: u64) -> Result<(), ReadError> {
+    let message = format!(
+        "node {me} is shutting down; requests it has not answered on this connection were not applied \
+         and may be sent to another node"
+    );
+    writer.send(&Response::new(0, Reply::error(ErrorCode::ShuttingDown, message))).await.map_err(ReadError::Io)?;
+    let _ = tokio::time::timeout(LINGER, async {
+        // Whatever arrives now is discarded unexecuted, as the notice said.
+        while let Ok(Some(_)) = reader.read::<Request>().await {}
+    })
+    .await;
+    Ok(())
+}
+
 async fn serve_requests(
     reader: &mut FrameReader,
     writer: &mut FrameWriter,
@@ -102,7 +121,7 @@ async fn serve_requests(
 ) -> Result<(), ReadError> {
     loop {
         let first = tokio::select! {
-            () = token.cancelled() => return Ok(()),
+            () = token.cancelled() => return going_away(reader, writer, executor.node_id()).await,
             read = reader.read::<Request>() => read,
         };
         let Some(first) = first? else { return Ok(()) };

@@ -10,14 +10,21 @@
 //! configuration, and openraft accepts identical initializations on several nodes (the vote
 //! decides who leads), so the nodes may start in any order and the cluster forms as soon as a
 //! majority is up. A node that has state never initializes again, so restarts cannot split it.
+//! Before initializing, it asks its peers whether they have seen it before: if so its data was
+//! lost and it refuses to start. A node started with `join` instead asks a member to add it.
+//!
+//! Stopping a leader first hands its leadership to another voter, so that the cluster does not
+//! wait an election timeout for a new one; connections are then told the node is going away.
 //!
 //! Per-connection work lives in `handler`, request execution in `executor` (with `forward` for
-//! followers), acknowledgements in `acks`, and the `CLUSTER` table in `status`.
+//! followers), acknowledgements in `acks`, membership changes in `membership`, and the `CLUSTER`
+//! table in `status`.
 
 mod acks;
 mod executor;
 mod forward;
 mod handler;
+mod membership;
 mod status;
 
 use crate::config::NodeConfig;
@@ -55,14 +62,24 @@ pub enum ServerError {
     RaftConfig(#[from] openraft::ConfigError),
     #[error("cannot start Raft: {0}")]
     Raft(String),
+    #[error(transparent)]
+    Refused(#[from] membership::Refusal),
 }
 
 /// What every connection of a node shares.
 struct Node {
     config: NodeConfig,
     store: Arc<Store>,
+    /// The log store, for what this node remembers about its peers.
+    log: LogStore,
     raft: KvRaft,
     acks: AckTracker,
+    /// Membership changes run one at a time.
+    membership_lock: tokio::sync::Mutex<()>,
+    /// Cancelled when the node must stop by itself (it was removed, or could not join).
+    stop: CancellationToken,
+    /// Why the node stopped by itself, when that is a failure.
+    failure: std::sync::Mutex<Option<membership::Refusal>>,
 }
 
 impl Node {
@@ -80,6 +97,7 @@ impl Node {
 /// Opens the node's storage, starts Raft, binds the configured address and serves until
 /// `shutdown` completes.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    membership::check_not_removed(&config.data_dir)?;
     let store = Arc::new(Store::open(&config.data_dir)?);
     let log = LogStore::open(&config.data_dir)?;
     let state_machine = StateMachine::open(store.clone())?;
@@ -87,11 +105,19 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
-    let raft = KvRaft::new(config.id, raft_settings, PeerNetwork { node_id: config.id }, log, state_machine)
-        .await
-        .map_err(|e| ServerError::Raft(e.to_string()))?;
-    bootstrap(&raft, &config).await?;
-    let acks = AckTracker::start(&raft, Duration::from_millis(config.election_timeout_ms));
+    let raft =
+        KvRaft::new(config.id, raft_settings, PeerNetwork { node_id: config.id }, log.clone(), state_machine)
+            .await
+            .map_err(|e| ServerError::Raft(e.to_string()))?;
+    let fresh = !raft.is_initialized().await.map_err(|e| ServerError::Raft(e.to_string()))?;
+    if fresh
+        && config.join.is_none()
+        && let Err(refusal) = form_cluster(&raft, &config).await
+    {
+        let _ = raft.shutdown().await;
+        return Err(refusal);
+    }
+    let acks = AckTracker::start(&raft, Duration::from_millis(config.election_timeout_ms), log.clone());
     tracing::info!(
         id = config.id,
         addr = %config.listen,
@@ -100,14 +126,28 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         "serving"
     );
 
-    let node = Arc::new(Node { config, store, raft, acks });
+    let node = Arc::new(Node {
+        config,
+        store,
+        log,
+        raft,
+        acks,
+        membership_lock: tokio::sync::Mutex::new(()),
+        stop: CancellationToken::new(),
+        failure: std::sync::Mutex::new(None),
+    });
+    if let (true, Some(through)) = (fresh, node.config.join) {
+        tokio::spawn(membership::join(node.clone(), through));
+    }
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     tokio::select! {
         () = accept_loop(&listener, &node, &token, &tracker) => {}
         () = shutdown => tracing::info!("shutting down"),
+        () = node.stop.cancelled() => tracing::info!("stopping"),
     }
     drop(listener);
+    hand_over_leadership(&node).await;
     token.cancel();
     tracker.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
@@ -118,18 +158,52 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         tracing::warn!(error = %e, "Raft did not stop cleanly");
     }
     tracing::info!("stopped");
-    Ok(())
+    match node.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        Some(refusal) => Err(refusal.into()),
+        None => Ok(()),
+    }
 }
 
-/// Forms the configured cluster if this node has never been part of one.
-async fn bootstrap(raft: &KvRaft, config: &NodeConfig) -> Result<(), ServerError> {
-    if raft.is_initialized().await.map_err(|e| ServerError::Raft(e.to_string()))? {
-        return Ok(());
-    }
+/// Forms the configured cluster on a node that has never been part of one, unless a peer knew
+/// it (then its data was lost).
+async fn form_cluster(raft: &KvRaft, config: &NodeConfig) -> Result<(), ServerError> {
+    membership::check_not_wiped(config).await?;
     let members: BTreeMap<u64, BasicNode> =
         config.members().map(|(id, addr)| (id, BasicNode::new(addr.to_string()))).collect();
     tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "first start: initializing the cluster");
     raft.initialize(members).await.map_err(|e| ServerError::Raft(e.to_string()))
+}
+
+/// If this node leads, asks the most up-to-date reachable voter to take over and waits (up to
+/// an election timeout or two) for it to, so that clients see a new leader at once instead of
+/// after an election timeout.
+async fn hand_over_leadership(node: &Node) {
+    let metrics = node.raft.metrics().borrow_watched().clone();
+    if metrics.current_leader != Some(node.config.id) {
+        return;
+    }
+    let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+    let successor = metrics
+        .replication
+        .iter()
+        .flatten()
+        .filter(|(id, _)| **id != node.config.id && voters.contains(id))
+        .max_by_key(|(_, matched)| matched.map(|m| m.index))
+        .map(|(id, _)| *id);
+    let Some(successor) = successor else { return };
+    tracing::info!(successor, "handing leadership over before stopping");
+    if node.raft.trigger().transfer_leader(successor).await.is_err() {
+        return;
+    }
+    let wait = Duration::from_millis(node.config.election_timeout_ms * 2);
+    let handed = node
+        .raft
+        .wait(Some(wait))
+        .metrics(|m| m.current_leader.is_some_and(|l| l != node.config.id), "another leader")
+        .await;
+    if handed.is_err() {
+        tracing::warn!(successor, "leadership was not taken over in {wait:?}; stopping anyway");
+    }
 }
 
 async fn accept_loop(

@@ -1,0 +1,432 @@
+//! Who is in the cluster: membership changes, joining, removal, and refusing a node that lost
+//! its data.
+//!
+//! Changes (`CLUSTER ADD-LEARNER | ADD-VOTER | REMOVE | TRANSFER-LEADER`) run on the leader, one
+//! at a time (a lock), each checked against the membership it was decided on (openraft's
+//! `LastMembershipLogId` precondition), so two concurrent changes can never both be based on the
+//! same old view. openraft moves voters through joint consensus, so every step keeps a quorum of
+//! both the old and the new voters. On top of that, a change is refused when it could not
+//! complete or would leave the cluster without a working quorum:
+//!
+//! - `ADD-VOTER` only for a learner that has caught up (a lagging new voter would hold up commits);
+//! - `REMOVE` of a voter only if a majority of the remaining voters is reachable now;
+//! - `ADD-LEARNER` never for an id that is, or ever was, a member with other data: node ids are
+//!   never reused, and a voter that lost its data must not come back under its old id.
+//!
+//! A node's data can be lost without the node knowing it: an empty data dir looks the same as a
+//! first start. So every leader remembers (in its log store) which peers it has seen hold log
+//! entries, and a node that starts with no Raft state asks its configured peers first; if any has
+//! seen it before, it refuses to start instead of voting and acknowledging with an empty log.
+//!
+//! openraft does not tell a removed node that it was removed, so the leader does, with a
+//! [`RemovalNotice`]. The node leaves a `REMOVED` file in its data dir, stops, and refuses to start
+//! again from that data dir.
+
+use super::Node;
+use crate::client::Client;
+use crate::command::Admin;
+use crate::config::NodeConfig;
+use crate::protocol::message::{ErrorCode, Reply};
+use crate::raft::network::{NodeFacts, PeerClient, RemovalNotice};
+use crate::raft::{TypeConfig, state_machine};
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Instant as _, Precondition, RaftMetrics};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The file a removed node leaves in its data dir; it holds the reason.
+pub const REMOVED_FILE: &str = "REMOVED";
+/// A learner this many entries (or fewer) behind the leader's log counts as caught up.
+const CAUGHT_UP_ENTRIES: u64 = 1000;
+/// How long a fresh node waits for each configured peer to say whether it knew it.
+const PEER_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a joining node keeps trying to reach the cluster before it gives up.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between join attempts.
+const JOIN_RETRY: Duration = Duration::from_millis(300);
+
+/// Why a node refuses to start.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    Removed(String),
+    #[error(
+        "node {id} has no Raft state in {dir}, but node {witness} has seen it hold log entries: its data \
+         was lost (or this is the wrong data dir). A node that lost its data must not rejoin under its old \
+         id, since acknowledged writes could be lost. Remove it from the cluster (CLUSTER REMOVE {id}) and \
+         start a fresh node with a new id and --join"
+    )]
+    LostData { id: u64, dir: PathBuf, witness: u64 },
+    #[error("cannot join the cluster through {through}: {why}")]
+    Join { through: SocketAddr, why: String },
+}
+
+/// Refuses to start a node that was removed from the cluster.
+pub fn check_not_removed(data_dir: &Path) -> Result<(), Refusal> {
+    match std::fs::read_to_string(data_dir.join(REMOVED_FILE)) {
+        Ok(reason) => Err(Refusal::Removed(format!(
+            "{}; it does not start again. Delete {} to reuse the machine, and join it with a new id",
+            reason.trim(),
+            data_dir.display()
+        ))),
+        Err(_) => Ok(()),
+    }
+}
+
+/// For a node without Raft state: asks the configured peers whether any has seen this node hold
+/// log entries, which means its data was lost. Unreachable peers cannot tell; they are skipped.
+pub async fn check_not_wiped(config: &NodeConfig) -> Result<(), Refusal> {
+    let checks = config.peers.iter().map(|peer| async move {
+        let status =
+            PeerClient::new(config.id, peer.id, peer.addr.to_string()).status(PEER_CHECK_TIMEOUT).await;
+        (peer.id, status)
+    });
+    for (peer, status) in futures::future::join_all(checks).await {
+        match status {
+            Ok(status) if status.seen_members.contains(&config.id) => {
+                return Err(Refusal::LostData { id: config.id, dir: config.data_dir.clone(), witness: peer });
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(peer, error = %e, "peer could not say whether it knew this node"),
+        }
+    }
+    Ok(())
+}
+
+impl NodeFacts for Node {
+    fn seen_members(&self) -> BTreeSet<u64> {
+        self.log.seen_members().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the peers seen");
+            BTreeSet::new()
+        })
+    }
+
+    fn removed(&self, notice: RemovalNotice) -> bool {
+        let me = self.config.id;
+        let membership = notice.membership.membership();
+        if membership.nodes().any(|(id, _)| *id == me) {
+            tracing::warn!(by = notice.by, "ignored a removal notice whose membership still has this node");
+            return false;
+        }
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let reason = format!(
+            "node {me} was removed from the cluster by leader {} (membership at log index {}: voters {voters:?})",
+            notice.by,
+            notice.membership.log_id().map_or(0, |l| l.index),
+        );
+        if let Err(e) = std::fs::write(self.config.data_dir.join(REMOVED_FILE), format!("{reason}\n")) {
+            tracing::warn!(error = %e, "cannot record the removal in the data dir");
+        }
+        tracing::error!("{reason}; it stops serving now");
+        self.stop.cancel();
+        true
+    }
+}
+
+/// Executes a membership change on this node as the leader. `None` when this node turned out
+/// not to be the leader, so nothing changed and the caller may retry at the real one.
+pub(super) async fn change(node: &Node, admin: &Admin, deadline: Instant) -> Option<Reply> {
+    let _one_at_a_time = node.membership_lock.lock().await;
+    let metrics = node.raft.metrics().borrow_watched().clone();
+    if metrics.current_leader != Some(node.config.id) {
+        return None;
+    }
+    let outcome = match admin {
+        Admin::AddLearner { id, addr } => add_learner(node, &metrics, *id, addr, deadline).await,
+        Admin::AddVoter { id } => add_voter(node, &metrics, *id, deadline).await,
+        Admin::Remove { id } => remove(node, &metrics, *id, deadline).await,
+        Admin::TransferLeader { id } => transfer_leader(node, &metrics, *id, deadline).await,
+    };
+    match outcome {
+        Ok(reply) => Some(reply),
+        Err(Failure::NotLeader) => None,
+        Err(Failure::Reply(reply)) => Some(reply),
+    }
+}
+
+/// Why a change did not happen.
+enum Failure {
+    /// This node is not the leader: nothing changed, try the leader.
+    NotLeader,
+    Reply(Reply),
+}
+
+fn refused(message: impl Into<String>) -> Failure {
+    Failure::Reply(Reply::error(ErrorCode::Refused, message))
+}
+
+fn status(message: String) -> Reply {
+    Reply::Status { value: message }
+}
+
+type Metrics = RaftMetrics<TypeConfig>;
+
+fn voters(metrics: &Metrics) -> BTreeSet<u64> {
+    metrics.membership_config.membership().voter_ids().collect()
+}
+
+fn learners(metrics: &Metrics) -> BTreeSet<u64> {
+    metrics.membership_config.membership().learner_ids().collect()
+}
+
+async fn add_learner(
+    node: &Node,
+    metrics: &Metrics,
+    id: u64,
+    addr: &str,
+    deadline: Instant,
+) -> Result<Reply, Failure> {
+    if voters(metrics).contains(&id) {
+        return Err(refused(format!(
+            "node {id} is already a voter. If it lost its data, it must not rejoin under its old id: remove \
+             it (CLUSTER REMOVE {id}) and start a fresh node with a new id"
+        )));
+    }
+    let membership = metrics.membership_config.membership();
+    if let Some(known) = membership.get_node(&id) {
+        return if known.addr == addr {
+            Ok(status(format!("node {id} is already a learner")))
+        } else {
+            Err(refused(format!("node {id} is already a learner at {}", known.addr)))
+        };
+    }
+    let store = node.store.clone();
+    let ever = tokio::task::spawn_blocking(move || state_machine::members_ever(&store))
+        .await
+        .map_err(|e| Failure::Reply(Reply::error(ErrorCode::Storage, e.to_string())))?
+        .map_err(|e| Failure::Reply(Reply::error(ErrorCode::Storage, e.to_string())))?;
+    if ever.contains(&id) {
+        return Err(refused(format!(
+            "node id {id} belonged to a node that was removed, and ids are never reused; start the new node \
+             with an id never used before (the highest so far is {})",
+            ever.last().copied().unwrap_or(id)
+        )));
+    }
+    let added =
+        tokio::time::timeout_at(deadline, node.raft.add_learner(id, BasicNode::new(addr), false)).await;
+    let added = settle(added, node)?;
+    Ok(status(format!("node {id} at {addr} is a learner (log index {})", added.index)))
+}
+
+async fn add_voter(node: &Node, metrics: &Metrics, id: u64, deadline: Instant) -> Result<Reply, Failure> {
+    if voters(metrics).contains(&id) {
+        return Ok(status(format!("node {id} is already a voter")));
+    }
+    if !learners(metrics).contains(&id) {
+        return Err(refused(format!(
+            "node {id} is not a member; start it with --join to add it as a learner first"
+        )));
+    }
+    let matched = metrics.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index);
+    let last = metrics.last_log_index.unwrap_or(0);
+    match matched {
+        Some(matched) if last.saturating_sub(matched) <= CAUGHT_UP_ENTRIES => {}
+        _ => {
+            let behind = matched
+                .map_or("has no entries yet".to_string(), |m| format!("is {} entries behind", last - m));
+            return Err(Failure::Reply(Reply::error(
+                ErrorCode::NotCaughtUp,
+                format!("node {id} {behind}; promote it once it has caught up (CLUSTER shows its lag)"),
+            )));
+        }
+    }
+    let changed = propose(node, metrics, ChangeMembers::AddVoterIds(BTreeSet::from([id])), deadline).await?;
+    Ok(status(format!("node {id} is a voter (log index {})", changed.index)))
+}
+
+async fn remove(node: &Node, metrics: &Metrics, id: u64, deadline: Instant) -> Result<Reply, Failure> {
+    let voters = voters(metrics);
+    let membership = metrics.membership_config.membership().clone();
+    let Some(addr) = membership.get_node(&id).map(|n| n.addr.clone()) else {
+        return Err(refused(format!("node {id} is not a member")));
+    };
+    let change = if voters.contains(&id) {
+        let remaining: BTreeSet<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+        if remaining.is_empty() {
+            return Err(refused(format!("node {id} is the last voter; a cluster needs at least one")));
+        }
+        let reachable: BTreeSet<u64> =
+            remaining.iter().copied().filter(|v| reachable(node, metrics, *v)).collect();
+        if reachable.len() * 2 <= remaining.len() {
+            return Err(refused(format!(
+                "removing node {id} would leave voters {remaining:?}, of which only {reachable:?} answer: no \
+                 quorum. Bring voters back (or add new ones) first"
+            )));
+        }
+        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+    } else {
+        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+    };
+    let changed = propose(node, metrics, change, deadline).await?;
+    // openraft never tells a removed node; tell it, so that it stops instead of campaigning.
+    let notice = RemovalNotice { by: node.config.id, membership: changed.membership.clone() };
+    let told = PeerClient::new(node.config.id, id, addr).notify_removed(notice, Duration::from_secs(1)).await;
+    let told = match told {
+        Ok(true) => "it has stopped".to_string(),
+        Ok(false) | Err(_) => "it could not be told, so stop it by hand".to_string(),
+    };
+    Ok(status(format!("node {id} is removed (log index {}); {told}", changed.index)))
+}
+
+async fn transfer_leader(
+    node: &Node,
+    metrics: &Metrics,
+    id: u64,
+    deadline: Instant,
+) -> Result<Reply, Failure> {
+    if id == node.config.id {
+        return Ok(status(format!("node {id} is already the leader")));
+    }
+    if !voters(metrics).contains(&id) {
+        return Err(refused(format!("node {id} is not a voter, so it cannot lead")));
+    }
+    if !reachable(node, metrics, id) {
+        return Err(refused(format!("node {id} does not answer the leader")));
+    }
+    if node.raft.trigger().transfer_leader(id).await.is_err() {
+        return Err(Failure::NotLeader);
+    }
+    let moved = node
+        .raft
+        .wait(Some(deadline.saturating_duration_since(Instant::now())))
+        .metrics(|m| m.current_leader == Some(id), "the new leader")
+        .await;
+    match moved {
+        Ok(m) => Ok(status(format!("node {id} is the leader (term {})", m.current_term))),
+        Err(_) => Err(Failure::Reply(Reply::error(
+            ErrorCode::Timeout,
+            format!("node {id} did not take over within {} ms", node.config.request_timeout_ms),
+        ))),
+    }
+}
+
+/// Whether the leader heard from `id` within an election timeout (the leader itself always is).
+fn reachable(node: &Node, metrics: &Metrics, id: u64) -> bool {
+    if id == node.config.id {
+        return true;
+    }
+    let limit = Duration::from_millis(node.config.election_timeout_ms);
+    let contact = metrics.heartbeat.as_ref().and_then(|h| h.get(&id).cloned().flatten());
+    contact.is_some_and(|at| at.elapsed() < limit)
+}
+
+/// Proposes a voter change, guarded by the membership it was decided on.
+async fn propose(
+    node: &Node,
+    metrics: &Metrics,
+    change: ChangeMembers<u64, BasicNode>,
+    deadline: Instant,
+) -> Result<Committed, Failure> {
+    let guard =
+        Precondition::LastMembershipLogId { last_membership_log_id: *metrics.membership_config.log_id() };
+    let changed =
+        tokio::time::timeout_at(deadline, node.raft.change_membership_if(change, false, [guard])).await;
+    settle(changed, node)
+}
+
+/// What a committed membership entry left behind.
+struct Committed {
+    index: u64,
+    membership: openraft::type_config::alias::StoredMembershipOf<TypeConfig>,
+}
+
+/// openraft's answer to a membership change, or the deadline passing first.
+type Outcome = Result<
+    Result<
+        openraft::raft::ClientWriteResponse<TypeConfig>,
+        RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+    >,
+    tokio::time::error::Elapsed,
+>;
+
+/// Turns openraft's answer to a membership change into ours.
+fn settle(outcome: Outcome, node: &Node) -> Result<Committed, Failure> {
+    let unknown = |why: String| {
+        Failure::Reply(Reply::error(
+            ErrorCode::OutcomeUnknown,
+            format!("{why}; the change may or may not have happened: look at CLUSTER"),
+        ))
+    };
+    match outcome {
+        Ok(Ok(response)) => {
+            let membership = response
+                .membership
+                .clone()
+                .map(|m| openraft::StoredMembership::new(Some(response.log_id), m));
+            let membership = membership
+                .unwrap_or_else(|| node.raft.metrics().borrow_watched().membership_config.as_ref().clone());
+            Ok(Committed { index: response.log_id.index, membership })
+        }
+        Err(_) => Err(unknown(format!("not committed within {} ms", node.config.request_timeout_ms))),
+        Ok(Err(e)) => match e.api_error() {
+            Some(ClientWriteError::ForwardToLeader(_)) => Err(Failure::NotLeader),
+            Some(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))) => {
+                Err(refused("another membership change is still in progress; try again"))
+            }
+            Some(ClientWriteError::PreconditionFailed(_)) => {
+                Err(refused("the membership changed meanwhile; look at CLUSTER and try again"))
+            }
+            Some(ClientWriteError::ChangeMembershipError(e)) => Err(refused(e.to_string())),
+            _ => Err(unknown(format!("the change failed ({e})"))),
+        },
+    }
+}
+
+/// Joins the cluster through `through`: asks to be added as a learner, then, unless this node
+/// is to stay a learner, to be promoted once caught up. Stops the node if the cluster refuses it
+/// or cannot be reached within [`JOIN_TIMEOUT`].
+pub(super) async fn join(node: std::sync::Arc<Node>, through: SocketAddr) {
+    let me = node.config.id;
+    let add_learner =
+        ["CLUSTER", "ADD-LEARNER", &me.to_string(), &node.config.listen.to_string()].map(String::from);
+    if let Err(why) = ask_until_done(&node, through, &add_learner).await {
+        let refusal = Refusal::Join { through, why };
+        tracing::error!("{refusal}; stopping");
+        *node.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(refusal);
+        node.stop.cancel();
+        return;
+    }
+    tracing::info!(through = %through, "joined the cluster as a learner");
+    if node.config.learner {
+        return;
+    }
+    let add_voter = ["CLUSTER", "ADD-VOTER", &me.to_string()].map(String::from);
+    match ask_until_done(&node, through, &add_voter).await {
+        Ok(()) => tracing::info!("promoted to voter"),
+        // Still a working learner: say so and carry on.
+        Err(e) => tracing::error!("stays a learner: {e}"),
+    }
+}
+
+/// Sends a membership request until it succeeds, is refused, or time runs out. Retries what
+/// certainly changed nothing (no quorum, still catching up, cannot connect).
+async fn ask_until_done(node: &Node, through: SocketAddr, args: &[String]) -> Result<(), String> {
+    let started = Instant::now();
+    let mut last = String::from("no answer");
+    while started.elapsed() < JOIN_TIMEOUT && !node.stop.is_cancelled() {
+        let addrs = [through.to_string()];
+        let attempt = async {
+            let (mut client, _) =
+                Client::connect_any(&addrs, Duration::from_secs(1)).await.map_err(|e| e.to_string())?;
+            client.call(args.iter().map(|a| a.as_bytes().to_vec()).collect()).await.map_err(|e| e.to_string())
+        };
+        match attempt.await {
+            Ok(response) => match response.reply {
+                Reply::Error { code: ErrorCode::Refused, message } => return Err(message),
+                Reply::Error { code, message } => last = format!("{code}: {message}"),
+                _ => return Ok(()),
+            },
+            Err(e) => last = e,
+        }
+        tracing::debug!(error = %last, "membership request not done yet; retrying");
+        tokio::select! {
+            () = tokio::time::sleep(JOIN_RETRY) => {}
+            () = node.stop.cancelled() => {}
+        }
+    }
+    Err(format!("gave up after {JOIN_TIMEOUT:?}: {last}"))
+}
