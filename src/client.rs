@@ -192,7 +192,9 @@ pub fn expect_id(response: Response, id: u64) -> Result<Response, ClientError> {
     }
     match response.reply {
         // Id 0 is the node telling us why it is closing the connection.
-        crate::protocol::message::Reply::Error { code: ErrorCode::ShuttingDown, message } if response.id == 0 => {
+        crate::protocol::message::Reply::Error { code: ErrorCode::ShuttingDown, message }
+            if response.id == 0 =>
+        {
             Err(ClientError::GoingAway(message))
         }
         crate::protocol::message::Reply::Error { code, message } if response.id == 0 => {

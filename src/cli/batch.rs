@@ -36,6 +36,8 @@ enum Slot {
     Sent { id: u64, args: Vec<Vec<u8>>, writes: bool },
     /// Known without the node: help text, or an error with its code and exit status.
     Done(Result<String, (String, String, ExitStatus)>),
+    /// A demo dot command, run once everything before it is answered.
+    Demo(super::demo::DemoCommand),
 }
 
 /// The live connection and where it goes.
@@ -86,9 +88,35 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
                 return status;
             }
         }
+        if let Some(Slot::Demo(command)) = queue.front() {
+            let (result, down) = match &options.demo {
+                Some(demo) => demo.run(*command),
+                None => (Err("dot commands work only in kv-cli demo".to_string()), None),
+            };
+            queue.pop_front();
+            match result {
+                Ok(text) => printer.info(&text),
+                Err(e) => {
+                    printer.error(BAD_INPUT, &e);
+                    status = status.or(ExitStatus::ErrorReply);
+                }
+            }
+            if down.as_deref() == Some(link.addr.as_str()) {
+                // Move off the node just taken down before anything is sent to it.
+                link = match Link::open(options, link.index + 1).await {
+                    Ok(link) => link,
+                    Err(e) => {
+                        printer.error(CONNECTION, &e.to_string());
+                        return status.or(ExitStatus::Failure);
+                    }
+                };
+            }
+            continue;
+        }
         if input_done && queue.is_empty() {
             return status;
         }
+        let barrier = queue.iter().any(|slot| matches!(slot, Slot::Demo(_)));
         tokio::select! {
             biased;
             answer = next_answer(&mut link.receiver, options), if in_flight > 0 => {
@@ -129,7 +157,7 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
                     }
                 }
             }
-            line = lines.recv(), if !input_done && in_flight < window => {
+            line = lines.recv(), if !input_done && in_flight < window && !barrier => {
                 let line = match line {
                     None => {
                         input_done = true;
@@ -152,6 +180,8 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
                         Some(LocalCommand::Quit) => input_done = true,
                         Some(LocalCommand::Help(Ok(text))) => queue.push_back(Slot::Done(Ok(text))),
                         Some(LocalCommand::Help(Err(e))) => queue.push_back(bad_input(e)),
+                        Some(LocalCommand::Demo(Ok(command))) => queue.push_back(Slot::Demo(command)),
+                        Some(LocalCommand::Demo(Err(e))) => queue.push_back(bad_input(e)),
                         None => {
                             let writes = writes(&args);
                             // A failed send shows up as a lost connection on the read side.
@@ -161,9 +191,11 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
                         }
                     },
                 }
-                // Send what is queued once the input pauses or the window is full. A failed flush
-                // means a lost connection, which the read side reports with the details.
-                if lines.is_empty() || in_flight == window || input_done {
+                // Send what is queued once the input pauses, the window is full or a dot command
+                // waits for the answers. A failed flush means a lost connection, which the read
+                // side reports with the details.
+                let barrier = matches!(queue.back(), Some(Slot::Demo(_)));
+                if lines.is_empty() || in_flight == window || input_done || barrier {
                     let _ = link.sender.flush().await;
                 }
             }

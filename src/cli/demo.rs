@@ -9,6 +9,10 @@
 //!
 //! The cluster has three nodes that replicate through Raft; the demo is ready once they have
 //! elected a leader, so the first command does not wait for an election.
+//!
+//! Inside the demo, dot commands act on the nodes so that failures can be watched live:
+//! `.nodes`, `.stop N` (graceful), `.kill N` (`kill -9`), `.restart N`. In piped input they run
+//! after every command before them has been answered.
 
 use crate::client::Client;
 use nix::sys::signal::{Signal, kill};
@@ -58,11 +62,57 @@ enum StartFailure {
 pub struct DemoCluster {
     nodes: Vec<DemoNode>,
     dir: tempfile::TempDir,
+    binary: PathBuf,
 }
 
 struct DemoNode {
-    child: Child,
+    /// `None` while the node is stopped or killed.
+    child: Option<Child>,
     addr: SocketAddr,
+}
+
+/// What a dot command does to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeAction {
+    Stop,
+    Kill,
+    Restart,
+}
+
+/// A dot command: `.nodes`, or an action on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoCommand {
+    Nodes,
+    Node(NodeAction, u64),
+}
+
+/// The dot commands, for help.
+pub const DEMO_HELP: &str = "  .nodes                   List the demo's nodes and whether they run.\n\
+  .stop N                  Stop node N gracefully (it hands over leadership first).\n\
+  .kill N                  Kill node N with SIGKILL, like a crash.\n\
+  .restart N               Start a stopped or killed node N again.";
+
+impl DemoCommand {
+    /// Parses a line's words, the first starting with a dot.
+    pub fn parse(args: &[Vec<u8>]) -> Result<DemoCommand, String> {
+        let words: Vec<String> =
+            args.iter().map(|a| String::from_utf8_lossy(a).to_ascii_lowercase()).collect();
+        let id = || -> Result<u64, String> {
+            match words.as_slice() {
+                [_, id] => id.parse().map_err(|_| format!("bad node number '{id}'")),
+                _ => Err(format!("{} takes one node number, such as {} 2", words[0], words[0])),
+            }
+        };
+        match words[0].as_str() {
+            ".nodes" if words.len() == 1 => Ok(DemoCommand::Nodes),
+            ".stop" => Ok(DemoCommand::Node(NodeAction::Stop, id()?)),
+            ".kill" => Ok(DemoCommand::Node(NodeAction::Kill, id()?)),
+            ".restart" => Ok(DemoCommand::Node(NodeAction::Restart, id()?)),
+            other => {
+                Err(format!("unknown demo command '{other}'; try .nodes, .stop N, .kill N or .restart N"))
+            }
+        }
+    }
 }
 
 impl DemoCluster {
@@ -86,20 +136,20 @@ impl DemoCluster {
                         break;
                     }
                     Err(StartFailure::Failed(e)) => {
-                        nodes.into_iter().for_each(DemoNode::stop);
+                        nodes.iter_mut().for_each(DemoNode::stop);
                         return Err(e);
                     }
                 }
             }
             if !port_taken {
-                let cluster = DemoCluster { nodes, dir };
+                let cluster = DemoCluster { nodes, dir, binary };
                 if let Err(e) = cluster.wait_for_a_leader() {
                     cluster.stop(false);
                     return Err(e);
                 }
                 return Ok(cluster);
             }
-            nodes.into_iter().for_each(DemoNode::stop);
+            nodes.iter_mut().for_each(DemoNode::stop);
             last = DemoError::NodeFailed("every port tried was taken".to_string());
         }
         Err(last)
@@ -133,15 +183,74 @@ impl DemoCluster {
         let nodes: Vec<String> =
             self.nodes.iter().enumerate().map(|(i, n)| format!("node {} on {}", i + 1, n.addr)).collect();
         format!(
-            "kv demo: {}; data and logs in {}. QUIT or Ctrl-D ends the demo.",
+            "kv demo: {}; data and logs in {}. .kill N, .stop N and .restart N act on a node; QUIT or \
+             Ctrl-D ends the demo.",
             nodes.join(", "),
             self.dir.path().display()
         )
     }
 
+    /// Runs a dot command; returns what to tell the user.
+    pub fn run(&mut self, command: DemoCommand) -> Result<String, String> {
+        let (action, id) = match command {
+            DemoCommand::Nodes => return Ok(self.nodes_text()),
+            DemoCommand::Node(action, id) => (action, id),
+        };
+        let count = self.nodes.len();
+        let Some(node) = (id as usize).checked_sub(1).and_then(|i| self.nodes.get_mut(i)) else {
+            return Err(format!("there is no node {id}; the demo has nodes 1 to {count}"));
+        };
+        match (action, node.child.is_some()) {
+            (NodeAction::Stop | NodeAction::Kill, false) => Err(format!("node {id} is not running")),
+            (NodeAction::Restart, true) => Err(format!("node {id} is running; .stop or .kill it first")),
+            (NodeAction::Stop, true) => {
+                node.stop();
+                Ok(format!("node {id} stopped"))
+            }
+            (NodeAction::Kill, true) => {
+                node.kill();
+                Ok(format!("node {id} killed"))
+            }
+            (NodeAction::Restart, false) => {
+                let addrs: Vec<SocketAddr> = self.nodes.iter().map(|n| n.addr).collect();
+                match DemoNode::start(&self.binary, id, &addrs, self.dir.path()) {
+                    Ok(started) => {
+                        self.nodes[id as usize - 1] = started;
+                        Ok(format!("node {id} restarted on {}", addrs[id as usize - 1]))
+                    }
+                    Err(StartFailure::PortTaken) => {
+                        Err(format!("node {id}'s port was taken by another process"))
+                    }
+                    Err(StartFailure::Failed(e)) => Err(e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// The address of node `id`, if the demo has one.
+    pub fn addr(&self, id: u64) -> Option<String> {
+        (id as usize).checked_sub(1).and_then(|i| self.nodes.get(i)).map(|n| n.addr.to_string())
+    }
+
+    fn nodes_text(&self) -> String {
+        let lines: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let state = match &n.child {
+                    Some(child) => format!("running (pid {})", child.id()),
+                    None => "down".to_string(),
+                };
+                format!("node {} on {}: {state}", i + 1, n.addr)
+            })
+            .collect();
+        lines.join("\n")
+    }
+
     /// Stops every node; removes the data unless `keep`, in which case it returns where it is.
-    pub fn stop(self, keep: bool) -> Option<PathBuf> {
-        for node in self.nodes {
+    pub fn stop(mut self, keep: bool) -> Option<PathBuf> {
+        for node in &mut self.nodes {
             node.stop();
         }
         keep.then(|| self.dir.keep())
@@ -154,7 +263,9 @@ impl DemoNode {
         let failed = |e| StartFailure::Failed(DemoError::Spawn(e));
         let log_path = dir.join(format!("node{id}.log"));
         let addr = addrs[id as usize - 1];
-        let log = std::fs::File::create(&log_path).map_err(failed)?;
+        // Appended to, so that a restarted node's log keeps what it said before.
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(failed)?;
+        let logged_before = log.metadata().map_err(failed)?.len() as usize;
         let mut command = Command::new(binary);
         command.args(["--id", &id.to_string(), "--listen", &addr.to_string()]);
         for (peer, peer_addr) in (1..).zip(addrs).filter(|(peer, _)| *peer != id) {
@@ -177,9 +288,10 @@ impl DemoNode {
         let mut child = command.spawn().map_err(failed)?;
         let started = Instant::now();
         loop {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let whole = std::fs::read(&log_path).unwrap_or_default();
+            let log = String::from_utf8_lossy(whole.get(logged_before..).unwrap_or_default()).into_owned();
             if log.contains("serving") {
-                return Ok(DemoNode { child, addr });
+                return Ok(DemoNode { child: Some(child), addr });
             }
             if child.try_wait().map_err(failed)?.is_some() {
                 if log.contains("cannot listen") {
@@ -197,17 +309,26 @@ impl DemoNode {
     }
 
     /// SIGTERM, then SIGKILL if the node has not exited in time.
-    fn stop(mut self) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
         let started = Instant::now();
         while started.elapsed() < STOP_TIMEOUT {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// SIGKILL: the node gets no chance to clean up, as in a crash.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

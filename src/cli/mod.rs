@@ -17,6 +17,7 @@ use crate::command::{COMMANDS, lookup};
 use crate::protocol::message::{ErrorCode, Reply, Response};
 use output::{Format, Printer};
 use std::io::{BufRead, IsTerminal};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -98,6 +99,36 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// Sent with every request.
     pub request: RequestOptions,
+    /// The demo's nodes, when running `kv-cli demo`: the target of dot commands.
+    pub demo: Option<DemoControl>,
+}
+
+/// A handle on the demo cluster for dot commands; clones share it.
+#[derive(Clone)]
+pub struct DemoControl(Arc<Mutex<demo::DemoCluster>>);
+
+impl std::fmt::Debug for DemoControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DemoControl")
+    }
+}
+
+impl DemoControl {
+    /// Runs a dot command (starting and stopping processes blocks); returns what to tell the user
+    /// and, when it took a node down, that node's address.
+    pub fn run(&self, command: demo::DemoCommand) -> (Result<String, String>, Option<String>) {
+        let mut cluster = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let result = cluster.run(command);
+        let down = match command {
+            demo::DemoCommand::Node(demo::NodeAction::Stop | demo::NodeAction::Kill, id)
+                if result.is_ok() =>
+            {
+                cluster.addr(id)
+            }
+            _ => None,
+        };
+        (result, down)
+    }
 }
 
 /// kv-cli's exit status.
@@ -156,6 +187,8 @@ pub enum LocalCommand {
     Quit,
     /// Help text, or an error for an unknown topic.
     Help(Result<String, String>),
+    /// A dot command for the demo's nodes, or why the line is not one.
+    Demo(Result<demo::DemoCommand, String>),
 }
 
 /// Recognises kv-cli's own commands.
@@ -166,6 +199,9 @@ pub fn local_command(args: &[Vec<u8>]) -> Option<LocalCommand> {
     }
     if name.eq_ignore_ascii_case(b"HELP") {
         return Some(LocalCommand::Help(help(args.get(1).map(Vec::as_slice))));
+    }
+    if name.starts_with(b".") {
+        return Some(LocalCommand::Demo(demo::DemoCommand::parse(args)));
     }
     None
 }
@@ -185,7 +221,9 @@ pub fn help(topic: Option<&[u8]>) -> Result<String, String> {
         text.push_str(&format!("  {:<24} {}\n", format!("{} {}", spec.name, spec.args), spec.summary));
     }
     text.push_str(&format!("  {:<24} {}\n", "HELP [command]", "Show this help, or one command's."));
-    text.push_str(&format!("  {:<24} {}", "QUIT", "Leave (Ctrl-D works too)."));
+    text.push_str(&format!("  {:<24} {}\n", "QUIT", "Leave (Ctrl-D works too)."));
+    text.push_str("In kv-cli demo only:\n");
+    text.push_str(demo::DEMO_HELP);
     Ok(text)
 }
 
@@ -211,6 +249,7 @@ pub fn run(args: CliArgs) -> ExitStatus {
             min_acks: args.min_acks,
             ack_timeout: args.min_acks.map(|_| args.ack_timeout),
         },
+        demo: None,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -231,8 +270,12 @@ pub fn run(args: CliArgs) -> ExitStatus {
     };
     eprintln!("{}", cluster.banner());
     options.addrs = cluster.addrs();
+    let control = DemoControl(Arc::new(Mutex::new(cluster)));
+    options.demo = Some(control.clone());
     let status = run_mode(runtime, args.commands, options, printer);
-    if let Some(kept) = cluster.stop(demo_args.keep) {
+    // Every other handle went with the options.
+    let cluster = Arc::try_unwrap(control.0).ok().map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()));
+    if let Some(kept) = cluster.and_then(|c| c.stop(demo_args.keep)) {
         eprintln!("kv demo: data kept in {}", kept.display());
     }
     status

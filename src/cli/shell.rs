@@ -89,6 +89,7 @@ pub fn run(runtime: Runtime, options: Options, printer: Printer) -> ExitStatus {
                 Some(LocalCommand::Quit) => return ExitStatus::Success,
                 Some(LocalCommand::Help(Ok(text))) => shell.printer.info(&text),
                 Some(LocalCommand::Help(Err(e))) => shell.printer.error(BAD_INPUT, &e),
+                Some(LocalCommand::Demo(command)) => shell.demo(command),
                 None => shell.call(args),
             },
         }
@@ -132,6 +133,26 @@ impl Shell {
                 self.printer.error(CONNECTION, &e.to_string());
                 false
             }
+        }
+    }
+
+    /// Runs a dot command on the demo's nodes; moves to another node if it took ours down.
+    fn demo(&mut self, command: Result<super::demo::DemoCommand, String>) {
+        let outcome = match (command, &self.options.demo) {
+            (Err(e), _) => (Err(e), None),
+            (Ok(_), None) => (Err("dot commands work only in kv-cli demo".to_string()), None),
+            (Ok(command), Some(demo)) => demo.run(command),
+        };
+        match outcome.0 {
+            Ok(text) => self.printer.info(&text),
+            Err(e) => return self.printer.error(BAD_INPUT, &e),
+        }
+        if outcome.1.is_some()
+            && outcome.1.as_deref() == self.connection.as_ref().map(|(_, info)| info.addr.as_str())
+        {
+            self.connection = None;
+            self.next_addr += 1;
+            self.connect();
         }
     }
 

@@ -80,7 +80,9 @@ impl Forwarder {
                 if let Reply::Error { code: ErrorCode::NotLeader, .. } = response.reply {
                     continue;
                 }
-                if let (0, Reply::Error { code: ErrorCode::ShuttingDown, message }) = (response.id, &response.reply) {
+                if let (0, Reply::Error { code: ErrorCode::ShuttingDown, message }) =
+                    (response.id, &response.reply)
+                {
                     // The leader is going away: what it has not answered, it did not apply.
                     return Err(ClientError::GoingAway(message.clone()));
                 }

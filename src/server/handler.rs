@@ -104,7 +104,10 @@ async fn going_away(reader: &mut FrameReader, writer: &mut FrameWriter, me: u64)
         "node {me} is shutting down; requests it has not answered on this connection were not applied \
          and may be sent to another node"
     );
-    writer.send(&Response::new(0, Reply::error(ErrorCode::ShuttingDown, message))).await.map_err(ReadError::Io)?;
+    writer
+        .send(&Response::new(0, Reply::error(ErrorCode::ShuttingDown, message)))
+        .await
+        .map_err(ReadError::Io)?;
     let _ = tokio::time::timeout(LINGER, async {
         // Whatever arrives now is discarded unexecuted, as the notice said.
         while let Ok(Some(_)) = reader.read::<Request>().await {}
