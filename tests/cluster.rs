@@ -192,3 +192,30 @@ fn with_two_nodes_down_writes_fail_with_no_quorum_and_resume_when_one_returns() 
         assert_eq!(out.lines(), ["0"], "a refused write must not appear later: {key} {out:?}");
     }
 }
+
+#[test]
+fn a_rolling_restart_loses_no_write_and_shows_the_client_no_error() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let writer = common::WritingClient::start(&cluster.addrs(), "roll-");
+    for id in 1..=3 {
+        let status = cluster.node(id).terminate();
+        assert!(status.success(), "node {id} stops cleanly: {status}");
+        cluster.node(id).restart();
+        // The next node goes down only once this one is back in step, as an operator would do.
+        let other = if id == 1 { 2 } else { 1 };
+        wait_until(&format!("node {id} to catch up"), CONVERGE, || {
+            cluster.status(other).iter().all(|row| row["lag"] == 0 && row["role"] != "unreachable")
+        });
+    }
+    let (out, sent) = writer.finish();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stderr.contains("(error)"), "no error reached the client: {}", out.stderr);
+    assert_eq!(out.lines().len(), sent);
+    assert!(out.lines().iter().all(|l| *l == "OK"), "{out:?}");
+    assert!(sent > 100, "the client kept writing throughout ({sent} writes)");
+    // Every acknowledged write is there, read linearizably.
+    let reads = script(sent, |i| format!("GET roll-{i}"));
+    let out = cluster.cli_piped(&[], &reads);
+    let want: Vec<String> = (0..sent).map(|i| i.to_string()).collect();
+    assert_eq!(out.lines(), want);
+}

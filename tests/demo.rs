@@ -67,3 +67,25 @@ fn an_interactive_demo_stops_its_node_when_the_shell_ends() {
     assert_nodes_gone(&addrs);
     assert!(!dir.exists());
 }
+
+#[test]
+fn dot_commands_stop_kill_and_restart_demo_nodes() {
+    let input =
+        b".kill 1\nSET after-kill 1\n.nodes\n.restart 1\n.stop 2\nGET after-kill\n.restart 2\n.kill 7\n";
+    let out = run_cli(&["demo"], Some(input), &[]);
+    let lines = out.lines();
+    assert_eq!(lines[0], "node 1 killed", "{out:?}");
+    // The script was connected to node 1: it moved on and the write went through.
+    assert_eq!(lines[1], "OK", "{out:?}");
+    assert!(lines[2].starts_with("node 1 on ") && lines[2].ends_with(": down"), "{out:?}");
+    assert!(lines[3].starts_with("node 2 on ") && lines[3].contains(": running (pid "), "{out:?}");
+    assert!(lines[5].starts_with("node 1 restarted on "), "{out:?}");
+    assert_eq!(lines[6], "node 2 stopped", "{out:?}");
+    assert_eq!(lines[7], "1", "{out:?}");
+    assert!(lines[8].starts_with("node 2 restarted on "), "{out:?}");
+    assert!(out.stderr.contains("there is no node 7"), "{out:?}");
+    assert_eq!(out.code, 1, "the bad dot command is an error: {out:?}");
+    let (addrs, dir) = parse_banner(&out.stderr);
+    assert_nodes_gone(&addrs);
+    assert!(!dir.exists());
+}

@@ -119,6 +119,9 @@ pub struct NodeStatus {
     /// The last log index its latest snapshot covers; the log before it may be compacted.
     #[serde(default)]
     pub snapshot_index: Option<u64>,
+    /// The last log index deleted from its log by compaction.
+    #[serde(default)]
+    pub purged_index: Option<u64>,
 }
 
 impl NodeStatus {
@@ -151,6 +154,7 @@ impl NodeStatus {
                 || metrics.membership_config.membership().nodes().next().is_some(),
             seen_members: facts.seen_members(),
             snapshot_index: metrics.snapshot.map(|l| l.index),
+            purged_index: metrics.purged.map(|l| l.index),
         }
     }
 }

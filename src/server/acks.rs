@@ -13,8 +13,9 @@
 //! *pending*, and the answer waits a few milliseconds ([`ACK_WAIT`]) for it, so that in a healthy
 //! cluster the picture is usually complete.
 //!
-//! The watcher also records, durably, each peer it sees hold log entries for the first time:
-//! that memory is how a node that lost its data is recognised (see `membership`).
+//! The watcher also records, durably, each peer it sees hold log entries for the first time (as
+//! leader, each peer that acknowledged an entry; as follower, its leader): that memory is how a
+//! node that lost its data is recognised (see `membership`).
 
 use crate::protocol::message::{AckState, PeerAck, Replication};
 use crate::raft::KvRaft;
@@ -75,6 +76,13 @@ impl AckTracker {
                 {
                     let mut state = watched.lock().unwrap_or_else(|p| p.into_inner());
                     state.leading = m.replication.is_some();
+                    // A leader holds log entries too: its followers remember it as well.
+                    if let Some(leader) = m.current_leader.filter(|l| *l != m.id)
+                        && seen.insert(leader)
+                        && let Err(e) = log.record_seen_members(&seen)
+                    {
+                        tracing::warn!(error = %e, "cannot record the peers seen");
+                    }
                     state.term = m.current_term;
                     let members: Vec<u64> = m
                         .membership_config

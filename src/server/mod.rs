@@ -141,13 +141,22 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tokio::select! {
-        () = accept_loop(&listener, &node, &token, &tracker) => {}
-        () = shutdown => tracing::info!("shutting down"),
-        () = node.stop.cancelled() => tracing::info!("stopping"),
+    {
+        let accepting = accept_loop(&listener, &node, &token, &tracker);
+        tokio::pin!(accepting);
+        tokio::select! {
+            () = &mut accepting => {}
+            () = shutdown => tracing::info!("shutting down"),
+            () = node.stop.cancelled() => tracing::info!("stopping"),
+        }
+        // Still accepting: the successor's vote request and heartbeats must reach this node, or
+        // it would go on believing it leads.
+        tokio::select! {
+            () = &mut accepting => {}
+            () = hand_over_leadership(&node) => {}
+        }
     }
     drop(listener);
-    hand_over_leadership(&node).await;
     token.cancel();
     tracker.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {

@@ -1,6 +1,6 @@
 //! The `CLUSTER` table: every member's own report, gathered by whichever node was asked.
 //!
-//! Each node reports its role, term, last log index, applied index and latest snapshot itself (over a peer
+//! Each node reports its role, term, last log index, applied index, latest snapshot and compacted (purged) log itself (over a peer
 //! connection), so the table shows what the nodes believe rather than what one node guesses. The
 //! leader's report adds, for each peer, how long ago it last heard from it; lag is measured
 //! against the leader's last log index. A member that does not answer within [`STATUS_TIMEOUT`]
@@ -15,8 +15,18 @@ use std::time::Duration;
 /// How long each member has to report.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
-pub const COLUMNS: [&str; 9] =
-    ["id", "address", "role", "term", "last_index", "applied", "snapshot", "lag", "last_contact_ms"];
+pub const COLUMNS: [&str; 10] = [
+    "id",
+    "address",
+    "role",
+    "term",
+    "last_index",
+    "applied",
+    "snapshot",
+    "purged",
+    "lag",
+    "last_contact_ms",
+];
 
 pub(super) async fn cluster_table(node: &Node) -> Reply {
     let me = node.config.id;
@@ -59,6 +69,7 @@ pub(super) async fn cluster_table(node: &Node) -> Reply {
                         int(status.last_log_index),
                         int(status.applied_index),
                         int(status.snapshot_index),
+                        int(status.purged_index),
                         int(lag),
                         if is_leader { Cell::Nil } else { int(contact) },
                     ]
@@ -69,6 +80,7 @@ pub(super) async fn cluster_table(node: &Node) -> Reply {
                         Cell::Integer(*id as i64),
                         Cell::Text(addr.clone()),
                         Cell::Text("unreachable".to_string()),
+                        Cell::Nil,
                         Cell::Nil,
                         Cell::Nil,
                         Cell::Nil,

@@ -55,6 +55,11 @@ impl TestNode {
         node
     }
 
+    /// A node that is not running yet, on a free port with a fresh data directory.
+    pub fn stopped_with(flags: &[&str]) -> TestNode {
+        TestNode::stopped(SocketAddr::from(([127, 0, 0, 1], free_port())), flags)
+    }
+
     /// A node that is not running yet, with a fresh data directory.
     fn stopped(addr: SocketAddr, flags: &[&str]) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
@@ -114,6 +119,68 @@ impl TestNode {
             assert!(start.elapsed() < START_DEADLINE, "kv-node did not start:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Starts the process expecting it to refuse to start: waits for it to exit, checks that it
+    /// failed, and returns its log.
+    pub fn boot_refused(&mut self) -> String {
+        assert!(self.child.is_none(), "node is still running");
+        let log = std::fs::File::create(&self.log).unwrap();
+        let mut child = Command::new(NODE_BIN)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > START_DEADLINE {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("kv-node was expected to refuse to start:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(!status.success(), "kv-node was expected to fail:\n{}", self.log_text());
+        self.log_text()
+    }
+
+    /// Waits for the node to exit on its own.
+    pub fn wait_for_exit(&mut self, deadline: Duration) -> ExitStatus {
+        self.reap(deadline)
+    }
+
+    /// The `CLUSTER` table as this node sees it: one JSON object per member.
+    pub fn status(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["--json", "-c", "CLUSTER"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let table: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+        let columns: Vec<&str> =
+            table["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+        table["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                let cells = row.as_array().unwrap();
+                serde_json::Value::Object(
+                    columns.iter().map(|c| c.to_string()).zip(cells.iter().cloned()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Member `id`'s row in the `CLUSTER` table as this node sees it, if it is a member.
+    pub fn row(&self, id: u64) -> Option<serde_json::Value> {
+        self.status().into_iter().find(|row| row["id"] == id)
     }
 
     /// Starts the node again on the same address and data directory.
@@ -273,22 +340,80 @@ impl TestCluster {
 
     /// The `CLUSTER` table as seen from node `via`: one JSON object per node.
     pub fn status(&self, via: u64) -> Vec<serde_json::Value> {
-        let out = self.nodes[via as usize - 1].cli(&["--json", "-c", "CLUSTER"]);
-        assert_eq!(out.code, 0, "{out:?}");
-        let table: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
-        let columns: Vec<&str> =
-            table["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
-        table["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|row| {
-                let cells = row.as_array().unwrap();
-                serde_json::Value::Object(
-                    columns.iter().map(|c| c.to_string()).zip(cells.iter().cloned()).collect(),
-                )
-            })
-            .collect()
+        self.nodes[via as usize - 1].status()
+    }
+}
+
+/// A kv-cli process fed `SET` lines at a steady pace while a test does something to the cluster.
+pub struct WritingClient {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    feeder: std::thread::JoinHandle<usize>,
+    output: mpsc::Receiver<std::io::Result<std::process::Output>>,
+    pid: Pid,
+}
+
+/// The most lines a [`WritingClient`] sends, and for how long at most.
+const WRITER_MAX_LINES: usize = 50_000;
+const WRITER_MAX_TIME: Duration = Duration::from_secs(120);
+
+impl WritingClient {
+    /// Starts kv-cli with `addrs` (comma-separated); it writes `SET {prefix}{i} {i}` about once a
+    /// millisecond until [`Self::finish`].
+    pub fn start(addrs: &str, prefix: &str) -> WritingClient {
+        let mut child = Command::new(CLI_BIN)
+            .args(["--addr", addrs])
+            .env_remove("KV_ADDR")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let prefix = prefix.to_string();
+        let feeder = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut sent = 0;
+            while sent < WRITER_MAX_LINES
+                && started.elapsed() < WRITER_MAX_TIME
+                && !stopping.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                if writeln!(stdin, "SET {prefix}{sent} {sent}").and_then(|_| stdin.flush()).is_err() {
+                    break;
+                }
+                sent += 1;
+                // Pacing, not waiting for a condition: a steady trickle of writes.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            sent
+        });
+        let (tx, output) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        WritingClient { stop, feeder, output, pid }
+    }
+
+    /// Stops feeding, waits for kv-cli to answer everything and exit; returns its output and how
+    /// many lines it was sent.
+    pub fn finish(self) -> (CliOutput, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = self.feeder.join().unwrap();
+        let output = match self.output.recv_timeout(CLI_DEADLINE) {
+            Ok(output) => output.unwrap(),
+            Err(_) => {
+                let _ = kill(self.pid, Signal::SIGKILL);
+                panic!("the writing kv-cli did not finish within {CLI_DEADLINE:?}");
+            }
+        };
+        let out = CliOutput {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        (out, sent)
     }
 }
 
