@@ -527,6 +527,16 @@ mod tests {
 
     /// A node whose listener speaks only the peer side of the protocol.
     async fn start(id: u64, listener: TcpListener, config: openraft::Config) -> TestNode {
+        start_with_frame(id, listener, config, 1 << 20).await
+    }
+
+    /// A node that welcomes peers with a frame limit of `max_frame` bytes.
+    async fn start_with_frame(
+        id: u64,
+        listener: TcpListener,
+        config: openraft::Config,
+        max_frame: usize,
+    ) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let raft = Raft::new(
@@ -543,9 +553,10 @@ mod tests {
             while let Ok((stream, _)) = listener.accept().await {
                 let raft = served.clone();
                 tokio::spawn(async move {
-                    let (mut reader, mut writer) = connection::split(stream, 1 << 20);
+                    let (mut reader, mut writer) = connection::split(stream, max_frame);
                     let Ok(Some(Hello { peer: Some(_), .. })) = reader.read::<Hello>().await else { return };
-                    let welcome = HelloReply::Welcome { version: 1, node_id: id, max_frame_bytes: 1 << 20 };
+                    let welcome =
+                        HelloReply::Welcome { version: 1, node_id: id, max_frame_bytes: max_frame as u64 };
                     if writer.send(&welcome).await.is_ok() {
                         let _ = serve_peer(reader, writer, &raft, &NoFacts).await;
                     }
@@ -683,6 +694,96 @@ mod tests {
             let want = Reply::Bulk { value: ByteBuf::from(format!("value{i}")) };
             assert_eq!(get(&late.store, &format!("key{i}")), want);
         }
+        for node in nodes.into_values().chain([late]) {
+            node.server.abort();
+            node.raft.shutdown().await.unwrap();
+        }
+    }
+
+    /// Forwards connections to `target`, except that it cuts the first one that has carried more
+    /// than `cut_after` bytes towards the target; returns whether it has cut one.
+    async fn cutting_proxy(
+        listener: TcpListener,
+        target: std::net::SocketAddr,
+        cut_after: usize,
+    ) -> Arc<std::sync::atomic::AtomicBool> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let cut = Arc::new(AtomicBool::new(false));
+        let cutting = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let cut = cutting.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(target).await else { return };
+                    let (mut from_client, mut to_client) = inbound.into_split();
+                    let (mut from_target, mut to_target) = outbound.into_split();
+                    let back =
+                        tokio::spawn(async move { tokio::io::copy(&mut from_target, &mut to_client).await });
+                    let mut buf = vec![0; 8192];
+                    let mut carried = 0;
+                    while let Ok(n) = from_client.read(&mut buf).await {
+                        carried += n;
+                        if n == 0 || (carried > cut_after && !cut.swap(true, Ordering::SeqCst)) {
+                            break;
+                        }
+                        if to_target.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Dropping both halves closes the connection mid-transfer.
+                    back.abort();
+                });
+            }
+        });
+        cut
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_transfer_cut_short_is_sent_again_in_chunks() {
+        use std::sync::atomic::Ordering;
+        let compacting = openraft::Config {
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(50),
+            max_in_snapshot_log_to_keep: 0,
+            purge_batch_size: 1,
+            ..config()
+        };
+        // Peers accept 32 KiB frames, so a snapshot of some 80 KB goes in several chunks.
+        let frame = 32 * 1024;
+        let mut members = BTreeMap::new();
+        let mut nodes = BTreeMap::new();
+        let mut listeners = Vec::new();
+        for id in 1..=2u64 {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            members.insert(id, BasicNode::new(listener.local_addr().unwrap().to_string()));
+            listeners.push((id, listener));
+        }
+        for (id, listener) in listeners {
+            nodes.insert(id, start_with_frame(id, listener, compacting.clone(), frame).await);
+        }
+        // The late node is reached through a proxy that breaks the first long transfer.
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let late_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        members.insert(3, BasicNode::new(proxy.local_addr().unwrap().to_string()));
+        let cut = cutting_proxy(proxy, late_listener.local_addr().unwrap(), 40_000).await;
+        nodes[&1].raft.initialize(members).await.unwrap();
+        let leader = leader_among(&nodes, None).await;
+        let value = "v".repeat(200);
+        let mut last = 0;
+        for i in 0..400 {
+            last = write(&nodes[&leader], set(&format!("key{i}"), &value)).await.log_id.index;
+        }
+        nodes[&leader]
+            .raft
+            .wait(Some(DEADLINE))
+            .metrics(|m| m.purged.is_some_and(|p| p.index > 100), "the log to be purged")
+            .await
+            .unwrap();
+
+        let late = start_with_frame(3, late_listener, compacting, frame).await;
+        late.raft.wait(Some(DEADLINE)).applied_index_at_least(Some(last), "catching up").await.unwrap();
+        assert!(cut.load(Ordering::SeqCst), "the proxy cut a transfer short");
+        assert_eq!(get(&late.store, "key399"), Reply::Bulk { value: ByteBuf::from(value.as_str()) });
         for node in nodes.into_values().chain([late]) {
             node.server.abort();
             node.raft.shutdown().await.unwrap();
