@@ -154,19 +154,25 @@ impl Shared {
     fn entries(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<Entry>> {
         let start = range.start_bound().cloned();
         let end = range.end_bound().cloned();
-        let mut entries = BTreeMap::new();
-        {
+        // One consistent cut: the writer drops entries from the pending tail only after committing
+        // them, under this lock, so a read transaction begun while holding it sees every entry
+        // that is no longer pending. (Reading the disk first and the tail after could miss the
+        // entries committed in between.)
+        let (txn, pending) = {
+            let pending = self.pending();
             let txn = self.db.begin_read().map_err(io_error)?;
-            let table = txn.open_table(LOG).map_err(io_error)?;
-            for item in table.range::<u64>((start, end)).map_err(io_error)? {
-                let (index, bytes) = item.map_err(io_error)?;
-                entries.insert(index.value(), decode::<Entry>(bytes.value())?);
-            }
+            let newer: Vec<(u64, Entry)> =
+                pending.range((start, end)).map(|(index, entry)| (*index, entry.clone())).collect();
+            (txn, newer)
+        };
+        let mut entries = BTreeMap::new();
+        let table = txn.open_table(LOG).map_err(io_error)?;
+        for item in table.range::<u64>((start, end)).map_err(io_error)? {
+            let (index, bytes) = item.map_err(io_error)?;
+            entries.insert(index.value(), decode::<Entry>(bytes.value())?);
         }
         // What is pending is newer than what is on disk at the same index.
-        for (index, entry) in self.pending().range((start, end)) {
-            entries.insert(*index, entry.clone());
-        }
+        entries.extend(pending);
         Ok(entries.into_values().collect())
     }
 
