@@ -26,9 +26,12 @@ fn a_write_through_any_node_is_read_through_every_node() {
     assert_eq!(via2.code, 0, "{via2:?}");
     let lines = via2.lines();
     assert_eq!(lines[0], "OK");
-    // The picture names the leader and both peers; in a healthy cluster both have acked.
+    // The picture names the leader and both peers; a commit needs at least one peer's ack (the
+    // other may still be pending on a loaded machine).
     assert!(lines[1].starts_with("leader="), "{via2:?}");
-    assert_eq!(lines[1].matches("=acked:").count(), 2, "{via2:?}");
+    let peers = lines[1].split(' ').filter(|t| t.starts_with('n') && t.contains('=')).count();
+    assert_eq!(peers, 2, "{via2:?}");
+    assert!(lines[1].contains("=acked:"), "{via2:?}");
 
     // Linearizable reads through the other two see it at once: they ask the leader.
     for node in [&cluster.nodes[0], &cluster.nodes[2]] {

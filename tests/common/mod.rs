@@ -96,7 +96,7 @@ impl TestNode {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.flags)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", "info,kv=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
