@@ -12,7 +12,7 @@
 //! which it alone is a quorum.
 //!
 //! Snapshots are the whole key space plus that id set, MessagePack-encoded as a
-//! [`SnapshotBody`], built from a read transaction (so `apply` goes on meanwhile) and kept in
+//! `SnapshotBody`, built from a read transaction (so `apply` goes on meanwhile) and kept in
 //! memory. The state machine itself is durable, so after a restart openraft simply builds a new
 //! snapshot when it needs one.
 
