@@ -179,6 +179,13 @@ impl Client {
         expect_id(response, id)
     }
 
+    /// With no request outstanding: whether the node has already closed the connection or said it
+    /// is going away. Checking before sending tells "the node was gone before we sent" (certainly
+    /// not applied) from "the connection broke after" (unknown).
+    pub fn gone_while_idle(&mut self) -> bool {
+        self.receiver.gone_while_idle()
+    }
+
     /// Splits the client for pipelining.
     pub fn split(self) -> (RequestSender, ResponseReceiver) {
         (self.sender, self.receiver)
@@ -244,6 +251,12 @@ pub struct ResponseReceiver {
 }
 
 impl ResponseReceiver {
+    /// With no request outstanding: whether the node has already closed the connection (or said
+    /// it is going away), so that a request sent now would never be executed.
+    pub fn gone_while_idle(&mut self) -> bool {
+        self.reader.gone_while_idle()
+    }
+
     /// The next answer; an error if the connection ends.
     pub async fn next(&mut self) -> Result<Response, ClientError> {
         self.reader

@@ -73,6 +73,13 @@ impl FrameReader {
         self.read().now_or_never()
     }
 
+    /// On a request/response connection with nothing outstanding, whether the other side has
+    /// already hung up (or sent something unasked, such as a going-away notice): then nothing
+    /// sent now would be executed. Consumes whatever was waiting.
+    pub fn gone_while_idle(&mut self) -> bool {
+        self.inner.next().now_or_never().is_some()
+    }
+
     /// Raises or lowers the largest frame this side accepts.
     pub fn set_max_frame_bytes(&mut self, max: usize) {
         self.inner.decoder_mut().set_max_frame_length(max);

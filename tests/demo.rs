@@ -89,3 +89,17 @@ fn dot_commands_stop_kill_and_restart_demo_nodes() {
     assert_nodes_gone(&addrs);
     assert!(!dir.exists());
 }
+
+#[test]
+fn killing_the_leader_in_the_demo_costs_the_next_write_nothing() {
+    // Node 1 forwards to leader 3 over a link that the kill breaks while idle: the next write must
+    // go to the new leader, not be reported as of unknown outcome.
+    let input = b"CLUSTER TRANSFER-LEADER 3\nSET before 1\n.kill 3\nSET after 2\nGET after\n";
+    let out = run_cli(&["demo"], Some(input), &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let lines = out.lines();
+    assert!(lines[0].contains("node 3 is the leader"), "{out:?}");
+    assert_eq!(lines[1..], ["OK", "node 3 killed", "OK", "2"], "{out:?}");
+    let (addrs, _) = parse_banner(&out.stderr);
+    assert_nodes_gone(&addrs);
+}

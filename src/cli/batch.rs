@@ -183,6 +183,17 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
                         Some(LocalCommand::Demo(Ok(command))) => queue.push_back(Slot::Demo(command)),
                         Some(LocalCommand::Demo(Err(e))) => queue.push_back(bad_input(e)),
                         None => {
+                            if in_flight == 0 && link.receiver.gone_while_idle() {
+                                // The node went away while nothing was in flight: move on first,
+                                // so that this command is not lost with the old connection.
+                                link = match Link::open(options, link.index + 1).await {
+                                    Ok(link) => link,
+                                    Err(e) => {
+                                        printer.error(CONNECTION, &e.to_string());
+                                        return status.or(ExitStatus::Failure);
+                                    }
+                                };
+                            }
                             let writes = writes(&args);
                             // A failed send shows up as a lost connection on the read side.
                             let id = link.sender.send(args.clone()).await.unwrap_or(0);

@@ -163,6 +163,21 @@ impl Shell {
             if self.connection.is_none() && !self.connect() {
                 return;
             }
+            if let Some((client, info)) = self.connection.as_mut()
+                && client.gone_while_idle()
+            {
+                // The node went away while the shell sat idle: move on before sending anything.
+                let gone = format!(
+                    "{} (node {}) closed the connection; trying the next node",
+                    info.addr, info.node_id
+                );
+                self.printer.warn(CONNECTION, &gone);
+                self.connection = None;
+                self.next_addr += 1;
+                if !self.connect() {
+                    return;
+                }
+            }
             let Some((client, info)) = self.connection.as_mut() else { return };
             match self.runtime.block_on(client.call(args.clone())) {
                 Ok(response) => {

@@ -59,7 +59,8 @@ impl Forwarder {
         deadline: Instant,
     ) -> Vec<Option<Response>> {
         let mut answers: Vec<Option<Response>> = requests.iter().map(|_| None).collect();
-        if self.link.as_ref().is_some_and(|link| link.leader != leader) {
+        if self.link.as_mut().is_some_and(|link| link.leader != leader || link.receiver.gone_while_idle()) {
+            // Another leader, or the old link died while idle (nothing sent on it is lost).
             self.link = None;
         }
         let link = match self.link.take() {
