@@ -233,6 +233,11 @@ impl<'n> Executor<'n> {
             )
         };
         let mut answers: Vec<Option<Response>> = run.iter().map(|_| None).collect();
+        // Shared with other proposals; a leader handing over waits for it (see `Node::proposing`).
+        let Ok(proposing) = tokio::time::timeout_at(deadline, self.node.proposing.read()).await else {
+            // The node is stopping and proposes nothing more: not applied.
+            return answers;
+        };
         let mut stream =
             match tokio::time::timeout_at(deadline, self.node.raft.client_write_many(writes)).await {
                 Ok(Ok(stream)) => stream,
@@ -264,6 +269,7 @@ impl<'n> Executor<'n> {
             };
             *slot = Some(item.answer(reply));
         }
+        drop(proposing);
         // A rejected write before an applied one cannot be retried without reordering them.
         if let Some(last) = answers.iter().rposition(Option::is_some) {
             for (slot, item) in answers[..last].iter_mut().zip(run) {

@@ -76,6 +76,10 @@ struct Node {
     acks: AckTracker,
     /// Membership changes run one at a time.
     membership_lock: tokio::sync::Mutex<()>,
+    /// Held (shared) by every proposal in flight; taken exclusively while handing leadership
+    /// over, so that no write is appended to a log the successor has not seen (it would be
+    /// discarded, and its client told its outcome is unknown).
+    proposing: tokio::sync::RwLock<()>,
     /// Cancelled when the node must stop by itself (it was removed, or could not join).
     stop: CancellationToken,
     /// Why the node stopped by itself, when that is a failure.
@@ -133,6 +137,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         raft,
         acks,
         membership_lock: tokio::sync::Mutex::new(()),
+        proposing: tokio::sync::RwLock::new(()),
         stop: CancellationToken::new(),
         failure: std::sync::Mutex::new(None),
     });
@@ -141,7 +146,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    {
+    // Held until the end if leadership could not be handed over: the node proposes nothing more.
+    let _no_more_proposals = {
         let accepting = accept_loop(&listener, &node, &token, &tracker);
         tokio::pin!(accepting);
         tokio::select! {
@@ -152,10 +158,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         // Still accepting: the successor's vote request and heartbeats must reach this node, or
         // it would go on believing it leads.
         tokio::select! {
-            () = &mut accepting => {}
-            () = hand_over_leadership(&node) => {}
+            () = &mut accepting => None,
+            quiet = hand_over_leadership(&node) => quiet,
         }
-    }
+    };
     drop(listener);
     token.cancel();
     tracker.close();
@@ -183,13 +189,14 @@ async fn form_cluster(raft: &KvRaft, config: &NodeConfig) -> Result<(), ServerEr
     raft.initialize(members).await.map_err(|e| ServerError::Raft(e.to_string()))
 }
 
-/// If this node leads, asks the most up-to-date reachable voter to take over and waits (up to
-/// an election timeout or two) for it to, so that clients see a new leader at once instead of
-/// after an election timeout.
-async fn hand_over_leadership(node: &Node) {
+/// If this node leads, asks the most up-to-date voter to take over and waits (up to a few
+/// election timeouts) for it to, so that clients see a new leader at once instead of after an
+/// election timeout. Proposals in flight finish first and new ones are held back meanwhile; if
+/// the transfer fails, the hold is returned, to be kept until the node has stopped.
+async fn hand_over_leadership(node: &Node) -> Option<tokio::sync::RwLockWriteGuard<'_, ()>> {
     let metrics = node.raft.metrics().borrow_watched().clone();
     if metrics.current_leader != Some(node.config.id) {
-        return;
+        return None;
     }
     let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
     let successor = metrics
@@ -199,20 +206,28 @@ async fn hand_over_leadership(node: &Node) {
         .filter(|(id, _)| **id != node.config.id && voters.contains(id))
         .max_by_key(|(_, matched)| matched.map(|m| m.index))
         .map(|(id, _)| *id);
-    let Some(successor) = successor else { return };
+    let successor = successor?;
+    // Let the proposals in flight finish, and hold new ones back (they go to the successor).
+    let wait = Duration::from_millis(node.config.request_timeout_ms);
+    let quiet = tokio::time::timeout(wait, node.proposing.write()).await.ok();
     tracing::info!(successor, "handing leadership over before stopping");
     if node.raft.trigger().transfer_leader(successor).await.is_err() {
-        return;
+        return quiet;
     }
-    let wait = Duration::from_millis(node.config.election_timeout_ms * 2);
+    let wait = Duration::from_millis(node.config.election_timeout_ms * 4);
     let handed = node
         .raft
         .wait(Some(wait))
         .metrics(|m| m.current_leader.is_some_and(|l| l != node.config.id), "another leader")
         .await;
     if handed.is_err() {
+        // Still the leader: keep proposals held back, so that nothing is appended that the
+        // shutdown would leave of unknown outcome. Waiting requests fail as not applied.
         tracing::warn!(successor, "leadership was not taken over in {wait:?}; stopping anyway");
+        return quiet;
     }
+    // Proposals held back now find this node a follower and go to the new leader.
+    None
 }
 
 async fn accept_loop(
