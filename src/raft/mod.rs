@@ -45,6 +45,10 @@ pub fn raft_config(node: &NodeConfig) -> Result<openraft::Config, openraft::Conf
         election_timeout_max: node.election_timeout_ms * 2,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(node.snapshot_entries),
         max_in_snapshot_log_to_keep: node.keep_log_entries,
+        // A node restarting with its own vote must win an election again instead of resuming as
+        // leader: a resumed leader whose term was already superseded would accept writes only to
+        // have them discarded, leaving their clients an unknown outcome.
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()
