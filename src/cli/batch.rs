@@ -55,6 +55,21 @@ impl Link {
         let (sender, receiver) = client.split();
         Ok(Link { sender, receiver, addr: info.addr, index })
     }
+
+    /// Replaces an idle link with one to the next node that answers; false (after saying why)
+    /// if none does.
+    async fn move_on(&mut self, options: &Options, printer: &Printer) -> bool {
+        match Link::open(options, self.index + 1).await {
+            Ok(link) => {
+                *self = link;
+                true
+            }
+            Err(e) => {
+                printer.error(CONNECTION, &e.to_string());
+                false
+            }
+        }
+    }
 }
 
 /// Runs every line that `lines` yields and returns the exit status.
@@ -101,15 +116,9 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
                     status = status.or(ExitStatus::ErrorReply);
                 }
             }
-            if down.as_deref() == Some(link.addr.as_str()) {
-                // Move off the node just taken down before anything is sent to it.
-                link = match Link::open(options, link.index + 1).await {
-                    Ok(link) => link,
-                    Err(e) => {
-                        printer.error(CONNECTION, &e.to_string());
-                        return status.or(ExitStatus::Failure);
-                    }
-                };
+            // Move off the node just taken down before anything is sent to it.
+            if down.as_deref() == Some(link.addr.as_str()) && !link.move_on(options, printer).await {
+                return status.or(ExitStatus::Failure);
             }
             continue;
         }
@@ -183,16 +192,13 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
                         Some(LocalCommand::Demo(Ok(command))) => queue.push_back(Slot::Demo(command)),
                         Some(LocalCommand::Demo(Err(e))) => queue.push_back(bad_input(e)),
                         None => {
-                            if in_flight == 0 && link.receiver.gone_while_idle() {
-                                // The node went away while nothing was in flight: move on first,
-                                // so that this command is not lost with the old connection.
-                                link = match Link::open(options, link.index + 1).await {
-                                    Ok(link) => link,
-                                    Err(e) => {
-                                        printer.error(CONNECTION, &e.to_string());
-                                        return status.or(ExitStatus::Failure);
-                                    }
-                                };
+                            // The node went away while nothing was in flight: move on first, so
+                            // that this command is not lost with the old connection.
+                            if in_flight == 0
+                                && link.receiver.gone_while_idle()
+                                && !link.move_on(options, printer).await
+                            {
+                                return status.or(ExitStatus::Failure);
                             }
                             let writes = writes(&args);
                             // A failed send shows up as a lost connection on the read side.

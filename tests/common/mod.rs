@@ -87,10 +87,11 @@ impl TestNode {
         panic!("kv-node could not start:\n{}", self.log_text());
     }
 
-    /// Starts the process on `self.addr`; false if it exited because the port was taken.
-    pub fn boot(&mut self) -> bool {
+    /// The kv-node command line for this node, its log going to a fresh log file.
+    fn command(&self) -> Command {
         let log = std::fs::File::create(&self.log).unwrap();
-        let child = Command::new(NODE_BIN)
+        let mut command = Command::new(NODE_BIN);
+        command
             .arg("--listen")
             .arg(self.addr.to_string())
             .arg("--data-dir")
@@ -99,9 +100,13 @@ impl TestNode {
             .env("RUST_LOG", "info,kv=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        command
+    }
+
+    /// Starts the process on `self.addr`; false if it exited because the port was taken.
+    pub fn boot(&mut self) -> bool {
+        let child = self.command().spawn().unwrap();
         self.child = Some(child);
         // Ready means *this* process logged that it is serving: a successful connect alone could
         // reach another test's node that won a race for the same port.
@@ -125,18 +130,7 @@ impl TestNode {
     /// failed, and returns its log.
     pub fn boot_refused(&mut self) -> String {
         assert!(self.child.is_none(), "node is still running");
-        let log = std::fs::File::create(&self.log).unwrap();
-        let mut child = Command::new(NODE_BIN)
-            .arg("--listen")
-            .arg(self.addr.to_string())
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(&self.flags)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut child = self.command().spawn().unwrap();
         let start = Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
