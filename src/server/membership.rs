@@ -284,7 +284,10 @@ async fn transfer_leader(
     if !voters(metrics).contains(&id) {
         return Err(refused(format!("node {id} is not a voter, so it cannot lead")));
     }
-    if !reachable(node, metrics, id) {
+    // A node not heard from at all yet (the cluster has just formed) gets the benefit of the
+    // doubt: the wait below bounds the attempt.
+    let heard = metrics.heartbeat.as_ref().is_some_and(|h| h.get(&id).is_some_and(Option::is_some));
+    if heard && !reachable(node, metrics, id) {
         return Err(refused(format!("node {id} does not answer the leader")));
     }
     if node.raft.trigger().transfer_leader(id).await.is_err() {
