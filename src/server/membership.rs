@@ -131,7 +131,10 @@ impl NodeFacts for Node {
 /// not to be the leader, so nothing changed and the caller may retry at the real one.
 pub(super) async fn change(node: &Node, admin: &Admin, deadline: Instant) -> Option<Reply> {
     let _one_at_a_time = node.membership_lock.lock().await;
-    let metrics = node.raft.metrics().borrow_watched().clone();
+    let metrics = match previous_change_settled(node, deadline).await {
+        Ok(metrics) => metrics,
+        Err(reply) => return Some(reply),
+    };
     if metrics.current_leader != Some(node.config.id) {
         return None;
     }
@@ -146,6 +149,31 @@ pub(super) async fn change(node: &Node, admin: &Admin, deadline: Instant) -> Opt
         Err(Failure::NotLeader) => None,
         Err(Failure::Reply(reply)) => Some(reply),
     }
+}
+
+/// Waits until the latest membership entry is applied here, so the next change is not refused
+/// as "in progress". A leader elected just after a change holds that change uncommitted until
+/// its first entry commits. An error reply when that takes past `deadline` (nothing changed).
+async fn previous_change_settled(node: &Node, deadline: Instant) -> Result<Metrics, Reply> {
+    let me = node.config.id;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let settled = |m: &Metrics| {
+        let membership = m.membership_config.log_id().map_or(0, |id| id.index);
+        let applied = m.last_applied.map_or(0, |id| id.index);
+        m.current_leader != Some(me) || applied >= membership
+    };
+    node.raft
+        .wait(Some(left))
+        .metrics(settled, "the last membership change to be applied")
+        .await
+        .map_err(|_| previous_change_pending())
+}
+
+fn previous_change_pending() -> Reply {
+    Reply::error(
+        ErrorCode::NoQuorum,
+        "the previous membership change is not committed yet; nothing changed, try again",
+    )
 }
 
 /// Why a change did not happen.
@@ -368,7 +396,7 @@ fn settle(outcome: Outcome, node: &Node) -> Result<Committed, Failure> {
         Ok(Err(e)) => match e.api_error() {
             Some(ClientWriteError::ForwardToLeader(_)) => Err(Failure::NotLeader),
             Some(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))) => {
-                Err(refused("another membership change is still in progress; try again"))
+                Err(Failure::Reply(previous_change_pending()))
             }
             Some(ClientWriteError::PreconditionFailed(_)) => {
                 Err(refused("the membership changed meanwhile; look at CLUSTER and try again"))

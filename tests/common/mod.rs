@@ -247,12 +247,22 @@ impl TestNode {
 
 impl Drop for TestNode {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test failed: what the node logged is the best clue to why.
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
+            eprintln!("--- last lines of the log of the node on {} ---", self.addr);
+            tail.iter().rev().for_each(|line| eprintln!("{line}"));
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 }
+
+/// How much of each node's log a failed test prints.
+const LOG_TAIL_LINES: usize = 80;
 
 /// A cluster of real nodes on free loopback ports. Node `id` is `nodes[id - 1]`.
 pub struct TestCluster {
