@@ -7,6 +7,7 @@
 //! write's outcome is unknown (it may or may not have been applied). The first failure decides.
 
 pub mod batch;
+pub mod bench;
 pub mod demo;
 pub mod output;
 pub mod shell;
@@ -83,6 +84,8 @@ pub struct CliArgs {
 pub enum Mode {
     /// Start a throwaway local cluster (data in a temp dir) and attach to it.
     Demo(demo::DemoArgs),
+    /// Measure the cluster's throughput and latency under load from many clients.
+    Bench(bench::BenchArgs),
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -258,8 +261,10 @@ pub fn run(args: CliArgs) -> ExitStatus {
             return ExitStatus::Failure;
         }
     };
-    let Some(Mode::Demo(demo_args)) = args.mode else {
-        return run_mode(runtime, args.commands, options, printer);
+    let demo_args = match args.mode {
+        None => return run_mode(runtime, args.commands, options, printer),
+        Some(Mode::Bench(bench)) => return bench::run(runtime, &bench, &options, args.json),
+        Some(Mode::Demo(demo_args)) => demo_args,
     };
     let cluster = match demo::DemoCluster::start() {
         Ok(cluster) => cluster,
