@@ -63,6 +63,8 @@ pub struct RequestOptions {
     pub min_acks: Option<u32>,
     /// ...for up to this long.
     pub ack_timeout: Option<Duration>,
+    /// Writes wait briefly for every healthy peer, so that their replication picture is complete.
+    pub wait_acks: bool,
 }
 
 /// A connection to one node, after a successful hello.
@@ -228,6 +230,7 @@ impl RequestSender {
             local: self.options.local,
             min_acks: self.options.min_acks,
             ack_timeout_ms: self.options.ack_timeout.map(|t| t.as_millis() as u64),
+            wait_acks: self.options.wait_acks,
         };
         self.send_request(request).await
     }

@@ -226,6 +226,7 @@ async fn measure(args: &BenchArgs, options: &Options) -> Result<Report, ClientEr
         let (mut client, _, _) = super::connect(options, i % options.addrs.len()).await?;
         let mut request = options.request.clone();
         request.local = args.consistency == Consistency::Local;
+        request.wait_acks = false;
         client.set_options(request);
         connections.push(client);
     }

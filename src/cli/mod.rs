@@ -251,6 +251,8 @@ pub fn run(args: CliArgs) -> ExitStatus {
             local: args.local,
             min_acks: args.min_acks,
             ack_timeout: args.min_acks.map(|_| args.ack_timeout),
+            // Whoever will see the pictures gets complete ones.
+            wait_acks: args.acks || args.json || (args.commands.is_empty() && std::io::stdin().is_terminal()),
         },
         demo: None,
     };

@@ -68,12 +68,17 @@ pub struct Request {
     /// How long a write may wait for `min_acks`, in milliseconds (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack_timeout_ms: Option<u64>,
+    /// For a write: before answering, wait a few milliseconds for every peer in contact with the
+    /// leader to acknowledge it, so that the answer's `replication` is usually complete. For
+    /// clients that show the picture to a person; it costs latency, so the default is not to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wait_acks: bool,
 }
 
 impl Request {
     /// A plain request: linearizable, no acknowledgement wait.
     pub fn new(id: u64, args: Vec<ByteBuf>) -> Request {
-        Request { id, args, local: false, min_acks: None, ack_timeout_ms: None }
+        Request { id, args, local: false, min_acks: None, ack_timeout_ms: None, wait_acks: false }
     }
 }
 

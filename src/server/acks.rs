@@ -10,8 +10,9 @@
 //!
 //! A peer is *unreachable* when the leader has not heard from it for longer than an election
 //! timeout: waiting for it would only delay the answer. Otherwise an unacknowledged peer is
-//! *pending*, and the answer waits a few milliseconds ([`ACK_WAIT`]) for it, so that in a healthy
-//! cluster the picture is usually complete.
+//! *pending*. A client that shows the picture to a person asks the answer to wait a few
+//! milliseconds ([`ACK_WAIT`]) for pending peers, so that in a healthy cluster it is usually
+//! complete; other clients get it as it is when the write is applied, without that delay.
 //!
 //! The watcher also records, durably, each peer it sees hold log entries for the first time (as
 //! leader, each peer that acknowledged an entry; as follower, its leader): that memory is how a
@@ -32,6 +33,17 @@ pub const ACK_WAIT: Duration = Duration::from_millis(5);
 /// How many advances of each peer's matched index are remembered; older writes' ack times are
 /// reported as they were last known.
 const HISTORY: usize = 16 * 1024;
+
+/// How long a write's answer waits for acknowledgements.
+#[derive(Debug, Clone, Copy)]
+pub enum AckWait {
+    /// Not at all: the picture is what the leader knows when the write is applied.
+    No,
+    /// Up to [`ACK_WAIT`], for every peer in contact.
+    Healthy,
+    /// Up to the timeout, for this many peers.
+    AtLeast(u32, Duration),
+}
 
 /// What the leader last knew about one peer.
 #[derive(Default)]
@@ -123,21 +135,21 @@ impl AckTracker {
         AckTracker { state, updated, unreachable_after }
     }
 
-    /// The picture for writes at `indexes` (in log order) proposed at `proposed_at`, after
-    /// waiting up to [`ACK_WAIT`] for healthy peers to acknowledge the last one, or, when
-    /// `min_acks` asks for it, up to `ack_timeout` for that many peers. `None` when this node is
-    /// no longer the leader (the metrics no longer say who acknowledged what).
+    /// The picture for writes at `indexes` (in log order) proposed at `proposed_at`: at once,
+    /// or, with `wait_acks`, after waiting up to [`ACK_WAIT`] for healthy peers to acknowledge the
+    /// last one, or, when `min_acks` asks for it, up to `ack_timeout` for that many peers. `None`
+    /// when this node is no longer the leader (the metrics no longer say who acknowledged what).
     pub async fn pictures(
         &self,
         indexes: &[u64],
         proposed_at: Instant,
-        min_acks: Option<u32>,
-        ack_timeout: Duration,
+        wait: AckWait,
     ) -> Vec<Option<Replication>> {
         let Some(&last) = indexes.iter().max() else { return Vec::new() };
-        let wait = match min_acks {
-            Some(_) => ack_timeout,
-            None => ACK_WAIT,
+        let (min_acks, wait) = match wait {
+            AckWait::No => (None, Duration::ZERO),
+            AckWait::Healthy => (None, ACK_WAIT),
+            AckWait::AtLeast(n, timeout) => (Some(n), timeout),
         };
         let deadline = tokio::time::Instant::now() + wait;
         let mut updated = self.updated.clone();

@@ -15,6 +15,7 @@
 //! certain it was not applied, so no retry can apply a write twice.
 
 use super::Node;
+use super::acks::AckWait;
 use super::forward::{Forwarder, Outbound};
 use super::{membership, status};
 use crate::command::{Admin, Command, Read, Write};
@@ -285,7 +286,12 @@ impl<'n> Executor<'n> {
             .filter_map(|i| i.request.ack_timeout_ms)
             .max()
             .map_or(DEFAULT_ACK_TIMEOUT, Duration::from_millis);
-        let pictures = self.node.acks.pictures(&indexes, proposed_at, min_acks, ack_timeout).await;
+        let wait = match min_acks {
+            Some(n) => AckWait::AtLeast(n, ack_timeout),
+            None if run.iter().any(|i| i.request.wait_acks) => AckWait::Healthy,
+            None => AckWait::No,
+        };
+        let pictures = self.node.acks.pictures(&indexes, proposed_at, wait).await;
         let mut pictures = pictures.into_iter();
         for answer in answers.iter_mut().flatten() {
             if answer.leader.is_some() {
