@@ -1,11 +1,18 @@
 //! The Raft state machine: committed [`Write`](crate::command::Write)s applied to the node's
 //! [`Store`].
 //!
-//! Each `apply` call runs all the entries it is given in one durable transaction that also
-//! records the last applied log id and the membership, so the data and the claim about how much
-//! of the log it reflects can never disagree after a crash. Entries go through the same
-//! deterministic [`apply_write`] a single node uses, so every node computes the same state and
-//! the same answers.
+//! Each `apply` call runs all the entries it is given in one transaction that also records the
+//! last applied log id and the membership, so the data and the claim about how much of the log
+//! it reflects can never disagree after a crash. Entries go through the same deterministic
+//! [`apply_write`] a single node uses, so every node computes the same state and the same answers.
+//!
+//! Most of those transactions are not fsynced: the Raft log is already durable, so a crash that
+//! loses the newest applies only rolls the state machine back to an earlier applied index, and
+//! openraft applies the committed entries after it again on restart. What bounds that replay is
+//! a durable commit every [`DURABLE_EVERY_ENTRIES`] entries. What makes it safe is that the log is
+//! never purged past what is durable here: log purges follow snapshots, and a snapshot is only
+//! built from state made durable first ([`Store::durable_view`]). This takes one fsync per batch
+//! off every node's write path.
 //!
 //! It also remembers every node id that was ever a member ([`members_ever`]), so that an id is
 //! never given to a second node: a fresh node under an old id could replay old memberships in
@@ -13,12 +20,11 @@
 //!
 //! Snapshots are the whole key space plus that id set, MessagePack-encoded as a
 //! `SnapshotBody`, built from a read transaction (so `apply` goes on meanwhile) and kept in
-//! memory. The state machine itself is durable, so after a restart openraft simply builds a new
-//! snapshot when it needs one.
+//! memory. After a restart openraft simply builds a new snapshot when it needs one.
 
 use super::{TypeConfig, io_error};
 use crate::protocol::message::Reply;
-use crate::store::{KV, Store, StoreError, apply_write};
+use crate::store::{Durability, KV, Store, StoreError, apply_write};
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -28,6 +34,7 @@ use redb::{ReadableTable, TableDefinition};
 use serde_bytes::ByteBuf;
 use std::collections::BTreeSet;
 use std::io::{self, Cursor};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 type LogId = LogIdOf<TypeConfig>;
@@ -40,6 +47,10 @@ const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state
 const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";
 const MEMBERS_EVER: &str = "members_ever";
+
+/// At most this many applied entries are not yet durable (and would be applied again after a
+/// crash).
+pub const DURABLE_EVERY_ENTRIES: u64 = 1000;
 
 /// What a snapshot carries.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -73,15 +84,21 @@ struct StoredSnapshot {
 pub struct StateMachine {
     store: Arc<Store>,
     snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
+    /// Entries applied since the last durable commit.
+    not_durable: Arc<AtomicU64>,
 }
 
 impl StateMachine {
     pub fn open(store: Arc<Store>) -> Result<StateMachine, StoreError> {
-        store.transact(|txn| {
+        store.transact(Durability::Immediate, |txn| {
             txn.open_table(RAFT_META)?;
             Ok(())
         })?;
-        Ok(StateMachine { store, snapshot: Arc::new(Mutex::new(None)) })
+        Ok(StateMachine {
+            store,
+            snapshot: Arc::new(Mutex::new(None)),
+            not_durable: Arc::new(AtomicU64::new(0)),
+        })
     }
 
     fn remember(&self, snapshot: StoredSnapshot) {
@@ -134,33 +151,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let (entries, responders): (Vec<_>, Vec<_>) =
             entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
-        let replies = self
-            .blocking(move |store| {
-                store.transact(|txn| {
-                    let mut kv = txn.open_table(KV)?;
-                    let mut meta = txn.open_table(RAFT_META)?;
-                    let mut replies = Vec::with_capacity(entries.len());
-                    for entry in &entries {
-                        replies.push(match &entry.payload {
-                            EntryPayload::Normal(write) => apply_write(&mut kv, write)?,
-                            EntryPayload::Membership(membership) => {
-                                let stored = StoredMembership::new(Some(entry.log_id()), membership.clone());
-                                meta.insert(MEMBERSHIP, encode(&stored)?.as_slice())?;
-                                let mut ever = read_members_ever(&meta)?;
-                                ever.extend(membership.nodes().map(|(id, _)| *id));
-                                meta.insert(MEMBERS_EVER, encode(&ever)?.as_slice())?;
-                                Reply::ok()
-                            }
-                            EntryPayload::Blank => Reply::ok(),
-                        });
-                    }
-                    if let Some(last) = entries.last() {
-                        meta.insert(APPLIED, encode(&Some(last.log_id()))?.as_slice())?;
-                    }
-                    Ok(replies)
-                })
+        let pending =
+            self.not_durable.fetch_add(entries.len() as u64, Ordering::Relaxed) + entries.len() as u64;
+        let durability = if pending >= DURABLE_EVERY_ENTRIES {
+            self.not_durable.store(0, Ordering::Relaxed);
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        let work = move |store: &Store| {
+            store.transact(durability, |txn| {
+                let mut kv = txn.open_table(KV)?;
+                let mut meta = txn.open_table(RAFT_META)?;
+                let mut replies = Vec::with_capacity(entries.len());
+                for entry in &entries {
+                    replies.push(match &entry.payload {
+                        EntryPayload::Normal(write) => apply_write(&mut kv, write)?,
+                        EntryPayload::Membership(membership) => {
+                            let stored = StoredMembership::new(Some(entry.log_id()), membership.clone());
+                            meta.insert(MEMBERSHIP, encode(&stored)?.as_slice())?;
+                            let mut ever = read_members_ever(&meta)?;
+                            ever.extend(membership.nodes().map(|(id, _)| *id));
+                            meta.insert(MEMBERS_EVER, encode(&ever)?.as_slice())?;
+                            Reply::ok()
+                        }
+                        EntryPayload::Blank => Reply::ok(),
+                    });
+                }
+                if let Some(last) = entries.last() {
+                    meta.insert(APPLIED, encode(&Some(last.log_id()))?.as_slice())?;
+                }
+                Ok(replies)
             })
-            .await?;
+        };
+        // A commit without fsync takes tens of microseconds, less than handing it to another
+        // thread and back; a durable one waits for the disk, so it leaves the async threads.
+        let replies = match durability {
+            Durability::None => work(&self.store).map_err(io_error)?,
+            _ => self.blocking(work).await?,
+        };
         // Answered only now that the batch is committed.
         for (responder, reply) in responders.into_iter().zip(replies) {
             if let Some(responder) = responder {
@@ -184,7 +213,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             rmp_serde::from_slice(&data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let state = (meta.last_log_id, meta.last_membership.clone());
         self.blocking(move |store| {
-            store.transact(|txn| {
+            store.transact(Durability::Immediate, |txn| {
                 let mut kv = txn.open_table(KV)?;
                 kv.retain(|_, _| false)?;
                 for (key, value) in &body.pairs {
@@ -214,8 +243,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let (meta, data) = self
             .blocking(|store| {
-                // One read transaction: the data and the log id it reflects are consistent.
-                let txn = store.begin_read()?;
+                // One read transaction: the data and the log id it reflects are consistent. It is
+                // durable, because the log will be purged up to that log id.
+                let txn = store.durable_view()?;
                 let kv = txn.open_table(KV).map_err(StoreError::storage)?;
                 let meta = txn.open_table(RAFT_META).map_err(StoreError::storage)?;
                 let (applied, membership) = read_state(&meta)?;

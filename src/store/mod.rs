@@ -2,7 +2,7 @@
 //!
 //! [`Store`] owns one redb file under the node's data directory. Its contract is narrow on
 //! purpose: [`apply_write`] is a deterministic function from a [`Write`] and the current table to
-//! a [`Reply`], and `Store::transact` runs such writes in one durable transaction. Determinism
+//! a [`Reply`], and `Store::transact` runs such writes in one transaction. Determinism
 //! is what lets the replicated log drive the same code on every node and get the same state; the
 //! only writer is the Raft state machine ([`crate::raft::state_machine`]).
 //!
@@ -13,6 +13,7 @@
 
 use crate::command::{Read, Write};
 use crate::protocol::message::Reply;
+pub use redb::Durability;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_bytes::ByteBuf;
 use std::path::{Path, PathBuf};
@@ -70,17 +71,31 @@ impl Store {
         reads.into_iter().map(|read| apply_read(&table, read).map_err(StoreError::storage)).collect()
     }
 
-    /// Runs `f` in one write transaction and commits it durably if `f` succeeds. This is for an
-    /// owner of tables beside [`KV`]: the Raft state machine keeps its applied index there, written
-    /// in the same transaction as the data it describes.
+    /// Runs `f` in one write transaction and commits it if `f` succeeds: durably (fsynced before
+    /// this returns) or not. A non-durable commit is visible to readers at once but may be lost in
+    /// a crash, back to the last durable one; the next durable commit makes it durable too. This is
+    /// for an owner of tables beside [`KV`]: the Raft state machine keeps its applied index there,
+    /// written in the same transaction as the data it describes.
     pub(crate) fn transact<T>(
         &self,
+        durability: Durability,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_write().map_err(StoreError::storage)?;
+        let mut txn = self.db.begin_write().map_err(StoreError::storage)?;
+        txn.set_durability(durability).map_err(StoreError::storage)?;
         let value = f(&txn)?;
         txn.commit().map_err(StoreError::storage)?;
         Ok(value)
+    }
+
+    /// Makes every commit so far durable and returns a read-only view of exactly that state:
+    /// no commit can slip in between, so everything the view shows survives a crash.
+    pub(crate) fn durable_view(&self) -> Result<redb::ReadTransaction, StoreError> {
+        // Holding the write transaction keeps other writers out until the view is taken.
+        let txn = self.db.begin_write().map_err(StoreError::storage)?;
+        let view = self.db.begin_read().map_err(StoreError::storage)?;
+        txn.commit().map_err(StoreError::storage)?;
+        Ok(view)
     }
 
     /// A consistent read-only view of the latest committed state.
@@ -157,7 +172,7 @@ mod tests {
     }
     fn apply(store: &Store, writes: &[Write]) -> Vec<Reply> {
         store
-            .transact(|txn| {
+            .transact(Durability::Immediate, |txn| {
                 let mut table = txn.open_table(KV)?;
                 Ok(writes.iter().map(|w| apply_write(&mut table, w)).collect::<Result<Vec<_>, _>>()?)
             })
