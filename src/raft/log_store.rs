@@ -50,6 +50,9 @@ struct Shared {
     db: Database,
     /// Appended but not yet durable, by index. Readers see these over what is in `db`.
     pending: Mutex<BTreeMap<u64, Entry>>,
+    /// The latest committed log id openraft reported, encoded, and whether it is still to be
+    /// written. It rides along with the next transaction instead of costing one of its own.
+    committed: Mutex<(Option<Vec<u8>>, bool)>,
 }
 
 /// One write, queued to the writer thread in the order openraft issued it.
@@ -94,7 +97,11 @@ impl LogStore {
         txn.open_table(LOG).map_err(io_error)?;
         txn.open_table(META).map_err(io_error)?;
         txn.commit().map_err(io_error)?;
-        let shared = Arc::new(Shared { db, pending: Mutex::new(BTreeMap::new()) });
+        let shared = Arc::new(Shared {
+            db,
+            pending: Mutex::new(BTreeMap::new()),
+            committed: Mutex::new((None, false)),
+        });
         let (ops, queue) = mpsc::unbounded_channel();
         // The writer holds the database only while it commits, so that dropping the last handle
         // closes the file at once rather than whenever the thread notices.
@@ -198,7 +205,12 @@ fn write_loop(shared: &Weak<Shared>, mut queue: mpsc::UnboundedReceiver<Op>) {
             // Every handle is gone; whoever queued these is no longer there to care.
             return;
         };
-        let result = commit(&shared.db, &batch).map_err(|e| e.to_string());
+        let committed = {
+            let mut slot = shared.committed.lock().unwrap_or_else(|p| p.into_inner());
+            let unwritten = std::mem::take(&mut slot.1);
+            slot.0.clone().filter(|_| unwritten)
+        };
+        let result = commit(&shared.db, &batch, committed.as_deref()).map_err(|e| e.to_string());
         match &result {
             Ok(()) => {
                 let mut pending = shared.pending();
@@ -235,11 +247,14 @@ fn write_loop(shared: &Weak<Shared>, mut queue: mpsc::UnboundedReceiver<Op>) {
     }
 }
 
-fn commit(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
+fn commit(db: &Database, batch: &[Op], committed: Option<&[u8]>) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     {
         let mut log = txn.open_table(LOG)?;
         let mut meta = txn.open_table(META)?;
+        if let Some(committed) = committed {
+            meta.insert(COMMITTED, committed)?;
+        }
         for op in batch {
             match op {
                 Op::Append { entries, .. } => {
@@ -296,15 +311,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write_and_wait(|done| Op::Meta { key: VOTE, value, done: Some(done) }).await
     }
 
-    /// Not awaited: losing the last few updates in a crash only means openraft re-applies from
-    /// an older committed id, which is safe.
+    /// Written with the next transaction, not by one of its own: committing advances after
+    /// every batch, and a transaction just for it would double the writer's work and delay the
+    /// next append behind it. Losing the last few updates in a crash only means openraft
+    /// re-applies from an older committed id, which is safe.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         let value = encode(&committed)?;
-        self.ops.send(Op::Meta { key: COMMITTED, value, done: None }).map_err(|_| writer_gone())
+        *self.shared.committed.lock().unwrap_or_else(|p| p.into_inner()) = (Some(value), true);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.shared.read_meta::<Option<LogId>>(COMMITTED)?.flatten())
+        let latest = self.shared.committed.lock().unwrap_or_else(|p| p.into_inner()).0.clone();
+        match latest {
+            Some(bytes) => decode(&bytes),
+            None => Ok(self.shared.read_meta::<Option<LogId>>(COMMITTED)?.flatten()),
+        }
     }
 
     async fn append<I>(&mut self, entries: I, flushed: IOFlushed<TypeConfig>) -> Result<(), io::Error>
