@@ -6,7 +6,8 @@
 //!
 //! - On the leader, consecutive writes become one `client_write_many` (one Raft append, one
 //!   fsync, replicated together), answered once applied, with their replication picture.
-//!   Consecutive reads share one read-index check (`ensure_linearizable`), then read the store.
+//!   Consecutive reads share one read-index check, as do reads from other connections that
+//!   arrive meanwhile ([`super::reads`]), then read the store.
 //! - On a follower, the run is forwarded to the leader ([`super::forward`]).
 //!
 //! Waiting is bounded by the node's request timeout. A request that never reached a leader with
@@ -22,7 +23,6 @@ use crate::command::{Admin, Command, Read, Write};
 use crate::protocol::message::{ErrorCode, Reply, Request, Response};
 use crate::store::pong;
 use futures::StreamExt;
-use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::ClientWriteError;
 use std::time::Duration;
@@ -303,9 +303,8 @@ impl<'n> Executor<'n> {
 
     /// Answers consecutive reads after one read-index check, or not at all.
     async fn read(&self, run: &[&Item], deadline: Instant) -> Vec<Option<Response>> {
-        let confirmed =
-            tokio::time::timeout_at(deadline, self.node.raft.ensure_linearizable(ReadPolicy::ReadIndex));
-        if !matches!(confirmed.await, Ok(Ok(_))) {
+        let confirmed = tokio::time::timeout_at(deadline, self.node.reads.confirm(&self.node.raft));
+        if !matches!(confirmed.await, Ok(true)) {
             return run.iter().map(|_| None).collect();
         }
         let replies = match self.node.store.read_many(run.iter().filter_map(|i| i.read())) {

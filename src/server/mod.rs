@@ -25,6 +25,7 @@ mod executor;
 mod forward;
 mod handler;
 mod membership;
+mod reads;
 mod status;
 
 use crate::config::NodeConfig;
@@ -74,6 +75,8 @@ struct Node {
     log: LogStore,
     raft: KvRaft,
     acks: AckTracker,
+    /// Linearizable reads share their read-index checks through it.
+    reads: reads::ReadBarrier,
     /// Membership changes run one at a time.
     membership_lock: tokio::sync::Mutex<()>,
     /// Held (shared) by every proposal in flight; taken exclusively while handing leadership
@@ -136,6 +139,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         log,
         raft,
         acks,
+        reads: reads::ReadBarrier::new(),
         membership_lock: tokio::sync::Mutex::new(()),
         proposing: tokio::sync::RwLock::new(()),
         stop: CancellationToken::new(),
