@@ -42,6 +42,10 @@ const COMMITTED: &str = "committed";
 /// that its data was lost; the other nodes' memory of it can (see `crate::server::membership`).
 const SEEN: &str = "seen_members";
 
+/// redb's page cache for the log. The log is read mostly at its tail, which the pending map and
+/// this cache serve; redb's default (1 GiB) would only let it grow.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
 /// The name of the log's database file inside the data directory.
 pub const LOG_FILE: &str = "raft-log.redb";
 
@@ -92,7 +96,10 @@ impl LogStore {
     /// last handle is dropped.
     pub fn open(data_dir: &Path) -> io::Result<LogStore> {
         std::fs::create_dir_all(data_dir)?;
-        let db = Database::create(data_dir.join(LOG_FILE)).map_err(io_error)?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(data_dir.join(LOG_FILE))
+            .map_err(io_error)?;
         let txn = db.begin_write().map_err(io_error)?;
         txn.open_table(LOG).map_err(io_error)?;
         txn.open_table(META).map_err(io_error)?;

@@ -24,6 +24,7 @@ use super::{KvRaft, TypeConfig};
 use crate::connection::{self, FrameReader, FrameWriter, ReadError};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::message::{Hello, HelloReply};
+use bytes::Bytes;
 use openraft::async_runtime::WatchReceiver;
 use openraft::entry::RaftEntry;
 use openraft::error::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
@@ -38,7 +39,6 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::io::Cursor;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -218,7 +218,7 @@ async fn receive_chunk(
     let IncomingSnapshot { meta, data, chunks } = incoming.take().expect("checked above");
     let bytes = data.len();
     let last = meta.last_log_id.map(|l| l.index);
-    let snapshot = SnapshotOf::<TypeConfig, _> { meta, snapshot: Cursor::new(data) };
+    let snapshot = SnapshotOf::<TypeConfig, _> { meta, snapshot: Bytes::from(data) };
     let response = raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?;
     tracing::info!(last_index = ?last, bytes, chunks, "installed a snapshot from the leader");
     Ok(Some(response))
@@ -376,7 +376,7 @@ fn remote(e: Error) -> RPCError<TypeConfig> {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = Bytes;
 
     async fn append_entries(
         &mut self,
@@ -419,7 +419,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<TypeConfig>,
-        snapshot: SnapshotOf<TypeConfig, Cursor<Vec<u8>>>,
+        snapshot: SnapshotOf<TypeConfig, Bytes>,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
@@ -427,7 +427,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let send = async {
             let max_frame = self.max_frame(ttl).await?;
             let chunk_bytes = max_frame.saturating_sub(FRAME_MARGIN).max(max_frame / 2).max(1);
-            let data = snapshot.snapshot.into_inner();
+            let data = snapshot.snapshot;
             let mut offset = 0;
             loop {
                 let end = (offset + chunk_bytes).min(data.len());

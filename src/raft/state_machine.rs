@@ -20,11 +20,13 @@
 //!
 //! Snapshots are the whole key space plus that id set, MessagePack-encoded as a
 //! `SnapshotBody`, built from a read transaction (so `apply` goes on meanwhile) and kept in
-//! memory. After a restart openraft simply builds a new snapshot when it needs one.
+//! memory, shared (not copied) with openraft and the peers it is sent to. After a restart
+//! openraft simply builds a new snapshot when it needs one.
 
 use super::{TypeConfig, io_error};
 use crate::protocol::message::Reply;
 use crate::store::{Durability, KV, Store, StoreError, apply_write};
+use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -33,14 +35,14 @@ use openraft::{EntryPayload, OptionalSend, StoredMembership};
 use redb::{ReadableTable, TableDefinition};
 use serde_bytes::ByteBuf;
 use std::collections::BTreeSet;
-use std::io::{self, Cursor};
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 type LogId = LogIdOf<TypeConfig>;
 type Membership = StoredMembershipOf<TypeConfig>;
 type SnapshotMeta = SnapshotMetaOf<TypeConfig>;
-type Snapshot = SnapshotOf<TypeConfig, Cursor<Vec<u8>>>;
+type Snapshot = SnapshotOf<TypeConfig, Bytes>;
 
 /// The applied log id and the membership, MessagePack-encoded, beside the data in the same file.
 const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
@@ -76,7 +78,7 @@ fn read_members_ever(
 #[derive(Clone)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
-    data: Vec<u8>,
+    data: Bytes,
 }
 
 /// The state machine given to openraft; also its own snapshot builder. Clones share everything.
@@ -123,6 +125,34 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, redb::Error
     rmp_serde::from_slice(bytes).map_err(|e| redb::Error::Corrupted(e.to_string()))
 }
 
+/// Encodes a [`SnapshotBody`] straight from the table, pair by pair: collecting the pairs first
+/// would hold every key and value twice more (a node with a million keys would need a hundred
+/// megabytes more for every snapshot it builds).
+fn encode_body(
+    members_ever: &BTreeSet<u64>,
+    kv: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+) -> Result<Vec<u8>, redb::Error> {
+    use redb::ReadableTableMetadata;
+    let corrupted = |e: &dyn std::fmt::Display| redb::Error::Corrupted(e.to_string());
+    let mut out = Vec::new();
+    // The same bytes `rmp_serde::to_vec_named(&SnapshotBody { .. })` would write.
+    rmp::encode::write_map_len(&mut out, 2).map_err(|e| corrupted(&e))?;
+    rmp::encode::write_str(&mut out, "members_ever").map_err(|e| corrupted(&e))?;
+    out.extend_from_slice(&encode(members_ever)?);
+    rmp::encode::write_str(&mut out, "pairs").map_err(|e| corrupted(&e))?;
+    let len = u32::try_from(kv.len()?).map_err(|e| corrupted(&e))?;
+    rmp::encode::write_array_len(&mut out, len).map_err(|e| corrupted(&e))?;
+    for item in kv.iter()? {
+        let (key, value) = item?;
+        rmp::encode::write_array_len(&mut out, 2).map_err(|e| corrupted(&e))?;
+        rmp::encode::write_bin(&mut out, key.value()).map_err(|e| corrupted(&e))?;
+        rmp::encode::write_bin(&mut out, value.value()).map_err(|e| corrupted(&e))?;
+    }
+    // Growing by doubling can leave up to half the buffer unused, for as long as it is kept.
+    out.shrink_to_fit();
+    Ok(out)
+}
+
 /// Reads the applied log id and membership from a table of [`RAFT_META`].
 fn read_state(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -133,7 +163,7 @@ fn read_state(
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = Bytes;
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), io::Error> {
@@ -203,12 +233,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Cursor<Vec<u8>>,
-    ) -> Result<(), io::Error> {
-        let data = snapshot.into_inner();
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Bytes) -> Result<(), io::Error> {
+        let data = snapshot;
         let body: SnapshotBody =
             rmp_serde::from_slice(&data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let state = (meta.last_log_id, meta.last_membership.clone());
@@ -233,12 +259,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let stored = self.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Cursor::new(s.data) }))
+        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: s.data }))
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = Bytes;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let (meta, data) = self
@@ -250,17 +276,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 let meta = txn.open_table(RAFT_META).map_err(StoreError::storage)?;
                 let (applied, membership) = read_state(&meta)?;
                 let members_ever = read_members_ever(&meta)?;
-                let mut pairs = Vec::new();
-                for item in kv.iter().map_err(StoreError::storage)? {
-                    let (key, value) = item.map_err(StoreError::storage)?;
-                    pairs.push((ByteBuf::from(key.value()), ByteBuf::from(value.value())));
-                }
-                let data = encode(&SnapshotBody { members_ever, pairs })?;
+                let data = encode_body(&members_ever, &kv).map_err(StoreError::storage)?;
                 Ok((SnapshotMeta { last_log_id: applied, last_membership: membership }, data))
             })
             .await?;
+        // Shared, not copied: a million keys make a snapshot of tens of megabytes.
+        let data = Bytes::from(data);
         self.remember(StoredSnapshot { meta: meta.clone(), data: data.clone() });
-        Ok(Snapshot { meta, snapshot: Cursor::new(data) })
+        Ok(Snapshot { meta, snapshot: data })
     }
 }
 
@@ -281,6 +304,28 @@ mod tests {
 
     fn get(sm: &StateMachine, key: &str) -> Reply {
         sm.store.read(&Read::Get { key: Bytes::copy_from_slice(key.as_bytes()) }).unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_body_is_encoded_as_serde_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let pairs = [("a", "1"), ("b", ""), ("c\0", "\u{ff}")];
+        store
+            .transact(Durability::Immediate, |txn| {
+                let mut kv = txn.open_table(KV)?;
+                for (k, v) in pairs {
+                    kv.insert(k.as_bytes(), v.as_bytes())?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let members_ever = BTreeSet::from([1, 2, 5]);
+        let txn = store.begin_read().unwrap();
+        let streamed = encode_body(&members_ever, &txn.open_table(KV).unwrap()).unwrap();
+        let pairs =
+            pairs.iter().map(|(k, v)| (ByteBuf::from(k.as_bytes()), ByteBuf::from(v.as_bytes()))).collect();
+        assert_eq!(streamed, encode(&SnapshotBody { members_ever, pairs }).unwrap());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

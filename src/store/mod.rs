@@ -21,6 +21,11 @@ use std::path::{Path, PathBuf};
 /// The user's keys and values.
 pub(crate) const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
+/// redb's page cache for this file. Its default (1 GiB) would let a node grow to hold the whole
+/// file; pages beyond this are read back from the operating system's file cache, which is fast
+/// and does not count against the node.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// The name of the database file inside the data directory.
 pub const STATE_FILE: &str = "state.redb";
 
@@ -51,7 +56,10 @@ impl Store {
         std::fs::create_dir_all(data_dir)
             .map_err(|source| StoreError::CreateDir { path: data_dir.to_path_buf(), source })?;
         let path = data_dir.join(STATE_FILE);
-        let db = Database::create(&path).map_err(|source| StoreError::Open { path, source })?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|source| StoreError::Open { path, source })?;
         // Create the table up front so that read transactions never see it missing.
         let txn = db.begin_write().map_err(StoreError::storage)?;
         txn.open_table(KV).map_err(StoreError::storage)?;
