@@ -11,7 +11,7 @@
 //! openraft applies the committed entries after it again on restart. What bounds that replay is
 //! a durable commit every [`DURABLE_EVERY_ENTRIES`] entries. What makes it safe is that the log is
 //! never purged past what is durable here: log purges follow snapshots, and a snapshot is only
-//! built from state made durable first ([`Store::durable_view`]). This takes one fsync per batch
+//! built from state made durable first (`Store::durable_view`). This takes one fsync per batch
 //! off every node's write path.
 //!
 //! It also remembers every node id that was ever a member ([`members_ever`]), so that an id is
