@@ -1,18 +1,24 @@
-//! The Raft log and vote, durable in `raft-log.redb` under the data directory.
+//! The Raft log and vote, durable under the data directory: entries in `raft-log.entries` (an
+//! append-only file of checksummed records, see `entry_file`), and the vote, purge point,
+//! committed index and peers seen in `raft-log.redb`.
 //!
 //! openraft asks two things of [`RaftLogStorage::append`]: entries are readable when it returns,
-//! and its callback fires only once they are on disk. A redb commit is readable only once it is
-//! committed, and a durable commit costs an fsync, so `append` does neither itself:
+//! and its callback fires only once they are on disk. Making them durable costs an fsync, so
+//! `append` does not do it itself:
 //!
 //! 1. It puts the entries in an in-memory *pending tail* that every reader consults, and returns.
-//! 2. One writer thread takes every operation queued so far, runs them in order in **one** durable
-//!    transaction, then fires the callbacks and drops the now-durable entries from the tail.
+//! 2. One writer thread takes every operation queued so far and runs them in order: the appends
+//!    as one write to the entries file and **one** `fdatasync`, anything else in redb. Then it
+//!    fires the callbacks and moves the now-durable entries from the tail to the file's index.
 //!
 //! While one fsync runs, later appends queue up and share the next one, so the cost per entry falls
-//! as load rises and the Raft core never waits on the disk for an append. Votes, truncation and
-//! purge go through the same queue (so all writes stay in order) and are awaited: a vote must be
-//! durable before it is answered.
+//! as load rises and the Raft core never waits on the disk for an append. Appends are written
+//! without holding the lock readers take (the writer alone writes past the end of the file), so
+//! replication and apply read on while the disk syncs. Votes, truncation and purge go through the
+//! same queue (so all writes stay in order) and are awaited: a vote must be durable before it is
+//! answered.
 
+use super::entry_file::EntryFile;
 use super::{TypeConfig, io_error};
 use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
@@ -24,15 +30,18 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 type Entry = EntryOf<TypeConfig>;
 type LogId = LogIdOf<TypeConfig>;
 
-/// Log entries by index, MessagePack-encoded.
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// Where earlier versions kept the entries (by index, MessagePack-encoded); moved to the entries
+/// file on first open.
+const OLD_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// The vote, the last purged log id and the committed log id, MessagePack-encoded.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const VOTE: &str = "vote";
@@ -42,20 +51,27 @@ const COMMITTED: &str = "committed";
 /// that its data was lost; the other nodes' memory of it can (see `crate::server::membership`).
 const SEEN: &str = "seen_members";
 
-/// redb's page cache for the log. The log is read mostly at its tail, which the pending map and
-/// this cache serve; redb's default (1 GiB) would only let it grow.
-const CACHE_BYTES: usize = 8 * 1024 * 1024;
+/// How often the committed index is written when nothing else is (it is only a hint for
+/// restarts: losing the latest one means re-applying a little more of the log).
+const COMMITTED_EVERY: Duration = Duration::from_secs(1);
 
-/// The name of the log's database file inside the data directory.
+/// redb's page cache for the log's metadata, which is tiny.
+const CACHE_BYTES: usize = 1024 * 1024;
+
+/// The name of the log's metadata database inside the data directory.
 pub const LOG_FILE: &str = "raft-log.redb";
+/// The name of the entries file inside the data directory.
+pub const ENTRIES_FILE: &str = "raft-log.entries";
 
 /// What readers and the writer thread share.
 struct Shared {
     db: Database,
-    /// Appended but not yet durable, by index. Readers see these over what is in `db`.
+    /// Appended but not yet durable, by index. Readers see these over what is in `file`.
     pending: Mutex<BTreeMap<u64, Entry>>,
+    /// The durable entries. Lock order: `pending` before `file`.
+    file: RwLock<EntryFile>,
     /// The latest committed log id openraft reported, encoded, and whether it is still to be
-    /// written. It rides along with the next transaction instead of costing one of its own.
+    /// written.
     committed: Mutex<(Option<Vec<u8>>, bool)>,
 }
 
@@ -84,7 +100,7 @@ enum Op {
     },
 }
 
-/// The log store given to openraft. Cloning it shares the same database and writer.
+/// The log store given to openraft. Cloning it shares the same files and writer.
 #[derive(Clone)]
 pub struct LogStore {
     shared: Arc<Shared>,
@@ -101,17 +117,24 @@ impl LogStore {
             .create(data_dir.join(LOG_FILE))
             .map_err(io_error)?;
         let txn = db.begin_write().map_err(io_error)?;
-        txn.open_table(LOG).map_err(io_error)?;
         txn.open_table(META).map_err(io_error)?;
         txn.commit().map_err(io_error)?;
+        let mut file = EntryFile::open(&data_dir.join(ENTRIES_FILE))?;
+        move_old_entries(&db, &mut file)?;
+        let purged: Option<LogId> = read_meta(&db, PURGED)?;
+        if let Some(purged) = purged {
+            // Purged records may still sit in the file's prefix until it is rewritten.
+            file.purge_upto(purged.index())?;
+        }
         let shared = Arc::new(Shared {
             db,
             pending: Mutex::new(BTreeMap::new()),
+            file: RwLock::new(file),
             committed: Mutex::new((None, false)),
         });
         let (ops, queue) = mpsc::unbounded_channel();
-        // The writer holds the database only while it commits, so that dropping the last handle
-        // closes the file at once rather than whenever the thread notices.
+        // The writer holds the files only while it writes, so that dropping the last handle
+        // closes them at once rather than whenever the thread notices.
         let writer = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("raft-log-writer".into())
@@ -127,10 +150,36 @@ impl LogStore {
     }
 }
 
+/// Moves entries that an earlier version kept in redb into the entries file, once.
+fn move_old_entries(db: &Database, file: &mut EntryFile) -> io::Result<()> {
+    let txn = db.begin_write().map_err(io_error)?;
+    {
+        let mut old = txn.open_table(OLD_LOG).map_err(io_error)?;
+        let mut records = Vec::new();
+        for item in old.iter().map_err(io_error)? {
+            let (index, bytes) = item.map_err(io_error)?;
+            records.push((index.value(), bytes.value().to_vec()));
+        }
+        if records.is_empty() {
+            drop(old);
+            txn.delete_table(OLD_LOG).map_err(io_error)?;
+            return txn.commit().map_err(io_error);
+        }
+        let start = file.last_index().map_or(0, |last| last + 1);
+        let fresh: Vec<(u64, &[u8])> =
+            records.iter().filter(|(i, _)| *i >= start).map(|(i, b)| (*i, b.as_slice())).collect();
+        file.append_now(&fresh)?;
+        file.sync()?;
+        old.retain(|_, _| false).map_err(io_error)?;
+    }
+    txn.delete_table(OLD_LOG).map_err(io_error)?;
+    txn.commit().map_err(io_error)
+}
+
 impl LogStore {
     /// The peers this node has seen acknowledge log entries while it led.
     pub fn seen_members(&self) -> io::Result<std::collections::BTreeSet<u64>> {
-        Ok(self.shared.read_meta(SEEN)?.unwrap_or_default())
+        Ok(read_meta(&self.shared.db, SEEN)?.unwrap_or_default())
     }
 
     /// Records the peers seen so far (a superset of what was recorded before); fire and forget.
@@ -152,39 +201,47 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     rmp_serde::from_slice(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> io::Result<Option<T>> {
+    let txn = db.begin_read().map_err(io_error)?;
+    let table = txn.open_table(META).map_err(io_error)?;
+    let value = table.get(key).map_err(io_error)?;
+    value.map(|v| decode(v.value())).transpose()
+}
+
 impl Shared {
     fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
         // A panic while holding this lock would be a bug here; the map itself stays consistent.
         self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn read_meta<T: DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
-        let txn = self.db.begin_read().map_err(io_error)?;
-        let table = txn.open_table(META).map_err(io_error)?;
-        let value = table.get(key).map_err(io_error)?;
-        value.map(|v| decode(v.value())).transpose()
+    fn file_read(&self) -> std::sync::RwLockReadGuard<'_, EntryFile> {
+        self.file.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn entries(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<Entry>> {
-        let start = range.start_bound().cloned();
-        let end = range.end_bound().cloned();
-        // One consistent cut: the writer drops entries from the pending tail only after committing
-        // them, under this lock, so a read transaction begun while holding it sees every entry
-        // that is no longer pending. (Reading the disk first and the tail after could miss the
-        // entries committed in between.)
-        let (txn, pending) = {
+    fn file_write(&self) -> std::sync::RwLockWriteGuard<'_, EntryFile> {
+        self.file.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn read_meta<T: DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
+        read_meta(&self.db, key)
+    }
+
+    fn entries(&self, range: impl RangeBounds<u64> + Clone) -> io::Result<Vec<Entry>> {
+        // One consistent cut: the writer moves entries from the pending tail to the file's index
+        // under both locks, so holding them both sees every entry exactly once. (Reading the file
+        // first and the tail after could miss the entries moved in between.)
+        let (file, pending) = {
             let pending = self.pending();
-            let txn = self.db.begin_read().map_err(io_error)?;
+            let file = self.file_read();
             let newer: Vec<(u64, Entry)> =
-                pending.range((start, end)).map(|(index, entry)| (*index, entry.clone())).collect();
-            (txn, newer)
+                pending.range(range.clone()).map(|(index, entry)| (*index, entry.clone())).collect();
+            (file, newer)
         };
         let mut entries = BTreeMap::new();
-        let table = txn.open_table(LOG).map_err(io_error)?;
-        for item in table.range::<u64>((start, end)).map_err(io_error)? {
-            let (index, bytes) = item.map_err(io_error)?;
-            entries.insert(index.value(), decode::<Entry>(bytes.value())?);
+        for (index, payload) in file.read(range)? {
+            entries.insert(index, decode::<Entry>(&payload)?);
         }
+        drop(file);
         // What is pending is newer than what is on disk at the same index.
         entries.extend(pending);
         Ok(entries.into_values().collect())
@@ -194,15 +251,16 @@ impl Shared {
         if let Some((_, entry)) = self.pending().last_key_value() {
             return Ok(Some(entry.log_id()));
         }
-        let txn = self.db.begin_read().map_err(io_error)?;
-        let table = txn.open_table(LOG).map_err(io_error)?;
-        let last = table.last().map_err(io_error)?;
-        last.map(|(_, bytes)| decode::<Entry>(bytes.value()).map(|e| e.log_id())).transpose()
+        let file = self.file_read();
+        let Some(last) = file.last_index() else { return Ok(None) };
+        let payload = file.read(last..=last)?.pop().map(|(_, payload)| payload);
+        payload.map(|p| decode::<Entry>(&p).map(|e| e.log_id())).transpose()
     }
 }
 
-/// The writer thread: batches of queued operations, one durable transaction per batch.
+/// The writer thread: takes every operation queued so far and makes them durable together.
 fn write_loop(shared: &Weak<Shared>, mut queue: mpsc::UnboundedReceiver<Op>) {
+    let mut committed_written = Instant::now();
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
         while let Ok(op) = queue.try_recv() {
@@ -214,28 +272,27 @@ fn write_loop(shared: &Weak<Shared>, mut queue: mpsc::UnboundedReceiver<Op>) {
         };
         let committed = {
             let mut slot = shared.committed.lock().unwrap_or_else(|p| p.into_inner());
-            let unwritten = std::mem::take(&mut slot.1);
+            let due = slot.1 && committed_written.elapsed() >= COMMITTED_EVERY;
+            let unwritten =
+                slot.1 && (due || batch.iter().any(|op| matches!(op, Op::Meta { .. } | Op::Purge { .. })));
+            if unwritten {
+                slot.1 = false;
+                committed_written = Instant::now();
+            }
             slot.0.clone().filter(|_| unwritten)
         };
-        let result = commit(&shared.db, &batch, committed.as_deref()).map_err(|e| e.to_string());
-        match &result {
-            Ok(()) => {
-                let mut pending = shared.pending();
-                for op in &batch {
-                    if let Op::Append { entries, .. } = op {
-                        for (log_id, _) in entries {
-                            // Only if it was not replaced by a later truncate and append.
-                            if pending.get(&log_id.index()).is_some_and(|e| e.log_id() == *log_id) {
-                                pending.remove(&log_id.index());
-                            }
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "raft log write failed"),
+        let appends_only = batch.iter().all(|op| matches!(op, Op::Append { .. } | Op::Meta { .. }));
+        let result = if appends_only {
+            write_appends(&shared, &batch, committed.as_deref())
+        } else {
+            write_in_order(&shared, &batch, committed.as_deref())
+        };
+        let result = result.map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "raft log write failed");
         }
-        // Let go of the database before anyone hears back: a caller that drops its last handle
-        // on hearing back must find the file closed.
+        // Let go of the files before anyone hears back: a caller that drops its last handle on
+        // hearing back must find them closed.
         drop(shared);
         for op in batch {
             let outcome = result.clone().map_err(io::Error::other);
@@ -254,36 +311,108 @@ fn write_loop(shared: &Weak<Shared>, mut queue: mpsc::UnboundedReceiver<Op>) {
     }
 }
 
-fn commit(db: &Database, batch: &[Op], committed: Option<&[u8]>) -> Result<(), redb::Error> {
-    let txn = db.begin_write()?;
-    {
-        let mut log = txn.open_table(LOG)?;
-        let mut meta = txn.open_table(META)?;
-        if let Some(committed) = committed {
-            meta.insert(COMMITTED, committed)?;
+/// The common case, appends (and meta writes): one write past the end of the entries file and
+/// one sync, without holding the lock readers take; then the new records join the index.
+fn write_appends(shared: &Shared, batch: &[Op], committed: Option<&[u8]>) -> io::Result<()> {
+    let records: Vec<(u64, &[u8])> = batch
+        .iter()
+        .filter_map(|op| match op {
+            Op::Append { entries, .. } => {
+                Some(entries.iter().map(|(id, bytes)| (id.index(), bytes.as_slice())))
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    if !records.is_empty() {
+        let (handle, start) = {
+            let file = shared.file_read();
+            (file.handle()?, file.end())
+        };
+        let mut buf = Vec::new();
+        let placed = EntryFile::encode(start, &records, &mut buf);
+        handle.write_all_at(&buf, start)?;
+        handle.sync_data()?;
+        let mut pending = shared.pending();
+        let mut file = shared.file_write();
+        file.appended(placed, start + buf.len() as u64);
+        forget_pending(&mut pending, batch);
+    }
+    write_meta(&shared.db, batch, committed)
+}
+
+/// Truncations and purges change what readers may see, so the batch runs in order under both
+/// locks.
+fn write_in_order(shared: &Shared, batch: &[Op], committed: Option<&[u8]>) -> io::Result<()> {
+    let mut pending = shared.pending();
+    let mut file = shared.file_write();
+    for op in batch {
+        match op {
+            Op::Append { entries, .. } => {
+                let records: Vec<(u64, &[u8])> =
+                    entries.iter().map(|(id, bytes)| (id.index(), bytes.as_slice())).collect();
+                file.append_now(&records)?;
+            }
+            Op::Truncate { from, .. } => file.truncate_from(*from)?,
+            Op::Purge { upto, encoded, .. } => {
+                // Remembered before the records go, so that a crash cannot leave a log that
+                // starts later than its recorded purge point says.
+                file.sync()?;
+                let txn = begin_meta_write(&shared.db)?;
+                {
+                    let mut meta = txn.open_table(META).map_err(io_error)?;
+                    meta.insert(PURGED, encoded.as_slice()).map_err(io_error)?;
+                }
+                txn.commit().map_err(io_error)?;
+                file.purge_upto(upto.index())?;
+            }
+            Op::Meta { .. } => {}
         }
-        for op in batch {
-            match op {
-                Op::Append { entries, .. } => {
-                    for (log_id, bytes) in entries {
-                        log.insert(log_id.index(), bytes.as_slice())?;
-                    }
-                }
-                Op::Truncate { from, .. } => {
-                    log.retain_in(*from.., |_, _| false)?;
-                }
-                Op::Purge { upto, encoded, .. } => {
-                    log.retain_in(..=upto.index(), |_, _| false)?;
-                    meta.insert(PURGED, encoded.as_slice())?;
-                }
-                Op::Meta { key, value, .. } => {
-                    meta.insert(*key, value.as_slice())?;
+    }
+    file.sync()?;
+    forget_pending(&mut pending, batch);
+    write_meta(&shared.db, batch, committed)
+}
+
+/// Drops the batch's entries from the pending tail, now that the file has them.
+fn forget_pending(pending: &mut BTreeMap<u64, Entry>, batch: &[Op]) {
+    for op in batch {
+        if let Op::Append { entries, .. } = op {
+            for (log_id, _) in entries {
+                // Only if it was not replaced by a later truncate and append.
+                if pending.get(&log_id.index()).is_some_and(|e| e.log_id() == *log_id) {
+                    pending.remove(&log_id.index());
                 }
             }
         }
     }
-    txn.commit()?;
-    Ok(())
+}
+
+fn begin_meta_write(db: &Database) -> io::Result<redb::WriteTransaction> {
+    db.begin_write().map_err(io_error)
+}
+
+/// Writes the batch's meta keys (and the committed index, when due) in one durable transaction.
+fn write_meta(db: &Database, batch: &[Op], committed: Option<&[u8]>) -> io::Result<()> {
+    let metas: Vec<(&str, &[u8])> = batch
+        .iter()
+        .filter_map(|op| match op {
+            Op::Meta { key, value, .. } => Some((*key, value.as_slice())),
+            _ => None,
+        })
+        .chain(committed.map(|c| (COMMITTED, c)))
+        .collect();
+    if metas.is_empty() {
+        return Ok(());
+    }
+    let txn = begin_meta_write(db)?;
+    {
+        let mut meta = txn.open_table(META).map_err(io_error)?;
+        for (key, value) in metas {
+            meta.insert(key, value).map_err(io_error)?;
+        }
+    }
+    txn.commit().map_err(io_error)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -381,11 +510,13 @@ mod tests {
     /// The point of the pending tail: entries are readable the moment `append` returns, and the
     /// flush callback fires only once the writer has committed them.
     #[tokio::test]
+    #[expect(clippy::await_holding_lock, reason = "the lock stalls the writer thread, not this task")]
     async fn appends_are_readable_at_once_and_acknowledged_only_when_durable() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = LogStore::open(dir.path()).unwrap();
-        // Holding redb's write lock keeps the writer thread from committing.
-        let blocker = log.shared.db.begin_write().unwrap();
+        // Holding the committed-index slot keeps the writer thread from starting a batch.
+        let shared = log.shared.clone();
+        let blocker = shared.committed.lock().unwrap();
 
         let (tx, mut flushed) = TypeConfig::oneshot();
         let entries = (1..=3).map(|i| blank_ent::<TypeConfig>(1, 1, i));
@@ -401,6 +532,26 @@ mod tests {
         assert!(result.is_ok());
         assert!(log.shared.pending().is_empty(), "durable entries leave the tail");
         assert_eq!(indexes(&reader.try_get_log_entries(2..=3).await.unwrap()), [2, 3]);
+    }
+
+    #[tokio::test]
+    async fn entries_an_earlier_version_kept_in_redb_are_moved_to_the_entries_file() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(dir.path().join(LOG_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut old = txn.open_table(OLD_LOG).unwrap();
+                for i in 1..=3 {
+                    old.insert(i, encode(&blank_ent::<TypeConfig>(1, 1, i)).unwrap().as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        for _ in 0..2 {
+            let mut log = LogStore::open(dir.path()).unwrap();
+            assert_eq!(indexes(&log.try_get_log_entries(0..).await.unwrap()), [1, 2, 3]);
+        }
     }
 
     #[tokio::test]

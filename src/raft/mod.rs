@@ -13,6 +13,7 @@
 //! The node's request path on top of this (forwarding, linearizable reads, acknowledgements) lives
 //! in [`crate::server`].
 
+mod entry_file;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
