@@ -133,8 +133,8 @@ impl LogStore {
             committed: Mutex::new((None, false)),
         });
         let (ops, queue) = mpsc::unbounded_channel();
-        // The writer holds the files only while it writes, so that dropping the last handle
-        // closes them at once rather than whenever the thread notices.
+        // The writer holds the database only while it writes, so that dropping the last handle
+        // closes it at once rather than whenever the thread notices.
         let writer = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("raft-log-writer".into())
@@ -261,6 +261,8 @@ impl Shared {
 /// The writer thread: takes every operation queued so far and makes them durable together.
 fn write_loop(shared: &Weak<Shared>, mut queue: mpsc::UnboundedReceiver<Op>) {
     let mut committed_written = Instant::now();
+    // The writer's own handle on the entries file; a rewrite (purge) replaces the file.
+    let mut handle: Option<std::fs::File> = None;
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
         while let Ok(op) = queue.try_recv() {
@@ -283,16 +285,18 @@ fn write_loop(shared: &Weak<Shared>, mut queue: mpsc::UnboundedReceiver<Op>) {
         };
         let appends_only = batch.iter().all(|op| matches!(op, Op::Append { .. } | Op::Meta { .. }));
         let result = if appends_only {
-            write_appends(&shared, &batch, committed.as_deref())
+            write_appends(&shared, &mut handle, &batch, committed.as_deref())
         } else {
+            handle = None;
             write_in_order(&shared, &batch, committed.as_deref())
         };
         let result = result.map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!(error = %e, "raft log write failed");
         }
-        // Let go of the files before anyone hears back: a caller that drops its last handle on
-        // hearing back must find them closed.
+        // Let go of the database before anyone hears back: a caller that drops its last handle
+        // on hearing back must be able to open it again at once (redb locks its file). The
+        // writer's own handle on the entries file holds no lock, and goes when the queue closes.
         drop(shared);
         for op in batch {
             let outcome = result.clone().map_err(io::Error::other);
@@ -313,7 +317,12 @@ fn write_loop(shared: &Weak<Shared>, mut queue: mpsc::UnboundedReceiver<Op>) {
 
 /// The common case, appends (and meta writes): one write past the end of the entries file and
 /// one sync, without holding the lock readers take; then the new records join the index.
-fn write_appends(shared: &Shared, batch: &[Op], committed: Option<&[u8]>) -> io::Result<()> {
+fn write_appends(
+    shared: &Shared,
+    handle: &mut Option<std::fs::File>,
+    batch: &[Op],
+    committed: Option<&[u8]>,
+) -> io::Result<()> {
     let records: Vec<(u64, &[u8])> = batch
         .iter()
         .filter_map(|op| match op {
@@ -325,10 +334,14 @@ fn write_appends(shared: &Shared, batch: &[Op], committed: Option<&[u8]>) -> io:
         .flatten()
         .collect();
     if !records.is_empty() {
-        let (handle, start) = {
+        let start = {
             let file = shared.file_read();
-            (file.handle()?, file.end())
+            if handle.is_none() {
+                *handle = Some(file.handle()?);
+            }
+            file.end()
         };
+        let handle = handle.as_ref().expect("set just above");
         let mut buf = Vec::new();
         let placed = EntryFile::encode(start, &records, &mut buf);
         handle.write_all_at(&buf, start)?;
