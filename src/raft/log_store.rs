@@ -222,10 +222,6 @@ impl Shared {
         self.file.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn read_meta<T: DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
-        read_meta(&self.db, key)
-    }
-
     fn entries(&self, range: impl RangeBounds<u64> + Clone) -> io::Result<Vec<Entry>> {
         // One consistent cut: the writer moves entries from the pending tail to the file's index
         // under both locks, so holding them both sees every entry exactly once. (Reading the file
@@ -326,9 +322,7 @@ fn write_appends(
     let records: Vec<(u64, &[u8])> = batch
         .iter()
         .filter_map(|op| match op {
-            Op::Append { entries, .. } => {
-                Some(entries.iter().map(|(id, bytes)| (id.index(), bytes.as_slice())))
-            }
+            Op::Append { entries, .. } => Some(records(entries)),
             _ => None,
         })
         .flatten()
@@ -361,22 +355,13 @@ fn write_in_order(shared: &Shared, batch: &[Op], committed: Option<&[u8]>) -> io
     let mut file = shared.file_write();
     for op in batch {
         match op {
-            Op::Append { entries, .. } => {
-                let records: Vec<(u64, &[u8])> =
-                    entries.iter().map(|(id, bytes)| (id.index(), bytes.as_slice())).collect();
-                file.append_now(&records)?;
-            }
+            Op::Append { entries, .. } => file.append_now(&records(entries).collect::<Vec<_>>())?,
             Op::Truncate { from, .. } => file.truncate_from(*from)?,
             Op::Purge { upto, encoded, .. } => {
                 // Remembered before the records go, so that a crash cannot leave a log that
                 // starts later than its recorded purge point says.
                 file.sync()?;
-                let txn = begin_meta_write(&shared.db)?;
-                {
-                    let mut meta = txn.open_table(META).map_err(io_error)?;
-                    meta.insert(PURGED, encoded.as_slice()).map_err(io_error)?;
-                }
-                txn.commit().map_err(io_error)?;
+                commit_meta(&shared.db, [(PURGED, encoded.as_slice())])?;
                 file.purge_upto(upto.index())?;
             }
             Op::Meta { .. } => {}
@@ -401,8 +386,9 @@ fn forget_pending(pending: &mut BTreeMap<u64, Entry>, batch: &[Op]) {
     }
 }
 
-fn begin_meta_write(db: &Database) -> io::Result<redb::WriteTransaction> {
-    db.begin_write().map_err(io_error)
+/// An append's entries as `(index, encoded entry)` records for the entries file.
+fn records(entries: &[(LogId, Vec<u8>)]) -> impl Iterator<Item = (u64, &[u8])> {
+    entries.iter().map(|(id, bytes)| (id.index(), bytes.as_slice()))
 }
 
 /// Writes the batch's meta keys (and the committed index, when due) in one durable transaction.
@@ -418,10 +404,15 @@ fn write_meta(db: &Database, batch: &[Op], committed: Option<&[u8]>) -> io::Resu
     if metas.is_empty() {
         return Ok(());
     }
-    let txn = begin_meta_write(db)?;
+    commit_meta(db, metas)
+}
+
+/// Writes meta keys in one durable transaction.
+fn commit_meta<'a>(db: &Database, pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> io::Result<()> {
+    let txn = db.begin_write().map_err(io_error)?;
     {
         let mut meta = txn.open_table(META).map_err(io_error)?;
-        for (key, value) in metas {
+        for (key, value) in pairs {
             meta.insert(key, value).map_err(io_error)?;
         }
     }
@@ -437,7 +428,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
-        self.shared.read_meta(VOTE)
+        read_meta(&self.shared.db, VOTE)
     }
 }
 
@@ -446,7 +437,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last_purged_log_id: Option<LogId> = self.shared.read_meta(PURGED)?;
+        let last_purged_log_id: Option<LogId> = read_meta(&self.shared.db, PURGED)?;
         let last_log_id = self.shared.last_log_id()?.or(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
@@ -474,7 +465,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let latest = self.shared.committed.lock().unwrap_or_else(|p| p.into_inner()).0.clone();
         match latest {
             Some(bytes) => decode(&bytes),
-            None => Ok(self.shared.read_meta::<Option<LogId>>(COMMITTED)?.flatten()),
+            None => Ok(read_meta::<Option<LogId>>(&self.shared.db, COMMITTED)?.flatten()),
         }
     }
 
