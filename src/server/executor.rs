@@ -137,8 +137,13 @@ impl<'n> Executor<'n> {
 
     /// Answers a run of requests that need the leader, retrying those certainly not applied
     /// until the request timeout.
+    ///
+    /// The timeout runs for each part of the run from when that part starts (see [`PartClock`]),
+    /// so a request waits at most that long behind its own leader, never for the time its
+    /// predecessors in a long pipelined batch took.
     async fn through_leader(&mut self, items: &[Item]) -> Vec<Response> {
-        let deadline = Instant::now() + Duration::from_millis(self.node.config.request_timeout_ms);
+        let clock = PartClock(Duration::from_millis(self.node.config.request_timeout_ms));
+        let mut deadline = clock.deadline();
         let mut answers: Vec<Option<Response>> = items.iter().map(|_| None).collect();
         let mut metrics = self.node.raft.metrics();
         loop {
@@ -148,13 +153,13 @@ impl<'n> Executor<'n> {
             }
             let run: Vec<&Item> = pending.iter().map(|&i| &items[i]).collect();
             let got = match (self.node.leader(), self.forwarded_by) {
-                (Some((leader, _)), _) if leader == self.node.config.id => self.lead(&run, deadline).await,
+                (Some((leader, _)), _) if leader == self.node.config.id => self.lead(&run, clock).await,
                 (Some((leader, addr)), None) => {
                     let outbound: Vec<Outbound> = run
                         .iter()
                         .map(|i| Outbound { request: &i.request, writes: i.changes_state() })
                         .collect();
-                    self.forwarder.forward(leader, &addr, &outbound, deadline).await
+                    self.forwarder.forward(leader, &addr, &outbound, clock.deadline()).await
                 }
                 _ => Vec::new(),
             };
@@ -163,6 +168,7 @@ impl<'n> Executor<'n> {
                 answers[*i] = answer;
             }
             if progressed {
+                deadline = clock.deadline();
                 continue;
             }
             if let Some(by) = self.forwarded_by {
@@ -189,10 +195,11 @@ impl<'n> Executor<'n> {
     /// Executes a run on this node as the leader: consecutive writes as one proposal, consecutive
     /// reads behind one read-index check, membership changes one by one. Stops at the first part
     /// that could not be done; what it did not answer was not applied.
-    async fn lead(&self, run: &[&Item], deadline: Instant) -> Vec<Option<Response>> {
+    async fn lead(&self, run: &[&Item], clock: PartClock) -> Vec<Option<Response>> {
         let mut answers = Vec::with_capacity(run.len());
         while answers.len() < run.len() {
             let rest = &run[answers.len()..];
+            let deadline = clock.deadline();
             if let Some(admin) = rest[0].admin() {
                 let reply = membership::change(self.node, admin, deadline).await;
                 let done = reply.is_some();
@@ -319,6 +326,17 @@ impl<'n> Executor<'n> {
                 Some(response)
             })
             .collect()
+    }
+}
+
+/// The request timeout, started afresh for each part of a run (a proposal, a read-index check,
+/// a forwarded burst, a membership change): that is when its requests start waiting.
+#[derive(Clone, Copy)]
+struct PartClock(Duration);
+
+impl PartClock {
+    fn deadline(self) -> Instant {
+        Instant::now() + self.0
     }
 }
 
