@@ -60,6 +60,37 @@ fn a_write_through_any_node_is_read_through_every_node() {
     }
 }
 
+/// A follower answers linearizable reads from its own state, once it has applied through a read
+/// index from the leader: it sees the writes it just forwarded, and without a leader it refuses
+/// to answer rather than answer from a state that may be stale.
+#[test]
+fn a_follower_reads_what_was_just_written_and_refuses_without_a_leader() {
+    let timeout_ms = 1000;
+    let mut cluster = TestCluster::start(3, &["--request-timeout-ms", "1000"]);
+    let leader = cluster.wait_for_a_leader();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let n = 100;
+    let pairs = script(2 * n, |i| if i % 2 == 0 { format!("SET k v{}", i / 2) } else { "GET k".to_string() });
+    let out = cluster.node(follower).cli_piped(&["--json"], &pairs);
+    assert_eq!(out.code, 0, "{out:?}");
+    let answers = json(&out);
+    for i in 0..n {
+        let read = &answers[2 * i + 1];
+        assert_eq!(read["value"], format!("v{i}"), "read {i} after its write: {read}");
+        assert_eq!(read["leader"], leader, "the leader confirmed the read: {read}");
+    }
+
+    for id in (1..=3).filter(|id| *id != follower) {
+        cluster.node(id).kill9();
+    }
+    let started = Instant::now();
+    let out = cluster.node(follower).cli(&["--json", "-c", "GET k"]);
+    assert_eq!(json(&out)[0]["code"], "NO_QUORUM", "no leader, no linearizable read: {out:?}");
+    assert!(started.elapsed() < Duration::from_millis(timeout_ms) * 5, "bounded wait");
+    let out = cluster.node(follower).cli(&["--local", "-c", "GET k"]);
+    assert_eq!(out.lines(), [format!("v{}", n - 1)], "a local read still answers: {out:?}");
+}
+
 #[test]
 fn killing_the_leader_elects_another_and_keeps_acknowledged_writes() {
     let mut cluster = TestCluster::start(3, &[]);

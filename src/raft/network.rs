@@ -18,13 +18,16 @@
 //!
 //! Besides Raft, peers ask each other for their [`NodeStatus`] (the `CLUSTER` table, and the check
 //! that a node with an empty data dir was never a working member), and a leader tells a node it
-//! removed that it was removed ([`RemovalNotice`]), since openraft never tells it.
+//! removed that it was removed ([`RemovalNotice`]), since openraft never tells it. A follower
+//! asks the leader for read indexes, to serve linearizable reads itself
+//! ([`PeerRequest::ReadIndex`]).
 
 use super::{KvRaft, TypeConfig};
 use crate::connection::{self, FrameReader, FrameWriter, ReadError};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::message::{Hello, HelloReply};
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use openraft::async_runtime::WatchReceiver;
 use openraft::entry::RaftEntry;
 use openraft::error::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
@@ -67,6 +70,9 @@ pub enum PeerRequest {
     Status,
     /// Not Raft: the leader removed the receiver from the cluster.
     Removed(RemovalNotice),
+    /// Not Raft: a follower asks the leader for a read index, to serve linearizable reads from
+    /// its own state once it has applied up to it.
+    ReadIndex,
 }
 
 /// The answer to a [`PeerRequest`] of the same name.
@@ -80,6 +86,9 @@ pub enum PeerResponse {
     Status(NodeStatus),
     /// Whether the receiver accepted the notice (the membership indeed leaves it out).
     Removed(bool),
+    /// The read index, confirmed with a quorum after the request arrived; `None` if the receiver
+    /// could not confirm that it leads.
+    ReadIndex(Option<u64>),
 }
 
 /// A leader's word that it removed the receiver: the membership that leaves it out.
@@ -95,6 +104,9 @@ pub trait NodeFacts: Sync {
     fn seen_members(&self) -> BTreeSet<u64>;
     /// A leader says this node was removed; returns whether the notice was accepted.
     fn removed(&self, notice: RemovalNotice) -> bool;
+    /// As the leader, a read index confirmed with a quorum after this call; `None` if this node
+    /// cannot confirm that it leads.
+    fn read_index(&self) -> BoxFuture<'_, Option<u64>>;
 }
 
 /// What a node reports about itself.
@@ -187,6 +199,7 @@ pub async fn serve_peer(
             }
             PeerRequest::Status => PeerResponse::Status(NodeStatus::of(raft, facts)),
             PeerRequest::Removed(notice) => PeerResponse::Removed(facts.removed(notice)),
+            PeerRequest::ReadIndex => PeerResponse::ReadIndex(facts.read_index().await),
         };
         writer.send(&response).await.map_err(ReadError::Io)?;
     }
@@ -257,6 +270,19 @@ impl PeerClient {
     pub async fn status(&mut self, timeout: Duration) -> Result<NodeStatus, String> {
         match self.call(PeerRequest::Status, timeout).await.map_err(|e| e.to_string())? {
             PeerResponse::Status(status) => Ok(status),
+            other => Err(format!("unexpected peer response {other:?}")),
+        }
+    }
+
+    /// The node this client talks to.
+    pub fn target(&self) -> u64 {
+        self.target
+    }
+
+    /// Asks the peer, which should lead, for a read index (see [`PeerRequest::ReadIndex`]).
+    pub async fn read_index(&mut self, timeout: Duration) -> Result<Option<u64>, String> {
+        match self.call(PeerRequest::ReadIndex, timeout).await.map_err(|e| e.to_string())? {
+            PeerResponse::ReadIndex(index) => Ok(index),
             other => Err(format!("unexpected peer response {other:?}")),
         }
     }
@@ -506,6 +532,10 @@ mod tests {
 
         fn removed(&self, _: RemovalNotice) -> bool {
             false
+        }
+
+        fn read_index(&self) -> futures::future::BoxFuture<'_, Option<u64>> {
+            Box::pin(async { None })
         }
     }
 

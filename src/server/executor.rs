@@ -8,9 +8,12 @@
 //!   fsync, replicated together), answered once applied, with their replication picture.
 //!   Consecutive reads share one read-index check, as do reads from other connections that
 //!   arrive meanwhile ([`super::reads`]), then read the store.
-//! - On a follower, the run is forwarded to the leader ([`super::forward`]).
+//! - On a follower, consecutive linearizable reads are answered here, behind one read index from
+//!   the leader ([`super::reads`]); everything else is forwarded to the leader
+//!   ([`super::forward`]).
 //!
-//! Waiting is bounded by the node's request timeout. A request that never reached a leader with
+//! Waiting is bounded by the node's request timeout, counted for each part of a run from when it
+//! starts. A request that never reached a leader with
 //! a quorum in that time fails with `NO_QUORUM` (certainly not applied); a write that was
 //! proposed but whose fate is unknown gets `OUTCOME_UNKNOWN`. Nothing is retried unless it is
 //! certain it was not applied, so no retry can apply a write twice.
@@ -18,7 +21,7 @@
 use super::Node;
 use super::acks::AckWait;
 use super::forward::{Forwarder, Outbound};
-use super::{membership, status};
+use super::{membership, reads, status};
 use crate::command::{Admin, Command, Read, Write};
 use crate::protocol::message::{ErrorCode, Reply, Request, Response};
 use crate::store::pong;
@@ -154,13 +157,7 @@ impl<'n> Executor<'n> {
             let run: Vec<&Item> = pending.iter().map(|&i| &items[i]).collect();
             let got = match (self.node.leader(), self.forwarded_by) {
                 (Some((leader, _)), _) if leader == self.node.config.id => self.lead(&run, clock).await,
-                (Some((leader, addr)), None) => {
-                    let outbound: Vec<Outbound> = run
-                        .iter()
-                        .map(|i| Outbound { request: &i.request, writes: i.changes_state() })
-                        .collect();
-                    self.forwarder.forward(leader, &addr, &outbound, clock.deadline()).await
-                }
+                (Some((leader, addr)), None) => self.follow(&run, leader, &addr, clock).await,
                 _ => Vec::new(),
             };
             let progressed = got.iter().any(Option::is_some);
@@ -217,7 +214,42 @@ impl<'n> Executor<'n> {
             let part = if writes {
                 self.propose(&rest[..len], deadline).await
             } else {
-                self.read(&rest[..len], deadline).await
+                self.read(&rest[..len], None, deadline).await
+            };
+            let complete = part.iter().all(Option::is_some);
+            answers.extend(part);
+            if !complete {
+                break;
+            }
+        }
+        answers.resize_with(run.len(), || None);
+        answers
+    }
+
+    /// Executes a run on a follower: consecutive linearizable reads here, behind one read index
+    /// from the leader, everything else forwarded to the leader. Stops at the first part that
+    /// could not be done; what it did not answer was not applied.
+    async fn follow(
+        &mut self,
+        run: &[&Item],
+        leader: u64,
+        addr: &str,
+        clock: PartClock,
+    ) -> Vec<Option<Response>> {
+        let mut answers = Vec::with_capacity(run.len());
+        while answers.len() < run.len() {
+            let rest = &run[answers.len()..];
+            let deadline = clock.deadline();
+            let reads = rest[0].read().is_some();
+            let len = rest.iter().position(|i| i.read().is_some() != reads).unwrap_or(rest.len());
+            let part = if reads {
+                self.read(&rest[..len], Some((leader, addr)), deadline).await
+            } else {
+                let outbound: Vec<Outbound> = rest[..len]
+                    .iter()
+                    .map(|i| Outbound { request: &i.request, writes: i.changes_state() })
+                    .collect();
+                self.forwarder.forward(leader, addr, &outbound, deadline).await
             };
             let complete = part.iter().all(Option::is_some);
             answers.extend(part);
@@ -308,21 +340,39 @@ impl<'n> Executor<'n> {
         answers
     }
 
-    /// Answers consecutive reads after one read-index check, or not at all.
-    async fn read(&self, run: &[&Item], deadline: Instant) -> Vec<Option<Response>> {
-        let confirmed = tokio::time::timeout_at(deadline, self.node.reads.confirm(&self.node.raft));
-        if !matches!(confirmed.await, Ok(true)) {
+    /// Answers consecutive reads from this node's state once it has applied through a read index
+    /// obtained after they arrived, or not at all. The index comes from this node's own check as
+    /// the leader (`leader` is `None`), or from the leader's.
+    async fn read(
+        &self,
+        run: &[&Item],
+        leader: Option<(u64, &str)>,
+        deadline: Instant,
+    ) -> Vec<Option<Response>> {
+        let node = self.node;
+        let check = || async move {
+            match leader {
+                None => reads::leader_read_index(&node.raft).await,
+                Some((id, addr)) => node.leader_link.read_index(id, addr, deadline).await,
+            }
+        };
+        let ready = match tokio::time::timeout_at(deadline, node.reads.read_index(check)).await {
+            Ok(Some(index)) => reads::applied_through(&node.raft, index, deadline).await,
+            _ => false,
+        };
+        if !ready {
             return run.iter().map(|_| None).collect();
         }
-        let replies = match self.node.store.read_many(run.iter().filter_map(|i| i.read())) {
+        let replies = match node.store.read_many(run.iter().filter_map(|i| i.read())) {
             Ok(replies) => replies,
             Err(e) => run.iter().map(|_| storage_error(&e)).collect(),
         };
+        let confirmed_by = leader.map_or(node.config.id, |(id, _)| id);
         run.iter()
             .zip(replies)
             .map(|(item, reply)| {
                 let mut response = item.answer(reply);
-                response.leader = Some(self.node.config.id);
+                response.leader = Some(confirmed_by);
                 Some(response)
             })
             .collect()

@@ -22,7 +22,7 @@
 //! [`RemovalNotice`]. The node leaves a `REMOVED` file in its data dir, stops, and refuses to start
 //! again from that data dir.
 
-use super::Node;
+use super::{Node, reads};
 use crate::client::Client;
 use crate::command::Admin;
 use crate::config::NodeConfig;
@@ -98,6 +98,11 @@ pub async fn check_not_wiped(config: &NodeConfig) -> Result<(), Refusal> {
 }
 
 impl NodeFacts for Node {
+    fn read_index(&self) -> futures::future::BoxFuture<'_, Option<u64>> {
+        // Follower checks share the leader's own, so that many readers cost one quorum round.
+        Box::pin(self.reads.read_index(|| reads::leader_read_index(&self.raft)))
+    }
+
     fn seen_members(&self) -> BTreeSet<u64> {
         self.log.seen_members().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read the peers seen");

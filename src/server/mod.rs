@@ -77,6 +77,8 @@ struct Node {
     acks: AckTracker,
     /// Linearizable reads share their read-index checks through it.
     reads: reads::ReadBarrier,
+    /// A follower's connection to the leader for read-index checks.
+    leader_link: reads::LeaderLink,
     /// Membership changes run one at a time.
     membership_lock: tokio::sync::Mutex<()>,
     /// Held (shared) by every proposal in flight; taken exclusively while handing leadership
@@ -133,6 +135,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         "serving"
     );
 
+    let id = config.id;
     let node = Arc::new(Node {
         config,
         store,
@@ -140,6 +143,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         raft,
         acks,
         reads: reads::ReadBarrier::new(),
+        leader_link: reads::LeaderLink::new(id),
         membership_lock: tokio::sync::Mutex::new(()),
         proposing: tokio::sync::RwLock::new(()),
         stop: CancellationToken::new(),

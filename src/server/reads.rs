@@ -1,55 +1,239 @@
-//! Linearizable reads share read-index checks.
+//! Linearizable reads share read-index checks, on the leader and on followers alike.
 //!
-//! A linearizable read on the leader must see every write acknowledged before the read arrived.
-//! openraft's `ensure_linearizable(ReadIndex)` gives that: it notes the commit index, confirms
-//! with a quorum of voters that this node still leads, and waits until the state machine has
-//! applied up to the noted index. That is a network round trip and a trip through the Raft core
-//! per call, so with many clients reading at once the checks, not the reads, would be the work.
+//! A linearizable read must see every write acknowledged before the read arrived. A *read index*
+//! gives that: the leader notes its commit index, confirms with a quorum of voters that it
+//! still leads, and hands the noted index out. Any node whose state machine has applied up to
+//! that index may then answer the read from its own state, which is how followers serve
+//! linearizable reads without relaying them (Raft thesis §6.4; etcd does the same). On the leader
+//! the check is openraft's `get_read_log_id(ReadIndex)`; on a follower it is one `ReadIndex`
+//! request to the leader.
 //!
-//! [`ReadBarrier`] runs one check at a time and lets every read that arrived before a check
-//! *started* ride on it. A read that arrives while a check is under way waits for the next one:
-//! the running check may have noted the commit index before the read arrived, so it proves
-//! nothing about writes acknowledged in between. Under load, each check then serves every read
-//! that arrived during the previous one.
+//! Either way a check is a network round trip, so with many clients reading at once the checks,
+//! not the reads, would be the work. [`ReadBarrier`] runs one check at a time and lets every
+//! read that arrived before a check *started* use its index. A read that arrives while a check is
+//! under way waits for the next one: the running check may have noted the commit index before the
+//! read arrived, so it proves nothing about writes acknowledged in between. Under load, each
+//! check then serves every read that arrived during the previous one.
+//!
+//! When a check ends, every read waiting on it is woken at once (a watch channel), so that they
+//! proceed in parallel rather than handing a lock to one another in turn.
 
 use crate::raft::KvRaft;
+use crate::raft::network::PeerClient;
 use openraft::ReadPolicy;
-use std::sync::atomic::{AtomicU64, Ordering};
+use openraft::async_runtime::WatchReceiver;
+use std::future::Future;
+use std::sync::Mutex;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Shares read-index checks among concurrent linearizable reads.
 pub struct ReadBarrier {
-    /// How many checks have started; the number of a check is its value after starting.
-    started: AtomicU64,
-    /// The number of the latest check that succeeded, or 0.
-    confirmed: AtomicU64,
-    /// Checks run one at a time.
-    running: tokio::sync::Mutex<()>,
+    started: Mutex<Started>,
+    /// The latest finished check.
+    finished: watch::Sender<Finished>,
+}
+
+struct Started {
+    /// How many checks have started; a check's number is this count once it started.
+    count: u64,
+    /// Whether a check is under way.
+    running: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Finished {
+    number: u64,
+    /// The read index the check obtained; `None` if it failed.
+    index: Option<u64>,
 }
 
 impl ReadBarrier {
     pub fn new() -> ReadBarrier {
         ReadBarrier {
-            started: AtomicU64::new(0),
-            confirmed: AtomicU64::new(0),
-            running: tokio::sync::Mutex::new(()),
+            started: Mutex::new(Started { count: 0, running: false }),
+            finished: watch::Sender::new(Finished { number: 0, index: None }),
         }
     }
 
-    /// Returns once a check that started after this call began has succeeded, so that reading
-    /// the state machine now is linearizable; `false` if the check failed (this node does not
-    /// lead, or could not reach a quorum).
-    pub async fn confirm(&self, raft: &KvRaft) -> bool {
-        let arrived = self.started.load(Ordering::SeqCst);
-        let _turn = self.running.lock().await;
-        // A check numbered above `arrived` started after this read arrived.
-        if self.confirmed.load(Ordering::SeqCst) > arrived {
-            return true;
+    /// Returns a read index obtained by a check that started after this call began, running
+    /// `check` itself if no such check is under way. Reading a state machine that has applied up
+    /// to the index is then linearizable. `None` if that check failed (no leader could confirm
+    /// its leadership with a quorum).
+    pub async fn read_index<F, Fut>(&self, check: F) -> Option<u64>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Option<u64>>,
+    {
+        let arrived = self.lock().count;
+        // Subscribed after `arrived` is known, and the latest outcome is read first thing, so no
+        // check that ends in between is missed.
+        let mut finished = self.finished.subscribe();
+        let mut check = Some(check);
+        loop {
+            let latest = *finished.borrow_and_update();
+            // A check numbered above `arrived` started after this read arrived.
+            if latest.number > arrived {
+                return latest.index;
+            }
+            let number = {
+                let mut started = self.lock();
+                if started.running {
+                    None
+                } else {
+                    started.running = true;
+                    started.count += 1;
+                    Some(started.count)
+                }
+            };
+            if let Some(number) = number {
+                let mut outcome = Outcome { barrier: self, number, index: None };
+                let run = check.take().expect("a read starts at most one check");
+                outcome.index = run().await;
+                return outcome.index;
+            }
+            // Another check is under way; whichever ends next wakes us.
+            if finished.changed().await.is_err() {
+                return None;
+            }
         }
-        let number = self.started.fetch_add(1, Ordering::SeqCst) + 1;
-        let ok = raft.ensure_linearizable(ReadPolicy::ReadIndex).await.is_ok();
-        if ok {
-            self.confirmed.store(number, Ordering::SeqCst);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Started> {
+        self.started.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The leader's check: its commit index, once a quorum confirmed that it still leads.
+pub(super) async fn leader_read_index(raft: &KvRaft) -> Option<u64> {
+    raft.get_read_log_id(ReadPolicy::ReadIndex).await.ok().map(|(read_log_id, _)| read_log_id.index())
+}
+
+/// Waits until this node's state machine has applied through `index`; `false` if the deadline
+/// passed first.
+pub(super) async fn applied_through(raft: &KvRaft, index: u64, deadline: Instant) -> bool {
+    let applied = raft.metrics().borrow_watched().last_applied.map(|log_id| log_id.index);
+    if applied >= Some(index) {
+        return true;
+    }
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    raft.wait(Some(timeout)).applied_index_at_least(Some(index), "a linearizable read").await.is_ok()
+}
+
+/// A follower's connection to the leader for its checks, which run one at a time.
+pub(super) struct LeaderLink {
+    me: u64,
+    client: tokio::sync::Mutex<Option<PeerClient>>,
+}
+
+impl LeaderLink {
+    pub fn new(me: u64) -> LeaderLink {
+        LeaderLink { me, client: tokio::sync::Mutex::new(None) }
+    }
+
+    /// A follower's check: asks node `leader` at `addr` for a read index.
+    pub async fn read_index(&self, leader: u64, addr: &str, deadline: Instant) -> Option<u64> {
+        let mut client = self.client.lock().await;
+        let client = match client.as_mut() {
+            Some(client) if client.target() == leader => client,
+            _ => client.insert(PeerClient::new(self.me, leader, addr.to_string())),
+        };
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        match client.read_index(timeout).await {
+            Ok(index) => index,
+            Err(e) => {
+                tracing::debug!(leader, error = %e, "no read index from the leader");
+                None
+            }
         }
-        ok
+    }
+}
+
+/// Publishes a check's outcome when it ends, also when the read that ran it gives up (its
+/// future is dropped at a timeout), so that the reads waiting on it never wait forever.
+struct Outcome<'b> {
+    barrier: &'b ReadBarrier,
+    number: u64,
+    index: Option<u64>,
+}
+
+impl Drop for Outcome<'_> {
+    fn drop(&mut self) {
+        self.barrier.lock().running = false;
+        self.barrier.finished.send_replace(Finished { number: self.number, index: self.index });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+    use tokio::sync::Notify;
+
+    #[tokio::test]
+    async fn a_lone_read_runs_its_own_check() {
+        let barrier = ReadBarrier::new();
+        assert_eq!(barrier.read_index(|| async { Some(7) }).await, Some(7));
+        assert_eq!(barrier.read_index(|| async { None }).await, None);
+        assert_eq!(barrier.read_index(|| async { Some(9) }).await, Some(9));
+    }
+
+    /// Reads that arrive while a check runs share the next one, not the running one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_arriving_during_a_check_share_the_next_check() {
+        let barrier = Arc::new(ReadBarrier::new());
+        let checks = Arc::new(AtomicU64::new(0));
+        let release = Arc::new(Notify::new());
+        let check = |checks: Arc<AtomicU64>, release: Arc<Notify>| {
+            move || async move {
+                let n = checks.fetch_add(1, Ordering::SeqCst) + 1;
+                release.notified().await;
+                Some(n * 100)
+            }
+        };
+        let first = {
+            let (barrier, checks, release) = (barrier.clone(), checks.clone(), release.clone());
+            tokio::spawn(async move { barrier.read_index(check(checks, release)).await })
+        };
+        wait_until(|| checks.load(Ordering::SeqCst) == 1).await;
+        let later: Vec<_> = (0..10)
+            .map(|_| {
+                let (barrier, checks, release) = (barrier.clone(), checks.clone(), release.clone());
+                tokio::spawn(async move { barrier.read_index(check(checks, release)).await })
+            })
+            .collect();
+        // Once the later reads wait at the barrier, end the first check: they must not use it.
+        wait_until(|| barrier.finished.receiver_count() == 11).await;
+        release.notify_one();
+        assert_eq!(first.await.unwrap(), Some(100));
+        wait_until(|| checks.load(Ordering::SeqCst) == 2).await;
+        release.notify_one();
+        for read in later {
+            assert_eq!(read.await.unwrap(), Some(200));
+        }
+        assert_eq!(checks.load(Ordering::SeqCst), 2, "the ten later reads shared one check");
+    }
+
+    /// A read that gives up in the middle of its check does not strand the reads behind it.
+    #[tokio::test]
+    async fn an_abandoned_check_lets_the_next_read_check_again() {
+        let barrier = ReadBarrier::new();
+        let abandoned =
+            tokio::time::timeout(Duration::from_millis(20), barrier.read_index(std::future::pending)).await;
+        assert!(abandoned.is_err());
+        let next = tokio::time::timeout(Duration::from_secs(5), barrier.read_index(|| async { Some(3) }));
+        assert_eq!(next.await.expect("not stranded"), Some(3));
+    }
+
+    async fn wait_until(condition: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !condition() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("condition within 5 s");
     }
 }
