@@ -207,11 +207,11 @@ mod tests {
         // Once the later reads wait at the barrier, end the first check: they must not use it.
         wait_until(|| barrier.finished.receiver_count() == 11).await;
         release.notify_one();
-        assert_eq!(first.await.unwrap(), Some(100));
+        assert_eq!(within_5s(first).await, Some(100));
         wait_until(|| checks.load(Ordering::SeqCst) == 2).await;
         release.notify_one();
         for read in later {
-            assert_eq!(read.await.unwrap(), Some(200));
+            assert_eq!(within_5s(read).await, Some(200));
         }
         assert_eq!(checks.load(Ordering::SeqCst), 2, "the ten later reads shared one check");
     }
@@ -225,6 +225,10 @@ mod tests {
         assert!(abandoned.is_err());
         let next = tokio::time::timeout(Duration::from_secs(5), barrier.read_index(|| async { Some(3) }));
         assert_eq!(next.await.expect("not stranded"), Some(3));
+    }
+
+    async fn within_5s(read: tokio::task::JoinHandle<Option<u64>>) -> Option<u64> {
+        tokio::time::timeout(Duration::from_secs(5), read).await.expect("a read within 5 s").unwrap()
     }
 
     async fn wait_until(condition: impl Fn() -> bool) {
