@@ -156,8 +156,10 @@ impl<'n> Executor<'n> {
             }
             let run: Vec<&Item> = pending.iter().map(|&i| &items[i]).collect();
             let got = match (self.node.leader(), self.forwarded_by) {
-                (Some((leader, _)), _) if leader == self.node.config.id => self.lead(&run, clock).await,
-                (Some((leader, addr)), None) => self.follow(&run, leader, &addr, clock).await,
+                (Some((leader, _)), _) if leader == self.node.config.id => {
+                    self.execute_run(&run, None, clock).await
+                }
+                (Some((leader, addr)), None) => self.execute_run(&run, Some((leader, &addr)), clock).await,
                 _ => Vec::new(),
             };
             let progressed = got.iter().any(Option::is_some);
@@ -189,70 +191,40 @@ impl<'n> Executor<'n> {
         answers.into_iter().map(|a| a.expect("every slot is filled")).collect()
     }
 
-    /// Executes a run on this node as the leader: consecutive writes as one proposal, consecutive
-    /// reads behind one read-index check, membership changes one by one. Stops at the first part
-    /// that could not be done; what it did not answer was not applied.
-    async fn lead(&self, run: &[&Item], clock: PartClock) -> Vec<Option<Response>> {
-        let mut answers = Vec::with_capacity(run.len());
-        while answers.len() < run.len() {
-            let rest = &run[answers.len()..];
-            let deadline = clock.deadline();
-            if let Some(admin) = rest[0].admin() {
-                let reply = membership::change(self.node, admin, deadline).await;
-                let done = reply.is_some();
-                answers.push(reply.map(|reply| rest[0].answer(reply)));
-                if !done {
-                    break;
-                }
-                continue;
-            }
-            let writes = rest[0].write().is_some();
-            let len = rest
-                .iter()
-                .position(|i| i.admin().is_some() || i.write().is_some() != writes)
-                .unwrap_or(rest.len());
-            let part = if writes {
-                self.propose(&rest[..len], deadline).await
-            } else {
-                self.read(&rest[..len], None, deadline).await
-            };
-            let complete = part.iter().all(Option::is_some);
-            answers.extend(part);
-            if !complete {
-                break;
-            }
-        }
-        answers.resize_with(run.len(), || None);
-        answers
-    }
-
-    /// Executes a run on a follower: consecutive linearizable reads here, behind one read index
-    /// from the leader, everything else forwarded to the leader. Stops at the first part that
-    /// could not be done; what it did not answer was not applied.
-    async fn follow(
+    /// Executes a run part by part (see [`Part`]): as the leader when `leader` is `None`, else as a
+    /// follower of that leader. Stops at the first part that could not be done; what it did not
+    /// answer was not applied.
+    async fn execute_run(
         &mut self,
         run: &[&Item],
-        leader: u64,
-        addr: &str,
+        leader: Option<(u64, &str)>,
         clock: PartClock,
     ) -> Vec<Option<Response>> {
         let mut answers = Vec::with_capacity(run.len());
         while answers.len() < run.len() {
             let rest = &run[answers.len()..];
             let deadline = clock.deadline();
-            let reads = rest[0].read().is_some();
-            let len = rest.iter().position(|i| i.read().is_some() != reads).unwrap_or(rest.len());
-            let part = if reads {
-                self.read(&rest[..len], Some((leader, addr)), deadline).await
-            } else {
-                let outbound: Vec<Outbound> = rest[..len]
-                    .iter()
-                    .map(|i| Outbound { request: &i.request, writes: i.changes_state() })
-                    .collect();
-                self.forwarder.forward(leader, addr, &outbound, deadline).await
+            let (part, len) = Part::at_head(rest, leader.is_none());
+            let head = &rest[..len];
+            let answered = match (part, leader) {
+                (Part::MembershipChange, _) => {
+                    let admin = head[0].admin().expect("a membership part holds one change");
+                    let reply = membership::change(self.node, admin, deadline).await;
+                    vec![reply.map(|reply| head[0].answer(reply))]
+                }
+                (Part::Writes, _) => self.propose(head, deadline).await,
+                (Part::Reads, _) => self.read(head, leader, deadline).await,
+                (Part::Forwarded, Some((id, addr))) => {
+                    let outbound: Vec<Outbound> = head
+                        .iter()
+                        .map(|i| Outbound { request: &i.request, writes: i.changes_state() })
+                        .collect();
+                    self.forwarder.forward(id, addr, &outbound, deadline).await
+                }
+                (Part::Forwarded, None) => unreachable!("the leader forwards nothing"),
             };
-            let complete = part.iter().all(Option::is_some);
-            answers.extend(part);
+            let complete = answered.iter().all(Option::is_some);
+            answers.extend(answered);
             if !complete {
                 break;
             }
@@ -376,6 +348,34 @@ impl<'n> Executor<'n> {
                 Some(response)
             })
             .collect()
+    }
+}
+
+/// A stretch of a run that is done in one go.
+#[derive(Clone, Copy)]
+enum Part {
+    /// On the leader: one membership change.
+    MembershipChange,
+    /// On the leader: consecutive writes, proposed together.
+    Writes,
+    /// Consecutive linearizable reads, behind one read index.
+    Reads,
+    /// On a follower: consecutive writes and membership changes, sent to the leader together.
+    Forwarded,
+}
+
+impl Part {
+    /// The part at the head of `rest`, and how many requests it takes.
+    fn at_head(rest: &[&Item], leading: bool) -> (Part, usize) {
+        let reads = rest[0].read().is_some();
+        let (part, belongs): (Part, fn(&Item) -> bool) = match (leading, rest[0].admin().is_some()) {
+            (true, true) => return (Part::MembershipChange, 1),
+            (true, false) if reads => (Part::Reads, |i| i.read().is_some()),
+            (true, false) => (Part::Writes, |i| i.write().is_some()),
+            (false, _) if reads => (Part::Reads, |i| i.read().is_some()),
+            (false, _) => (Part::Forwarded, |i| i.read().is_none()),
+        };
+        (part, rest.iter().position(|i| !belongs(i)).unwrap_or(rest.len()))
     }
 }
 
