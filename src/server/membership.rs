@@ -282,8 +282,7 @@ async fn remove(node: &Node, metrics: &Metrics, id: u64, deadline: Instant) -> R
         if remaining.is_empty() {
             return Err(refused(format!("node {id} is the last voter; a cluster needs at least one")));
         }
-        let reachable: BTreeSet<u64> =
-            remaining.iter().copied().filter(|v| reachable(node, metrics, *v)).collect();
+        let reachable = reachable_voters(node, &remaining, deadline).await;
         if reachable.len() * 2 <= remaining.len() {
             return Err(refused(format!(
                 "removing node {id} would leave voters {remaining:?}, of which only {reachable:?} answer: no \
@@ -337,6 +336,23 @@ async fn transfer_leader(
             ErrorCode::Timeout,
             format!("node {id} did not take over within {} ms", node.config.request_timeout_ms),
         ))),
+    }
+}
+
+/// Which of `voters` the leader heard from within an election timeout. A leader elected moments
+/// ago has not heard from anyone yet, so while a majority is missing this waits, up to one
+/// election timeout (and `deadline`), for heartbeat answers to arrive.
+async fn reachable_voters(node: &Node, voters: &BTreeSet<u64>, deadline: Instant) -> BTreeSet<u64> {
+    let settle_by = deadline.min(Instant::now() + Duration::from_millis(node.config.election_timeout_ms));
+    let mut watch = node.raft.metrics();
+    loop {
+        let metrics = watch.borrow_watched().clone();
+        let reachable: BTreeSet<u64> =
+            voters.iter().copied().filter(|v| reachable(node, &metrics, *v)).collect();
+        if reachable.len() * 2 > voters.len() || Instant::now() >= settle_by {
+            return reachable;
+        }
+        let _ = tokio::time::timeout_at(settle_by, watch.changed()).await;
     }
 }
 
