@@ -254,18 +254,22 @@ async fn add_voter(node: &Node, metrics: &Metrics, id: u64, deadline: Instant) -
             "node {id} is not a member; start it with --join to add it as a learner first"
         )));
     }
-    let matched = metrics.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index);
-    let last = metrics.last_log_index.unwrap_or(0);
-    match matched {
-        Some(matched) if last.saturating_sub(matched) <= CAUGHT_UP_ENTRIES => {}
-        _ => {
-            let behind = matched
-                .map_or("has no entries yet".to_string(), |m| format!("is {} entries behind", last - m));
-            return Err(Failure::Reply(Reply::error(
-                ErrorCode::NotCaughtUp,
-                format!("node {id} {behind}; promote it once it has caught up (CLUSTER shows its lag)"),
-            )));
-        }
+    let progress = |metrics: &Metrics| {
+        let matched =
+            metrics.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index);
+        (matched, metrics.last_log_index.unwrap_or(0))
+    };
+    let caught_up = |(matched, last): (Option<u64>, u64)| {
+        matched.is_some_and(|matched| last.saturating_sub(matched) <= CAUGHT_UP_ENTRIES)
+    };
+    let (matched, last) = progress(&settled_metrics(node, deadline, |m| caught_up(progress(m))).await);
+    if !caught_up((matched, last)) {
+        let behind =
+            matched.map_or("has no entries yet".to_string(), |m| format!("is {} entries behind", last - m));
+        return Err(Failure::Reply(Reply::error(
+            ErrorCode::NotCaughtUp,
+            format!("node {id} {behind}; promote it once it has caught up (CLUSTER shows its lag)"),
+        )));
     }
     let changed = propose(node, metrics, ChangeMembers::AddVoterIds(BTreeSet::from([id])), deadline).await?;
     Ok(status(format!("node {id} is a voter (log index {})", changed.index)))
@@ -282,7 +286,11 @@ async fn remove(node: &Node, metrics: &Metrics, id: u64, deadline: Instant) -> R
         if remaining.is_empty() {
             return Err(refused(format!("node {id} is the last voter; a cluster needs at least one")));
         }
-        let reachable = reachable_voters(node, &remaining, deadline).await;
+        let reachable_in = |metrics: &Metrics| -> BTreeSet<u64> {
+            remaining.iter().copied().filter(|v| reachable(node, metrics, *v)).collect()
+        };
+        let settled = settled_metrics(node, deadline, |m| reachable_in(m).len() * 2 > remaining.len()).await;
+        let reachable = reachable_in(&settled);
         if reachable.len() * 2 <= remaining.len() {
             return Err(refused(format!(
                 "removing node {id} would leave voters {remaining:?}, of which only {reachable:?} answer: no \
@@ -339,18 +347,17 @@ async fn transfer_leader(
     }
 }
 
-/// Which of `voters` the leader heard from within an election timeout. A leader elected moments
-/// ago has not heard from anyone yet, so while a majority is missing this waits, up to one
-/// election timeout (and `deadline`), for heartbeat answers to arrive.
-async fn reachable_voters(node: &Node, voters: &BTreeSet<u64>, deadline: Instant) -> BTreeSet<u64> {
+/// The leader's metrics once `ready` holds for them, or as they are after one election timeout
+/// (or at `deadline`, if sooner). A leader elected moments ago has not heard from its peers yet:
+/// their contact times and replication progress fill in within a heartbeat or two, and a check
+/// made at once would wrongly find them unreachable or behind.
+async fn settled_metrics(node: &Node, deadline: Instant, ready: impl Fn(&Metrics) -> bool) -> Metrics {
     let settle_by = deadline.min(Instant::now() + Duration::from_millis(node.config.election_timeout_ms));
     let mut watch = node.raft.metrics();
     loop {
         let metrics = watch.borrow_watched().clone();
-        let reachable: BTreeSet<u64> =
-            voters.iter().copied().filter(|v| reachable(node, &metrics, *v)).collect();
-        if reachable.len() * 2 > voters.len() || Instant::now() >= settle_by {
-            return reachable;
+        if ready(&metrics) || Instant::now() >= settle_by {
+            return metrics;
         }
         let _ = tokio::time::timeout_at(settle_by, watch.changed()).await;
     }
