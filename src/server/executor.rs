@@ -13,14 +13,13 @@
 //!   ([`super::forward`]).
 //!
 //! Waiting is bounded by the node's request timeout, counted for each part of a run from when it
-//! starts. A request that never reached a leader with
-//! a quorum in that time fails with `NO_QUORUM` (certainly not applied); a write that was
+//! starts. A request that never reached a leader with a quorum in that time fails with `NO_QUORUM` (certainly not applied); a write that was
 //! proposed but whose fate is unknown gets `OUTCOME_UNKNOWN`. Nothing is retried unless it is
 //! certain it was not applied, so no retry can apply a write twice.
 
 use super::Node;
 use super::acks::AckWait;
-use super::forward::{Forwarder, Outbound};
+use super::forward::Forwarder;
 use super::{membership, reads, status};
 use crate::command::{Admin, Command, Read, Write};
 use crate::protocol::message::{ErrorCode, Reply, Request, Response};
@@ -63,11 +62,6 @@ impl Item {
             Ok(Command::Admin(admin)) => Some(admin),
             _ => None,
         }
-    }
-
-    /// Whether the request may have changed something if its answer is lost.
-    fn changes_state(&self) -> bool {
-        self.write().is_some() || self.admin().is_some()
     }
 
     fn read(&self) -> Option<&Read> {
@@ -215,11 +209,8 @@ impl<'n> Executor<'n> {
                 (Part::Writes, _) => self.propose(head, deadline).await,
                 (Part::Reads, _) => self.read(head, leader, deadline).await,
                 (Part::Forwarded, Some((id, addr))) => {
-                    let outbound: Vec<Outbound> = head
-                        .iter()
-                        .map(|i| Outbound { request: &i.request, writes: i.changes_state() })
-                        .collect();
-                    self.forwarder.forward(id, addr, &outbound, deadline).await
+                    let requests: Vec<&Request> = head.iter().map(|i| &i.request).collect();
+                    self.forwarder.forward(id, addr, &requests, deadline).await
                 }
                 (Part::Forwarded, None) => unreachable!("the leader forwards nothing"),
             };

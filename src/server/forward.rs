@@ -1,5 +1,6 @@
-//! Forwarding a client's requests from a follower to the leader, so that a client may talk to
-//! any node.
+//! Forwarding a client's writes and membership changes from a follower to the leader, so that a
+//! client may talk to any node. (Linearizable reads are not forwarded: a follower answers them
+//! behind a read index, see [`super::reads`].)
 //!
 //! Each client connection gets its own connection to the leader, opened on first use, so a
 //! client's requests keep their order end to end and are pipelined to the leader as a batch. The
@@ -10,9 +11,8 @@
 //! What happens when the leader connection fails decides what the client is told:
 //! - before anything was sent (cannot connect, the node is not the leader): nothing was applied,
 //!   so the requests are retried;
-//! - after the requests were sent: an unanswered write may have been applied, so it is answered
-//!   `OUTCOME_UNKNOWN` and never re-sent (that could apply it twice); an unanswered read changed
-//!   nothing and is retried;
+//! - after the requests were sent: every one left unanswered may have been applied, so it is
+//!   answered `OUTCOME_UNKNOWN` and never re-sent (that could apply it twice);
 //! - unless the leader said it is going away (`SHUTTING_DOWN` notice): then nothing it left
 //!   unanswered was applied, and everything is retried at the next leader.
 
@@ -25,12 +25,6 @@ use tokio::time::Instant;
 const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 /// The longest a connection attempt to the leader may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A request to forward, and whether it writes.
-pub(super) struct Outbound<'a> {
-    pub request: &'a Request,
-    pub writes: bool,
-}
 
 /// One client connection's link to the leader.
 pub(super) struct Forwarder {
@@ -55,7 +49,7 @@ impl Forwarder {
         &mut self,
         leader: u64,
         addr: &str,
-        requests: &[Outbound<'_>],
+        requests: &[&Request],
         deadline: Instant,
     ) -> Vec<Option<Response>> {
         let mut answers: Vec<Option<Response>> = requests.iter().map(|_| None).collect();
@@ -72,11 +66,11 @@ impl Forwarder {
         };
         let Link { mut sender, mut receiver, .. } = link;
         let exchange = async {
-            for outbound in requests {
-                sender.send_request(outbound.request.clone()).await?;
+            for request in requests {
+                sender.send_request((*request).clone()).await?;
             }
             sender.flush().await?;
-            for (answer, outbound) in answers.iter_mut().zip(requests) {
+            for (answer, request) in answers.iter_mut().zip(requests) {
                 let response = receiver.next().await?;
                 if let Reply::Error { code: ErrorCode::NotLeader, .. } = response.reply {
                     continue;
@@ -87,7 +81,7 @@ impl Forwarder {
                     // The leader is going away: what it has not answered, it did not apply.
                     return Err(ClientError::GoingAway(message.clone()));
                 }
-                *answer = Some(Response { id: outbound.request.id, ..response });
+                *answer = Some(Response { id: request.id, ..response });
             }
             Ok::<(), ClientError>(())
         };
@@ -100,16 +94,14 @@ impl Forwarder {
                     _ => "no answer in time".to_string(),
                 };
                 tracing::warn!(leader, error = %why, "forwarding to the leader failed");
-                for (answer, outbound) in answers.iter_mut().zip(requests) {
-                    if answer.is_none() && outbound.writes && !not_applied {
+                for (answer, request) in answers.iter_mut().zip(requests) {
+                    if answer.is_none() && !not_applied {
                         let message = format!(
                             "the connection to leader {leader} failed ({why}) after the write was sent: \
                              it may or may not have been applied"
                         );
-                        *answer = Some(Response::new(
-                            outbound.request.id,
-                            Reply::error(ErrorCode::OutcomeUnknown, message),
-                        ));
+                        *answer =
+                            Some(Response::new(request.id, Reply::error(ErrorCode::OutcomeUnknown, message)));
                     }
                 }
             }
