@@ -289,9 +289,9 @@ async fn remove(node: &Node, metrics: &Metrics, id: u64, deadline: Instant) -> R
         let reachable_in = |metrics: &Metrics| -> BTreeSet<u64> {
             remaining.iter().copied().filter(|v| reachable(node, metrics, *v)).collect()
         };
-        let settled = settled_metrics(node, deadline, |m| reachable_in(m).len() * 2 > remaining.len()).await;
-        let reachable = reachable_in(&settled);
-        if reachable.len() * 2 <= remaining.len() {
+        let quorum = |reachable: &BTreeSet<u64>| reachable.len() * 2 > remaining.len();
+        let reachable = reachable_in(&settled_metrics(node, deadline, |m| quorum(&reachable_in(m))).await);
+        if !quorum(&reachable) {
             return Err(refused(format!(
                 "removing node {id} would leave voters {remaining:?}, of which only {reachable:?} answer: no \
                  quorum. Bring voters back (or add new ones) first"
