@@ -78,23 +78,26 @@ pub fn check_not_removed(data_dir: &Path) -> Result<(), Refusal> {
 }
 
 /// For a node without Raft state: asks the configured peers whether any has seen this node hold
-/// log entries, which means its data was lost. Unreachable peers cannot tell; they are skipped.
-pub async fn check_not_wiped(config: &NodeConfig) -> Result<(), Refusal> {
+/// log entries, which means its data was lost (then it refuses to start), and whether any already
+/// has Raft state (then the cluster has formed without this node, which only has to wait for the
+/// leader to bring it the log). Unreachable peers cannot tell; they are skipped.
+pub async fn formed_without_me(config: &NodeConfig) -> Result<bool, Refusal> {
     let checks = config.peers.iter().map(|peer| async move {
         let status =
             PeerClient::new(config.id, peer.id, peer.addr.to_string()).status(PEER_CHECK_TIMEOUT).await;
         (peer.id, status)
     });
+    let mut formed = false;
     for (peer, status) in futures::future::join_all(checks).await {
         match status {
             Ok(status) if status.seen_members.contains(&config.id) => {
                 return Err(Refusal::LostData { id: config.id, dir: config.data_dir.clone(), witness: peer });
             }
-            Ok(_) => {}
+            Ok(status) => formed |= status.initialized,
             Err(e) => tracing::debug!(peer, error = %e, "peer could not say whether it knew this node"),
         }
     }
-    Ok(())
+    Ok(formed)
 }
 
 impl NodeFacts for Node {

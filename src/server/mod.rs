@@ -188,9 +188,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 }
 
 /// Forms the configured cluster on a node that has never been part of one, unless a peer knew
-/// it (then its data was lost).
+/// it (then its data was lost) or the others have formed it already.
+///
+/// openraft starts an election at once on every node it initializes, without a pre-vote. A member
+/// started after the others had elected a leader would campaign in that leader's term, and the
+/// leader, finding that vote in its way, would step down: no leader until the next election
+/// timeout, and a leadership transfer asked for meanwhile lost. Such a late member is in the
+/// membership the others hold, so their leader brings it the log; it needs no initializing.
 async fn form_cluster(raft: &KvRaft, config: &NodeConfig) -> Result<(), ServerError> {
-    membership::check_not_wiped(config).await?;
+    if membership::formed_without_me(config).await? {
+        tracing::info!("first start: the other members have formed the cluster; waiting for its leader");
+        return Ok(());
+    }
     let members: BTreeMap<u64, BasicNode> =
         config.members().map(|(id, addr)| (id, BasicNode::new(addr.to_string()))).collect();
     tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "first start: initializing the cluster");
