@@ -53,6 +53,10 @@ pub fn raft_config(node: &NodeConfig) -> Result<openraft::Config, openraft::Conf
         // Replicate entries as soon as the leader has queued them for its disk, so the leader's
         // fsync and the followers' overlap instead of running one after the other.
         broadcast_submitted_on_append: Some(true),
+        // A follower whose election timer fires first asks whether it would win, instead of
+        // raising its term at once: a node that was cut off from the leader (or paused) then
+        // comes back without a higher term, which would make the healthy leader step down.
+        enable_pre_vote: Some(true),
         ..Default::default()
     }
     .validate()
