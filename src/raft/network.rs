@@ -610,10 +610,10 @@ mod tests {
     /// Writes through `node`, retrying while a fresh leader's lease is not yet confirmed by a
     /// quorum: openraft refuses such a proposal before appending it, so a retry cannot apply it
     /// twice.
-    async fn write(node: &TestNode, write: Write) -> openraft::raft::ClientWriteResponse<TypeConfig> {
+    async fn write(raft: &KvRaft, write: Write) -> openraft::raft::ClientWriteResponse<TypeConfig> {
         let started = std::time::Instant::now();
         loop {
-            match node.raft.client_write(write.clone()).await {
+            match raft.client_write(write.clone()).await {
                 Ok(response) => return response,
                 Err(e) if e.forward_to_leader().is_some() && started.elapsed() < DEADLINE => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -650,7 +650,7 @@ mod tests {
         nodes[&1].raft.initialize(members).await.unwrap();
 
         let leader = leader_among(&nodes, None).await;
-        let written = write(&nodes[&leader], set("k", "v1")).await;
+        let written = write(&nodes[&leader].raft, set("k", "v1")).await;
         assert_eq!(written.data, Reply::ok());
         let index = written.log_id.index;
         for node in nodes.values() {
@@ -663,7 +663,7 @@ mod tests {
         old.server.abort();
         old.raft.shutdown().await.unwrap();
         let new_leader = leader_among(&nodes, Some(leader)).await;
-        let written = write(&nodes[&new_leader], set("k", "v2")).await;
+        let written = write(&nodes[&new_leader].raft, set("k", "v2")).await;
         for node in nodes.values() {
             let index = written.log_id.index;
             node.raft
@@ -703,7 +703,8 @@ mod tests {
         let leader = leader_among(&nodes, None).await;
         let mut last = 0;
         for i in 0..40 {
-            last = write(&nodes[&leader], set(&format!("key{i}"), &format!("value{i}"))).await.log_id.index;
+            last =
+                write(&nodes[&leader].raft, set(&format!("key{i}"), &format!("value{i}"))).await.log_id.index;
         }
         // The log the late node would need is gone from the leader.
         nodes[&leader]
@@ -725,6 +726,52 @@ mod tests {
             assert_eq!(get(&late.store, &format!("key{i}")), want);
         }
         for node in nodes.into_values().chain([late]) {
+            node.server.abort();
+            node.raft.shutdown().await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_bigger_than_a_frame_together_reach_every_node() {
+        // Peers accept 32 KiB frames and each write carries 3 KB, so the writes proposed together
+        // make appends too big for one frame: each goes out in parts, openraft sending the rest
+        // after each partial success.
+        let frame = 32 * 1024;
+        let mut listeners = Vec::new();
+        let mut members = BTreeMap::new();
+        for id in 1..=3u64 {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            members.insert(id, BasicNode::new(listener.local_addr().unwrap().to_string()));
+            listeners.push((id, listener));
+        }
+        let mut nodes = BTreeMap::new();
+        for (id, listener) in listeners {
+            nodes.insert(id, start_with_frame(id, listener, config(), frame).await);
+        }
+        nodes[&1].raft.initialize(members).await.unwrap();
+        let leader = nodes[&leader_among(&nodes, None).await].raft.clone();
+        let value = "x".repeat(3000);
+        let writers: Vec<_> = (0..200)
+            .map(|i| {
+                let (leader, value) = (leader.clone(), value.clone());
+                tokio::spawn(
+                    async move { write(&leader, set(&format!("key{i}"), &value)).await.log_id.index },
+                )
+            })
+            .collect();
+        let mut last = 0;
+        for writer in writers {
+            let index = tokio::time::timeout(DEADLINE, writer).await.expect("a write within the deadline");
+            last = last.max(index.unwrap());
+        }
+        for node in nodes.values() {
+            node.raft.wait(Some(DEADLINE)).applied_index_at_least(Some(last), "every write").await.unwrap();
+            for i in [0, 99, 199] {
+                let want = Reply::Bulk { value: ByteBuf::from(value.as_str()) };
+                assert_eq!(get(&node.store, &format!("key{i}")), want);
+            }
+        }
+        for node in nodes.into_values() {
             node.server.abort();
             node.raft.shutdown().await.unwrap();
         }
@@ -801,7 +848,7 @@ mod tests {
         let value = "v".repeat(200);
         let mut last = 0;
         for i in 0..400 {
-            last = write(&nodes[&leader], set(&format!("key{i}"), &value)).await.log_id.index;
+            last = write(&nodes[&leader].raft, set(&format!("key{i}"), &value)).await.log_id.index;
         }
         nodes[&leader]
             .raft
