@@ -7,10 +7,12 @@
 //! 2. [`server`] accepts connections, and its handler gathers the requests a client has
 //!    pipelined into one batch and parses each with [`command::Command::parse`]. A connection
 //!    whose hello names a peer carries Raft traffic instead ([`raft::network`]).
-//! 3. The server's executor runs the batch through the leader: on a follower it is forwarded; on
-//!    the leader consecutive writes become one Raft proposal ([`raft`]), which the state machine
-//!    applies to the [`store`] through the deterministic [`store::apply_write`] on every node,
-//!    and consecutive reads share one read-index check before reading the store.
+//! 3. The server's executor runs the batch in parts. Writes and membership changes go to the
+//!    leader (a follower forwards them), where consecutive writes become one Raft proposal
+//!    ([`raft`]), which the state machine applies to the [`store`] through the deterministic
+//!    [`store::apply_write`] on every node. Consecutive linearizable reads share one read index
+//!    confirmed by the leader (a follower asks the leader for it), wait until the node has
+//!    applied that far, and read its own store.
 //! 4. The answers go back in request order, one flush per batch, writes with their replication
 //!    picture.
 //!

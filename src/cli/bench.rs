@@ -48,7 +48,7 @@ pub struct BenchArgs {
     /// Share of requests that are reads (GET), in percent; the rest are writes (SET).
     #[arg(long, value_name = "PERCENT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub reads: u8,
-    /// How reads are served: linearizable (through the leader) or local (any node, maybe stale).
+    /// How reads are served: linearizable (behind a read index the leader confirms) or local (any node, maybe stale).
     #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
     pub consistency: Consistency,
     /// Write every key once before measuring, so that reads find values.
