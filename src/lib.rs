@@ -10,7 +10,7 @@
 //! 3. The server's executor runs the batch in parts. Writes and membership changes go to the
 //!    leader (a follower forwards them), where consecutive writes become one Raft proposal
 //!    ([`raft`]), which the state machine applies to the [`store`] through the deterministic
-//!    [`store::apply_write`] on every node. Consecutive linearizable reads share one read index
+//!    `Store::apply_write` on every node. Consecutive linearizable reads share one read index
 //!    confirmed by the leader (a follower asks the leader for it), wait until the node has
 //!    applied that far, and read its own store.
 //! 4. The answers go back in request order, one flush per batch, writes with their replication

@@ -4,8 +4,9 @@
 //!   once and are made durable by a writer thread in batches (group commit), so disk latency
 //!   never stalls the Raft core.
 //! - `state_machine`: applies committed [`Write`]s to the node's [`crate::store::Store`] through
-//!   the same deterministic `apply_write` a single node uses, with the applied log id and the
-//!   membership written in the same transaction as the data.
+//!   the same deterministic `apply_write` a single node uses; the store flushes them into its
+//!   database in batches, with the applied log id and the membership written in the same
+//!   transaction as the data.
 //! - `network`: Raft RPCs between nodes over the frame codec, on the node's one address; a hello
 //!   with a `peer` id marks a peer connection.
 //!

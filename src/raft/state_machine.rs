@@ -1,17 +1,19 @@
 //! The Raft state machine: committed [`Write`](crate::command::Write)s applied to the node's
 //! [`Store`].
 //!
-//! Each `apply` call runs all the entries it is given in one transaction that also records the
-//! last applied log id and the membership, so the data and the claim about how much of the log
-//! it reflects can never disagree after a crash. Entries go through the same deterministic
-//! [`apply_write`] a single node uses, so every node computes the same state and the same answers.
+//! Entries go through the same deterministic `Store::apply_write` a single node uses, so every
+//! node computes the same state and the same answers. The store keeps applied writes in memory
+//! until a flush moves them into its database, at least every [`FLUSH_EVERY_ENTRIES`] entries
+//! (and at once for a membership change). The flush's transaction also records the last applied
+//! log id and the membership, so the data and the claim about how much of the log it reflects
+//! can never disagree after a crash.
 //!
-//! Most of those transactions are not fsynced: the Raft log is already durable, so a crash that
-//! loses the newest applies only rolls the state machine back to an earlier applied index, and
-//! openraft applies the committed entries after it again on restart. What bounds that replay is
-//! a durable commit every [`DURABLE_EVERY_ENTRIES`] entries. What makes it safe is that the log is
-//! never purged past what is durable here: log purges follow snapshots, and a snapshot is only
-//! built from state made durable first (`Store::durable_view`). This takes one fsync per batch
+//! Most flushes are not fsynced either: the Raft log is already durable, so a crash that loses
+//! the newest applies only rolls the state machine back to an earlier applied index, and openraft
+//! applies the committed entries after it again on restart. What bounds that replay is a durable
+//! flush every [`DURABLE_EVERY_ENTRIES`] entries. What makes it safe is that the log is never
+//! purged past what is durable here: log purges follow snapshots, and a snapshot is only built
+//! from a durable flush of everything applied. This takes the per-batch commit (and its fsync)
 //! off every node's write path.
 //!
 //! It also remembers every node id that was ever a member ([`members_ever`]), so that an id is
@@ -25,7 +27,7 @@
 
 use super::{TypeConfig, io_error};
 use crate::protocol::message::Reply;
-use crate::store::{Durability, KV, Store, StoreError, apply_write};
+use crate::store::{Durability, KV, Store, StoreError};
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
@@ -36,8 +38,7 @@ use redb::{ReadableTable, TableDefinition};
 use serde_bytes::ByteBuf;
 use std::collections::BTreeSet;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 type LogId = LogIdOf<TypeConfig>;
 type Membership = StoredMembershipOf<TypeConfig>;
@@ -50,8 +51,11 @@ const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";
 const MEMBERS_EVER: &str = "members_ever";
 
-/// At most this many applied entries are not yet durable (and would be applied again after a
-/// crash).
+/// Applied entries are flushed into the database once this many have gathered.
+pub const FLUSH_EVERY_ENTRIES: u64 = 128;
+
+/// At most about this many applied entries are not yet durable (and would be applied again after
+/// a crash); a flush is durable once it would pass this.
 pub const DURABLE_EVERY_ENTRIES: u64 = 1000;
 
 /// What a snapshot carries.
@@ -81,26 +85,66 @@ struct StoredSnapshot {
     data: Bytes,
 }
 
+/// How far applying has got beyond what the database holds. Applies, flushes and snapshot
+/// installs hold it while they run, so they happen one at a time.
+#[derive(Default)]
+struct Progress {
+    /// The last applied log id, if anything was applied since the node started; the database
+    /// records it at the next flush.
+    applied: Option<LogId>,
+    /// Entries applied since the last flush.
+    unflushed: u64,
+    /// Entries applied since the last durable flush.
+    not_durable: u64,
+}
+
+impl Progress {
+    /// Flushes the store, recording the applied log id and `memberships` beside the data:
+    /// durably when `durable` is set or enough entries have waited for it.
+    fn flush(&mut self, store: &Store, durable: bool, memberships: &[Membership]) -> Result<(), StoreError> {
+        self.not_durable += self.unflushed;
+        let durable = durable || self.not_durable >= DURABLE_EVERY_ENTRIES;
+        let durability = if durable { Durability::Immediate } else { Durability::None };
+        store.flush(durability, |txn| {
+            let mut meta = txn.open_table(RAFT_META)?;
+            if let Some(applied) = self.applied {
+                meta.insert(APPLIED, encode(&Some(applied))?.as_slice())?;
+            }
+            if let Some(latest) = memberships.last() {
+                meta.insert(MEMBERSHIP, encode(latest)?.as_slice())?;
+                let mut ever = read_members_ever(&meta)?;
+                ever.extend(memberships.iter().flat_map(|m| m.membership().nodes().map(|(id, _)| *id)));
+                meta.insert(MEMBERS_EVER, encode(&ever)?.as_slice())?;
+            }
+            Ok(())
+        })?;
+        self.unflushed = 0;
+        if durable {
+            self.not_durable = 0;
+        }
+        Ok(())
+    }
+}
+
 /// The state machine given to openraft; also its own snapshot builder. Clones share everything.
 #[derive(Clone)]
 pub struct StateMachine {
     store: Arc<Store>,
     snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
-    /// Entries applied since the last durable commit.
-    not_durable: Arc<AtomicU64>,
+    progress: Arc<Mutex<Progress>>,
 }
 
 impl StateMachine {
     pub fn open(store: Arc<Store>) -> Result<StateMachine, StoreError> {
-        store.transact(Durability::Immediate, |txn| {
+        store.flush(Durability::Immediate, |txn| {
             txn.open_table(RAFT_META)?;
             Ok(())
         })?;
-        Ok(StateMachine {
-            store,
-            snapshot: Arc::new(Mutex::new(None)),
-            not_durable: Arc::new(AtomicU64::new(0)),
-        })
+        Ok(StateMachine { store, snapshot: Arc::new(Mutex::new(None)), progress: Arc::default() })
+    }
+
+    fn progress(&self) -> MutexGuard<'_, Progress> {
+        lock(&self.progress)
     }
 
     fn remember(&self, snapshot: StoredSnapshot) {
@@ -115,6 +159,10 @@ impl StateMachine {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || work(&store)).await.map_err(io_error)?.map_err(io_error)
     }
+}
+
+fn lock(progress: &Mutex<Progress>) -> MutexGuard<'_, Progress> {
+    progress.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, redb::Error> {
@@ -167,10 +215,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), io::Error> {
-        self.blocking(|store| {
+        let progress = self.progress.clone();
+        self.blocking(move |store| {
+            // Memberships are flushed at once, so only the applied log id can be ahead of the file.
+            let progress = lock(&progress);
             let txn = store.begin_read()?;
             let table = txn.open_table(RAFT_META).map_err(StoreError::storage)?;
-            Ok(read_state(&table)?)
+            let (applied, membership) = read_state(&table)?;
+            Ok((progress.applied.or(applied), membership))
         })
         .await
     }
@@ -181,46 +233,42 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let (entries, responders): (Vec<_>, Vec<_>) =
             entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
-        let pending =
-            self.not_durable.fetch_add(entries.len() as u64, Ordering::Relaxed) + entries.len() as u64;
-        let durability = if pending >= DURABLE_EVERY_ENTRIES {
-            self.not_durable.store(0, Ordering::Relaxed);
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
-        let work = move |store: &Store| {
-            store.transact(durability, |txn| {
-                let mut kv = txn.open_table(KV)?;
-                let mut meta = txn.open_table(RAFT_META)?;
-                let mut replies = Vec::with_capacity(entries.len());
-                for entry in &entries {
-                    replies.push(match &entry.payload {
-                        EntryPayload::Normal(write) => apply_write(&mut kv, write)?,
-                        EntryPayload::Membership(membership) => {
-                            let stored = StoredMembership::new(Some(entry.log_id()), membership.clone());
-                            meta.insert(MEMBERSHIP, encode(&stored)?.as_slice())?;
-                            let mut ever = read_members_ever(&meta)?;
-                            ever.extend(membership.nodes().map(|(id, _)| *id));
-                            meta.insert(MEMBERS_EVER, encode(&ever)?.as_slice())?;
-                            Reply::ok()
-                        }
-                        EntryPayload::Blank => Reply::ok(),
-                    });
-                }
-                if let Some(last) = entries.last() {
-                    meta.insert(APPLIED, encode(&Some(last.log_id()))?.as_slice())?;
-                }
-                Ok(replies)
-            })
-        };
-        // A commit without fsync takes tens of microseconds, less than handing it to another
+        let count = entries.len() as u64;
+        // A flush that is not fsynced takes tens of microseconds, less than handing it to another
         // thread and back; a durable one waits for the disk, so it leaves the async threads.
-        let replies = match durability {
-            Durability::None => work(&self.store).map_err(io_error)?,
-            _ => self.blocking(work).await?,
+        let durable_ahead = {
+            let progress = self.progress();
+            progress.unflushed + count >= FLUSH_EVERY_ENTRIES
+                && progress.not_durable + progress.unflushed + count >= DURABLE_EVERY_ENTRIES
         };
-        // Answered only now that the batch is committed.
+        let progress = self.progress.clone();
+        let work = move |store: &Store| {
+            let mut progress = lock(&progress);
+            let committed = store.committed()?;
+            let mut replies = Vec::with_capacity(entries.len());
+            let mut memberships = Vec::new();
+            for entry in &entries {
+                replies.push(match &entry.payload {
+                    EntryPayload::Normal(write) => store.apply_write(&committed, write)?,
+                    EntryPayload::Membership(membership) => {
+                        memberships.push(StoredMembership::new(Some(entry.log_id()), membership.clone()));
+                        Reply::ok()
+                    }
+                    EntryPayload::Blank => Reply::ok(),
+                });
+            }
+            drop(committed);
+            progress.applied = entries.last().map(|e| e.log_id()).or(progress.applied);
+            progress.unflushed += entries.len() as u64;
+            // A membership is flushed at once: nodes ask for the ids ever used (`members_ever`).
+            if progress.unflushed >= FLUSH_EVERY_ENTRIES || !memberships.is_empty() {
+                progress.flush(store, false, &memberships)?;
+            }
+            Ok(replies)
+        };
+        let replies =
+            if durable_ahead { self.blocking(work).await? } else { work(&self.store).map_err(io_error)? };
+        // Answered only now that the batch is applied (reads see it from now on).
         for (responder, reply) in responders.into_iter().zip(replies) {
             if let Some(responder) = responder {
                 responder.send(reply);
@@ -238,8 +286,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let body: SnapshotBody =
             rmp_serde::from_slice(&data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let state = (meta.last_log_id, meta.last_membership.clone());
+        let progress = self.progress.clone();
         self.blocking(move |store| {
-            store.transact(Durability::Immediate, |txn| {
+            let mut progress = lock(&progress);
+            store.replace(|txn| {
                 let mut kv = txn.open_table(KV)?;
                 kv.retain(|_, _| false)?;
                 for (key, value) in &body.pairs {
@@ -250,7 +300,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 table.insert(APPLIED, encode(&state.0)?.as_slice())?;
                 table.insert(MEMBERSHIP, encode(&state.1)?.as_slice())?;
                 Ok(())
-            })
+            })?;
+            *progress = Progress { applied: state.0, ..Progress::default() };
+            Ok(())
         })
         .await?;
         self.remember(StoredSnapshot { meta: meta.clone(), data });
@@ -267,11 +319,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = Bytes;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let progress = self.progress.clone();
         let (meta, data) = self
-            .blocking(|store| {
-                // One read transaction: the data and the log id it reflects are consistent. It is
-                // durable, because the log will be purged up to that log id.
-                let txn = store.durable_view()?;
+            .blocking(move |store| {
+                // Everything applied goes into the database durably, because the log will be
+                // purged up to the log id the snapshot reflects; no apply comes in between, so
+                // the view taken then shows exactly that.
+                let txn = {
+                    let mut progress = lock(&progress);
+                    progress.flush(store, true, &[])?;
+                    store.begin_read()?
+                };
                 let kv = txn.open_table(KV).map_err(StoreError::storage)?;
                 let meta = txn.open_table(RAFT_META).map_err(StoreError::storage)?;
                 let (applied, membership) = read_state(&meta)?;
@@ -311,15 +369,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let pairs = [("a", "1"), ("b", ""), ("c\0", "\u{ff}")];
-        store
-            .transact(Durability::Immediate, |txn| {
-                let mut kv = txn.open_table(KV)?;
-                for (k, v) in pairs {
-                    kv.insert(k.as_bytes(), v.as_bytes())?;
-                }
-                Ok(())
-            })
-            .unwrap();
+        let committed = store.committed().unwrap();
+        for (k, v) in pairs {
+            let write = Write::Set { key: Bytes::from(k), value: Bytes::from(v) };
+            store.apply_write(&committed, &write).unwrap();
+        }
+        store.flush(Durability::Immediate, |_| Ok(())).unwrap();
         let members_ever = BTreeSet::from([1, 2, 5]);
         let txn = store.begin_read().unwrap();
         let streamed = encode_body(&members_ever, &txn.open_table(KV).unwrap()).unwrap();
