@@ -623,6 +623,18 @@ mod tests {
         }
     }
 
+    /// Listeners on free loopback ports for nodes `1..=count`, and the membership naming them.
+    async fn bind_members(count: u64) -> (Vec<(u64, TcpListener)>, BTreeMap<u64, BasicNode>) {
+        let mut listeners = Vec::new();
+        let mut members = BTreeMap::new();
+        for id in 1..=count {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            members.insert(id, BasicNode::new(listener.local_addr().unwrap().to_string()));
+            listeners.push((id, listener));
+        }
+        (listeners, members)
+    }
+
     async fn leader_among(nodes: &BTreeMap<u64, TestNode>, excluded: Option<u64>) -> u64 {
         let any = nodes.values().next().unwrap();
         let metrics = any
@@ -636,13 +648,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn three_nodes_replicate_over_tcp_and_survive_losing_the_leader() {
-        let mut listeners = Vec::new();
-        let mut members = BTreeMap::new();
-        for id in 1..=3u64 {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            members.insert(id, BasicNode::new(listener.local_addr().unwrap().to_string()));
-            listeners.push((id, listener));
-        }
+        let (listeners, members) = bind_members(3).await;
         let mut nodes = BTreeMap::new();
         for (id, listener) in listeners {
             nodes.insert(id, start(id, listener, config()).await);
@@ -687,13 +693,7 @@ mod tests {
             purge_batch_size: 1,
             ..config()
         };
-        let mut listeners = Vec::new();
-        let mut members = BTreeMap::new();
-        for id in 1..=3u64 {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            members.insert(id, BasicNode::new(listener.local_addr().unwrap().to_string()));
-            listeners.push((id, listener));
-        }
+        let (mut listeners, members) = bind_members(3).await;
         let (late_id, late_listener) = listeners.pop().unwrap();
         let mut nodes = BTreeMap::new();
         for (id, listener) in listeners {
@@ -737,13 +737,7 @@ mod tests {
         // make appends too big for one frame: each goes out in parts, openraft sending the rest
         // after each partial success.
         let frame = 32 * 1024;
-        let mut listeners = Vec::new();
-        let mut members = BTreeMap::new();
-        for id in 1..=3u64 {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            members.insert(id, BasicNode::new(listener.local_addr().unwrap().to_string()));
-            listeners.push((id, listener));
-        }
+        let (listeners, members) = bind_members(3).await;
         let mut nodes = BTreeMap::new();
         for (id, listener) in listeners {
             nodes.insert(id, start_with_frame(id, listener, config(), frame).await);
