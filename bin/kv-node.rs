@@ -6,8 +6,9 @@ use kv::config::{self, NodeArgs};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-/// mimalloc instead of glibc's malloc: per-thread free lists without locks (with glibc, malloc and
-/// free took about a tenth of a busy node's CPU), and memory handed back to the system promptly.
+/// mimalloc instead of glibc's malloc: per-thread free lists without locks. glibc's, limited to
+/// two arenas to keep a node's memory down, took about a tenth of a busy node's CPU in malloc and
+/// free, partly waiting on its locks (docs/BENCHMARKS.md has the A/B and the memory figures).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
