@@ -99,11 +99,21 @@ struct Progress {
 }
 
 impl Progress {
+    /// Whether applying `count` more entries gathers enough for a flush.
+    fn flush_due(&self, count: u64) -> bool {
+        self.unflushed + count >= FLUSH_EVERY_ENTRIES
+    }
+
+    /// Whether a flush after `count` more entries would have to be durable.
+    fn durable_due(&self, count: u64) -> bool {
+        self.not_durable + self.unflushed + count >= DURABLE_EVERY_ENTRIES
+    }
+
     /// Flushes the store, recording the applied log id and `memberships` beside the data:
     /// durably when `durable` is set or enough entries have waited for it.
     fn flush(&mut self, store: &Store, durable: bool, memberships: &[Membership]) -> Result<(), StoreError> {
+        let durable = durable || self.durable_due(0);
         self.not_durable += self.unflushed;
-        let durable = durable || self.not_durable >= DURABLE_EVERY_ENTRIES;
         let durability = if durable { Durability::Immediate } else { Durability::None };
         store.flush(durability, |txn| {
             let mut meta = txn.open_table(RAFT_META)?;
@@ -239,8 +249,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // so an apply that will make one leaves the async threads.
         let durable_ahead = {
             let progress = self.progress();
-            progress.unflushed + count >= FLUSH_EVERY_ENTRIES
-                && progress.not_durable + progress.unflushed + count >= DURABLE_EVERY_ENTRIES
+            progress.flush_due(count) && progress.durable_due(count)
         };
         let progress = self.progress.clone();
         let work = move |store: &Store| {
@@ -262,7 +271,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             progress.applied = entries.last().map(|e| e.log_id()).or(progress.applied);
             progress.unflushed += entries.len() as u64;
             // A membership is flushed at once: nodes ask for the ids ever used (`members_ever`).
-            if progress.unflushed >= FLUSH_EVERY_ENTRIES || !memberships.is_empty() {
+            if progress.flush_due(0) || !memberships.is_empty() {
                 progress.flush(store, false, &memberships)?;
             }
             Ok(replies)
