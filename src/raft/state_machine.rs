@@ -3,8 +3,8 @@
 //!
 //! Entries go through the same deterministic `Store::apply_write` a single node uses, so every
 //! node computes the same state and the same answers. The store keeps applied writes in memory
-//! until a flush moves them into its database, at least every [`FLUSH_EVERY_ENTRIES`] entries
-//! (and at once for a membership change). The flush's transaction also records the last applied
+//! until a flush moves them into its database, at least every [`FLUSH_EVERY_ENTRIES`] entries or
+//! [`FLUSH_EVERY_BYTES`] bytes (and at once for a membership change). The flush's transaction also records the last applied
 //! log id and the membership, so the data and the claim about how much of the log it reflects
 //! can never disagree after a crash.
 //!
@@ -32,7 +32,7 @@ use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
-use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::type_config::alias::{EntryOf, LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
 use redb::{ReadableTable, TableDefinition};
 use serde_bytes::ByteBuf;
@@ -51,12 +51,17 @@ const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";
 const MEMBERS_EVER: &str = "members_ever";
 
-/// Applied entries are flushed into the database once this many have gathered.
-pub const FLUSH_EVERY_ENTRIES: u64 = 128;
+/// Applied entries are flushed into the database once this many have gathered. The bigger the
+/// batch, the more of its keys share the B-tree pages that redb rewrites once per commit: 1024
+/// rather than 128 made writes faster in interleaved runs (docs/BENCHMARKS.md).
+pub const FLUSH_EVERY_ENTRIES: u64 = 1024;
+
+/// ... or once their keys and values come to this many bytes, which bounds the memory they hold.
+pub const FLUSH_EVERY_BYTES: u64 = 4 * 1024 * 1024;
 
 /// At most about this many applied entries are not yet durable (and would be applied again after
 /// a crash); a flush is durable once it would pass this.
-pub const DURABLE_EVERY_ENTRIES: u64 = 1000;
+pub const DURABLE_EVERY_ENTRIES: u64 = 8192;
 
 /// What a snapshot carries.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -92,16 +97,18 @@ struct Progress {
     /// The last applied log id, if anything was applied since the node started; the database
     /// records it at the next flush.
     applied: Option<LogId>,
-    /// Entries applied since the last flush.
+    /// Entries applied since the last flush ...
     unflushed: u64,
+    /// ... and roughly the bytes they wrote.
+    unflushed_bytes: u64,
     /// Entries applied since the last durable flush.
     not_durable: u64,
 }
 
 impl Progress {
-    /// Whether applying `count` more entries gathers enough for a flush.
-    fn flush_due(&self, count: u64) -> bool {
-        self.unflushed + count >= FLUSH_EVERY_ENTRIES
+    /// Whether applying `count` more entries writing `bytes` gathers enough for a flush.
+    fn flush_due(&self, count: u64, bytes: u64) -> bool {
+        self.unflushed + count >= FLUSH_EVERY_ENTRIES || self.unflushed_bytes + bytes >= FLUSH_EVERY_BYTES
     }
 
     /// Whether a flush after `count` more entries would have to be durable.
@@ -129,6 +136,7 @@ impl Progress {
             Ok(())
         })?;
         self.unflushed = 0;
+        self.unflushed_bytes = 0;
         if durable {
             self.not_durable = 0;
         }
@@ -168,6 +176,14 @@ impl StateMachine {
     ) -> io::Result<T> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || work(&store)).await.map_err(io_error)?.map_err(io_error)
+    }
+}
+
+/// Roughly how many bytes applying `entry` puts in the store's memory until the next flush.
+fn written_bytes(entry: &EntryOf<TypeConfig>) -> u64 {
+    match &entry.payload {
+        EntryPayload::Normal(write) => write.encoded_len_estimate() as u64,
+        _ => 0,
     }
 }
 
@@ -244,12 +260,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (entries, responders): (Vec<_>, Vec<_>) =
             entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
         let count = entries.len() as u64;
+        let bytes = entries.iter().map(written_bytes).sum::<u64>();
         // Applying runs here: most applies touch only memory, and a hop to another thread and
         // back (about 0.2 ms) would cost every one of them. A durable flush waits for the disk,
         // so an apply that will make one leaves the async threads.
         let durable_ahead = {
             let progress = self.progress();
-            progress.flush_due(count) && progress.durable_due(count)
+            progress.flush_due(count, bytes) && progress.durable_due(count)
         };
         let progress = self.progress.clone();
         let work = move |store: &Store| {
@@ -269,9 +286,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             drop(committed);
             progress.applied = entries.last().map(|e| e.log_id()).or(progress.applied);
-            progress.unflushed += entries.len() as u64;
+            progress.unflushed += count;
+            progress.unflushed_bytes += bytes;
             // A membership is flushed at once: nodes ask for the ids ever used (`members_ever`).
-            if progress.flush_due(0) || !memberships.is_empty() {
+            if progress.flush_due(0, 0) || !memberships.is_empty() {
                 progress.flush(store, false, &memberships)?;
             }
             Ok(replies)
@@ -391,6 +409,22 @@ mod tests {
         let pairs =
             pairs.iter().map(|(k, v)| (ByteBuf::from(k.as_bytes()), ByteBuf::from(v.as_bytes()))).collect();
         assert_eq!(streamed, encode(&SnapshotBody { members_ever, pairs }).unwrap());
+    }
+
+    #[tokio::test]
+    async fn big_values_are_flushed_before_many_entries_have_gathered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        // Four of these (with their keys) reach the flush's byte budget; three do not.
+        let value = Bytes::from(vec![b'v'; FLUSH_EVERY_BYTES as usize / 4]);
+        let mut unflushed = Vec::new();
+        for index in 1..=5 {
+            let write = Write::Set { key: Bytes::from(format!("k{index}")), value: value.clone() };
+            sm.apply(futures::stream::iter([Ok(normal(index, write))])).await.unwrap();
+            unflushed.push(sm.progress().unflushed);
+        }
+        assert_eq!(unflushed, [1, 2, 3, 0, 1]);
+        assert_eq!(get(&sm, "k4"), Reply::Bulk { value: ByteBuf::from(value.to_vec()) });
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
