@@ -6,10 +6,13 @@
 //! and its callback fires only once they are on disk. Making them durable costs an fsync, so
 //! `append` does not do it itself:
 //!
-//! 1. It puts the entries in an in-memory *pending tail* that every reader consults, and returns.
+//! 1. It puts the entries in the log's in-memory tail (`log_tail`) that every reader consults, and
+//!    returns.
 //! 2. One writer thread takes every operation queued so far and runs them in order: the appends
 //!    as one write to the entries file and **one** `fdatasync`, anything else in redb. Then it
-//!    fires the callbacks and moves the now-durable entries from the tail to the file's index.
+//!    adds the records to the file's index, marks them durable in the tail (which keeps the
+//!    newest of them, so reads near the end of the log need not touch the file) and fires the
+//!    callbacks.
 //!
 //! While one fsync runs, later appends queue up and share the next one, so the cost per entry falls
 //! as load rises and the Raft core never waits on the disk for an append. Appends are written
@@ -19,6 +22,7 @@
 //! answered.
 
 use super::entry_file::EntryFile;
+use super::log_tail::Tail;
 use super::{TypeConfig, io_error};
 use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
@@ -26,10 +30,9 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Serialize, de::DeserializeOwned};
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -66,9 +69,9 @@ pub const ENTRIES_FILE: &str = "raft-log.entries";
 /// What readers and the writer thread share.
 struct Shared {
     db: Database,
-    /// Appended but not yet durable, by index. Readers see these over what is in `file`.
-    pending: Mutex<BTreeMap<u64, Entry>>,
-    /// The durable entries. Lock order: `pending` before `file`.
+    /// The newest entries, durable or not; from its first index on, readers look only here.
+    tail: Mutex<Tail>,
+    /// The durable entries. Lock order: `tail` before `file`.
     file: RwLock<EntryFile>,
     /// The latest committed log id openraft reported, encoded, and whether it is still to be
     /// written.
@@ -128,7 +131,7 @@ impl LogStore {
         }
         let shared = Arc::new(Shared {
             db,
-            pending: Mutex::new(BTreeMap::new()),
+            tail: Mutex::new(Tail::default()),
             file: RwLock::new(file),
             committed: Mutex::new((None, false)),
         });
@@ -209,9 +212,9 @@ fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> io::Result<Option
 }
 
 impl Shared {
-    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
-        // A panic while holding this lock would be a bug here; the map itself stays consistent.
-        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        // A panic while holding this lock would be a bug here; the tail itself stays consistent.
+        self.tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn file_read(&self) -> std::sync::RwLockReadGuard<'_, EntryFile> {
@@ -222,30 +225,40 @@ impl Shared {
         self.file.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn entries(&self, range: impl RangeBounds<u64> + Clone) -> io::Result<Vec<Entry>> {
-        // One consistent cut: the writer moves entries from the pending tail to the file's index
-        // under both locks, so holding them both sees every entry exactly once. (Reading the file
-        // first and the tail after could miss the entries moved in between.)
-        let (file, pending) = {
-            let pending = self.pending();
-            let file = self.file_read();
-            let newer: Vec<(u64, Entry)> =
-                pending.range(range.clone()).map(|(index, entry)| (*index, entry.clone())).collect();
-            (file, newer)
+    fn entries(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<Entry>> {
+        let start = match range.start_bound() {
+            Bound::Included(start) => *start,
+            Bound::Excluded(start) => start.saturating_add(1),
+            Bound::Unbounded => 0,
         };
-        let mut entries = BTreeMap::new();
-        for (index, payload) in file.read(range)? {
-            entries.insert(index, decode::<Entry>(&payload)?);
+        let end = match range.end_bound() {
+            Bound::Included(end) => end.saturating_add(1),
+            Bound::Excluded(end) => *end,
+            Bound::Unbounded => u64::MAX,
+        };
+        // One consistent cut: the writer drops entries from the tail only under both locks, once
+        // the file's index has them, so holding both sees every entry in one place or the other.
+        let (file, newest, tail_start) = {
+            let tail = self.tail();
+            let file = self.file_read();
+            let tail_start = tail.first_index().unwrap_or(u64::MAX).max(start);
+            (file, tail.read(tail_start..end), tail_start)
+        };
+        let older = start..end.min(tail_start);
+        let mut entries = Vec::with_capacity(newest.len());
+        if !older.is_empty() {
+            for (_, payload) in file.read(older)? {
+                entries.push(decode::<Entry>(&payload)?);
+            }
         }
         drop(file);
-        // What is pending is newer than what is on disk at the same index.
-        entries.extend(pending);
-        Ok(entries.into_values().collect())
+        entries.extend(newest);
+        Ok(entries)
     }
 
     fn last_log_id(&self) -> io::Result<Option<LogId>> {
-        if let Some((_, entry)) = self.pending().last_key_value() {
-            return Ok(Some(entry.log_id()));
+        if let Some(last) = self.tail().last_log_id() {
+            return Ok(Some(last));
         }
         let file = self.file_read();
         let Some(last) = file.last_index() else { return Ok(None) };
@@ -340,10 +353,10 @@ fn write_appends(
         let placed = EntryFile::encode(start, &records, &mut buf);
         handle.write_all_at(&buf, start)?;
         handle.sync_data()?;
-        let mut pending = shared.pending();
+        let mut tail = shared.tail();
         let mut file = shared.file_write();
         file.appended(placed, start + buf.len() as u64);
-        forget_pending(&mut pending, batch);
+        tail.mark_durable(appended(batch));
     }
     write_meta(&shared.db, batch, committed)
 }
@@ -351,7 +364,7 @@ fn write_appends(
 /// Truncations and purges change what readers may see, so the batch runs in order under both
 /// locks.
 fn write_in_order(shared: &Shared, batch: &[Op], committed: Option<&[u8]>) -> io::Result<()> {
-    let mut pending = shared.pending();
+    let mut tail = shared.tail();
     let mut file = shared.file_write();
     for op in batch {
         match op {
@@ -368,22 +381,19 @@ fn write_in_order(shared: &Shared, batch: &[Op], committed: Option<&[u8]>) -> io
         }
     }
     file.sync()?;
-    forget_pending(&mut pending, batch);
+    tail.mark_durable(appended(batch));
     write_meta(&shared.db, batch, committed)
 }
 
-/// Drops the batch's entries from the pending tail, now that the file has them.
-fn forget_pending(pending: &mut BTreeMap<u64, Entry>, batch: &[Op]) {
-    for op in batch {
-        if let Op::Append { entries, .. } = op {
-            for (log_id, _) in entries {
-                // Only if it was not replaced by a later truncate and append.
-                if pending.get(&log_id.index()).is_some_and(|e| e.log_id() == *log_id) {
-                    pending.remove(&log_id.index());
-                }
-            }
-        }
-    }
+/// The log ids of the batch's appended entries.
+fn appended(batch: &[Op]) -> impl Iterator<Item = LogId> + '_ {
+    batch
+        .iter()
+        .filter_map(|op| match op {
+            Op::Append { entries, .. } => Some(entries.iter().map(|(log_id, _)| *log_id)),
+            _ => None,
+        })
+        .flatten()
 }
 
 /// An append's entries as `(index, encoded entry)` records for the entries file.
@@ -477,9 +487,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let encoded = entries.iter().map(|e| Ok((e.log_id(), encode(e)?))).collect::<io::Result<Vec<_>>>()?;
         {
-            let mut pending = self.shared.pending();
-            for entry in entries {
-                pending.insert(entry.index(), entry);
+            let mut tail = self.shared.tail();
+            for (entry, (_, bytes)) in entries.into_iter().zip(&encoded) {
+                tail.push(entry, bytes.len());
             }
         }
         self.ops.send(Op::Append { entries: encoded, flushed }).map_err(|_| writer_gone())
@@ -489,13 +499,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
         // Appends queued before this are committed first (the queue is in order) and then cut
         // from disk; dropping them from the tail now keeps readers from seeing them meanwhile.
-        self.shared.pending().retain(|index, _| *index < from);
+        self.shared.tail().truncate_from(from);
         self.write_and_wait(|done| Op::Truncate { from, done }).await
     }
 
     async fn purge(&mut self, upto: LogId) -> Result<(), io::Error> {
         let encoded = encode(&upto)?;
-        self.shared.pending().retain(|index, _| *index > upto.index());
+        self.shared.tail().purge_upto(upto.index());
         self.write_and_wait(|done| Op::Purge { upto, encoded, done }).await
     }
 }
@@ -534,7 +544,7 @@ mod tests {
         drop(blocker);
         let result = tokio::time::timeout(Duration::from_secs(10), flushed).await.unwrap().unwrap();
         assert!(result.is_ok());
-        assert!(log.shared.pending().is_empty(), "durable entries leave the tail");
+        assert!(log.shared.tail().all_durable(), "the writer marks what it committed durable");
         assert_eq!(indexes(&reader.try_get_log_entries(2..=3).await.unwrap()), [2, 3]);
     }
 

@@ -1,8 +1,10 @@
 //! Raft glue: openraft's type configuration and the durable storage it runs on.
 //!
-//! - `log_store`: the replicated log and the vote, in their own redb file. Appends return at
+//! - `log_store`: the replicated log and the vote, in their own files (`entry_file` holds the
+//!   entries; the vote and other metadata sit in a small redb database). Appends return at
 //!   once and are made durable by a writer thread in batches (group commit), so disk latency
-//!   never stalls the Raft core.
+//!   never stalls the Raft core. The newest entries stay decoded in memory (`log_tail`), where
+//!   replication and apply find them.
 //! - `state_machine`: applies committed [`Write`]s to the node's [`crate::store::Store`] through
 //!   the same deterministic `apply_write` a single node uses; the store flushes them into its
 //!   database in batches, with the applied log id and the membership written in the same
@@ -16,6 +18,7 @@
 
 mod entry_file;
 pub mod log_store;
+mod log_tail;
 pub mod network;
 pub mod state_machine;
 
