@@ -3,18 +3,17 @@
 //!
 //! Entries go through the same deterministic `Store::apply_write` a single node uses, so every
 //! node computes the same state and the same answers. The store keeps applied writes in memory
-//! until a flush moves them into its database, at least every [`FLUSH_EVERY_ENTRIES`] entries or
-//! [`FLUSH_EVERY_BYTES`] bytes (and at once for a membership change). The flush's transaction also records the last applied
-//! log id and the membership, so the data and the claim about how much of the log it reflects
-//! can never disagree after a crash.
+//! until a flush moves them into its database, every [`FLUSH_EVERY_ENTRIES`] entries or
+//! [`FLUSH_EVERY_BYTES`] bytes, at once for a membership change, and before a snapshot is built.
+//! The flush's transaction also records the last applied log id and the membership, so the data
+//! and the claim about how much of the log it reflects can never disagree after a crash.
 //!
-//! Most flushes are not fsynced either: the Raft log is already durable, so a crash that loses
-//! the newest applies only rolls the state machine back to an earlier applied index, and openraft
-//! applies the committed entries after it again on restart. What bounds that replay is a durable
-//! flush every [`DURABLE_EVERY_ENTRIES`] entries. What makes it safe is that the log is never
-//! purged past what is durable here: log purges follow snapshots, and a snapshot is only built
-//! from a durable flush of everything applied. This takes the per-batch commit (and its fsync)
-//! off every node's write path.
+//! Between flushes nothing here is durable, and need not be: the Raft log is, so a crash only
+//! rolls the state machine back to the last flush, and openraft applies the committed entries
+//! after it again on restart (at most a flush's worth). What makes that safe is that the log is
+//! never purged past what the database holds: log purges follow snapshots, and a snapshot is
+//! only built after a flush of everything applied. This takes the per-batch commit (and its
+//! fsync) off every node's write path.
 //!
 //! It also remembers every node id that was ever a member ([`members_ever`]), so that an id is
 //! never given to a second node: a fresh node under an old id could replay old memberships in
@@ -27,7 +26,7 @@
 
 use super::{TypeConfig, io_error};
 use crate::protocol::message::Reply;
-use crate::store::{Durability, KV, Store, StoreError};
+use crate::store::{KV, Store, StoreError};
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
@@ -52,16 +51,13 @@ const MEMBERSHIP: &str = "membership";
 const MEMBERS_EVER: &str = "members_ever";
 
 /// Applied entries are flushed into the database once this many have gathered. The bigger the
-/// batch, the more of its keys share the B-tree pages that redb rewrites once per commit: 1024
-/// rather than 128 made writes faster in interleaved runs (docs/BENCHMARKS.md).
-pub const FLUSH_EVERY_ENTRIES: u64 = 1024;
+/// batch, the more of its keys share the B-tree pages that redb rewrites once per commit: 8192
+/// rather than 1024 cut the nodes' CPU per write by a fifth under load (docs/BENCHMARKS.md).
+/// They hold about 1.5 MiB with 16-byte values, and a restart applies at most this many again.
+pub const FLUSH_EVERY_ENTRIES: u64 = 8192;
 
 /// ... or once their keys and values come to this many bytes, which bounds the memory they hold.
-pub const FLUSH_EVERY_BYTES: u64 = 4 * 1024 * 1024;
-
-/// At most about this many applied entries are not yet durable (and would be applied again after
-/// a crash); a flush is durable once it would pass this.
-pub const DURABLE_EVERY_ENTRIES: u64 = 8192;
+pub const FLUSH_EVERY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// What a snapshot carries.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -101,8 +97,6 @@ struct Progress {
     unflushed: u64,
     /// ... and roughly the bytes they wrote.
     unflushed_bytes: u64,
-    /// Entries applied since the last durable flush.
-    not_durable: u64,
 }
 
 impl Progress {
@@ -111,18 +105,9 @@ impl Progress {
         self.unflushed + count >= FLUSH_EVERY_ENTRIES || self.unflushed_bytes + bytes >= FLUSH_EVERY_BYTES
     }
 
-    /// Whether a flush after `count` more entries would have to be durable.
-    fn durable_due(&self, count: u64) -> bool {
-        self.not_durable + self.unflushed + count >= DURABLE_EVERY_ENTRIES
-    }
-
-    /// Flushes the store, recording the applied log id and `memberships` beside the data:
-    /// durably when `durable` is set or enough entries have waited for it.
-    fn flush(&mut self, store: &Store, durable: bool, memberships: &[Membership]) -> Result<(), StoreError> {
-        let durable = durable || self.durable_due(0);
-        self.not_durable += self.unflushed;
-        let durability = if durable { Durability::Immediate } else { Durability::None };
-        store.flush(durability, |txn| {
+    /// Flushes the store, recording the applied log id and `memberships` beside the data.
+    fn flush(&mut self, store: &Store, memberships: &[Membership]) -> Result<(), StoreError> {
+        store.flush(|txn| {
             let mut meta = txn.open_table(RAFT_META)?;
             if let Some(applied) = self.applied {
                 meta.insert(APPLIED, encode(&Some(applied))?.as_slice())?;
@@ -137,9 +122,6 @@ impl Progress {
         })?;
         self.unflushed = 0;
         self.unflushed_bytes = 0;
-        if durable {
-            self.not_durable = 0;
-        }
         Ok(())
     }
 }
@@ -154,7 +136,7 @@ pub struct StateMachine {
 
 impl StateMachine {
     pub fn open(store: Arc<Store>) -> Result<StateMachine, StoreError> {
-        store.flush(Durability::Immediate, |txn| {
+        store.flush(|txn| {
             txn.open_table(RAFT_META)?;
             Ok(())
         })?;
@@ -262,12 +244,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let count = entries.len() as u64;
         let bytes = entries.iter().map(written_bytes).sum::<u64>();
         // Applying runs here: most applies touch only memory, and a hop to another thread and
-        // back (about 0.2 ms) would cost every one of them. A durable flush waits for the disk,
-        // so an apply that will make one leaves the async threads.
-        let durable_ahead = {
-            let progress = self.progress();
-            progress.flush_due(count, bytes) && progress.durable_due(count)
-        };
+        // back (about 0.2 ms) would cost every one of them. A flush waits for the disk, so an
+        // apply that will make one leaves the async threads.
+        let flush_ahead = entries.iter().any(|e| matches!(e.payload, EntryPayload::Membership(_)))
+            || self.progress().flush_due(count, bytes);
         let progress = self.progress.clone();
         let work = move |store: &Store| {
             let mut progress = lock(&progress);
@@ -290,12 +270,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             progress.unflushed_bytes += bytes;
             // A membership is flushed at once: nodes ask for the ids ever used (`members_ever`).
             if progress.flush_due(0, 0) || !memberships.is_empty() {
-                progress.flush(store, false, &memberships)?;
+                progress.flush(store, &memberships)?;
             }
             Ok(replies)
         };
         let replies =
-            if durable_ahead { self.blocking(work).await? } else { work(&self.store).map_err(io_error)? };
+            if flush_ahead { self.blocking(work).await? } else { work(&self.store).map_err(io_error)? };
         // Answered only now that the batch is applied (reads see it from now on).
         for (responder, reply) in responders.into_iter().zip(replies) {
             if let Some(responder) = responder {
@@ -350,12 +330,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let progress = self.progress.clone();
         let (meta, data) = self
             .blocking(move |store| {
-                // Everything applied goes into the database durably, because the log will be
-                // purged up to the log id the snapshot reflects; no apply comes in between, so
-                // the view taken then shows exactly that.
+                // Everything applied goes into the database, because the log will be purged up
+                // to the log id the snapshot reflects; no apply comes in between, so the view
+                // taken then shows exactly that.
                 let txn = {
                     let mut progress = lock(&progress);
-                    progress.flush(store, true, &[])?;
+                    progress.flush(store, &[])?;
                     store.begin_read()?
                 };
                 let kv = txn.open_table(KV).map_err(StoreError::storage)?;
@@ -402,7 +382,7 @@ mod tests {
             let write = Write::Set { key: Bytes::from(k), value: Bytes::from(v) };
             store.apply_write(&committed, &write).unwrap();
         }
-        store.flush(Durability::Immediate, |_| Ok(())).unwrap();
+        store.flush(|_| Ok(())).unwrap();
         let members_ever = BTreeSet::from([1, 2, 5]);
         let txn = store.begin_read().unwrap();
         let streamed = encode_body(&members_ever, &txn.open_table(KV).unwrap()).unwrap();

@@ -7,10 +7,11 @@
 //! ([`crate::raft::state_machine`]).
 //!
 //! Applied writes first go to an in-memory map of *unflushed* writes, which every read consults
-//! before the database; `Store::flush` moves them into the database in one transaction. A redb
-//! commit costs tens of microseconds whatever it holds, and its copy-on-write B-tree copies a
-//! page for every transaction that touches it: committing once per few hundred writes instead of
-//! once per Raft apply (often a handful of writes) takes most of that off every node. Nothing is
+//! before the database; `Store::flush` moves them into the database in one durable transaction.
+//! A redb commit costs tens of microseconds and an fsync whatever it holds, and its copy-on-write
+//! B-tree rewrites every page a transaction touches: committing once per few thousand writes
+//! instead of once per Raft apply (often a handful of writes) takes most of that off every node,
+//! and the more writes share a commit, the more of them share its pages. Nothing is
 //! lost by it: the Raft log holds every applied write, and the state machine records in the same
 //! transaction how far the database reflects the log (etcd's backend batches its commits the
 //! same way).
@@ -23,7 +24,6 @@
 use crate::command::{Read, Write};
 use crate::protocol::message::Reply;
 use bytes::Bytes;
-pub use redb::Durability;
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde_bytes::ByteBuf;
 use std::collections::BTreeMap;
@@ -147,18 +147,15 @@ impl Store {
         self.unflushed().len()
     }
 
-    /// Moves the unflushed writes into the database in one transaction, in which `also` writes
-    /// beside them (the state machine records there how far the data reflects the log); durably
-    /// (fsynced before this returns) or not. A non-durable commit is visible to readers at once
-    /// but may be lost in a crash, back to the last durable one.
+    /// Moves the unflushed writes into the database in one durable transaction, in which `also`
+    /// writes beside them (the state machine records there how far the data reflects the log).
     pub(crate) fn flush(
         &self,
-        durability: Durability,
         also: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
         // Cloning shares the keys and values; readers go on meanwhile.
         let writes = self.unflushed().clone();
-        self.transact(durability, |txn| {
+        self.transact(|txn| {
             let mut table = txn.open_table(KV)?;
             for (key, value) in &writes {
                 match value {
@@ -181,26 +178,21 @@ impl Store {
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
         let mut unflushed = self.unflushed_mut();
-        self.transact(Durability::Immediate, f)?;
+        self.transact(f)?;
         unflushed.clear();
         Ok(())
     }
 
-    /// Runs `f` in one write transaction and commits it if `f` succeeds: durably (fsynced before
-    /// this returns) or not. A non-durable commit is visible to readers at once but may be lost in
-    /// a crash, back to the last durable one; the next durable commit makes it durable too. This is
-    /// for an owner of tables beside [`KV`]: the Raft state machine keeps its applied index there,
-    /// written in the same transaction as the data it describes.
-    fn transact<T>(
+    /// Runs `f` in one write transaction and commits it durably (fsynced before this returns) if
+    /// `f` succeeds. `f` may write tables beside [`KV`]: the Raft state machine keeps its applied
+    /// index there, written in the same transaction as the data it describes.
+    fn transact(
         &self,
-        durability: Durability,
-        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
-    ) -> Result<T, StoreError> {
-        let mut txn = self.db.begin_write().map_err(StoreError::storage)?;
-        txn.set_durability(durability).map_err(StoreError::storage)?;
-        let value = f(&txn)?;
-        txn.commit().map_err(StoreError::storage)?;
-        Ok(value)
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(StoreError::storage)?;
+        f(&txn)?;
+        txn.commit().map_err(StoreError::storage)
     }
 
     /// A consistent read-only view of the latest committed state.
@@ -274,7 +266,7 @@ mod tests {
         writes.iter().map(|w| store.apply_write(&committed, w).unwrap()).collect()
     }
     fn flush(store: &Store) {
-        store.flush(Durability::Immediate, |_| Ok(())).unwrap();
+        store.flush(|_| Ok(())).unwrap();
     }
     fn get(store: &Store, key: &str) -> Reply {
         store.read(&Read::Get { key: b(key) }).unwrap()
