@@ -39,6 +39,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+type Entry = EntryOf<TypeConfig>;
 type LogId = LogIdOf<TypeConfig>;
 type Membership = StoredMembershipOf<TypeConfig>;
 type SnapshotMeta = SnapshotMetaOf<TypeConfig>;
@@ -105,6 +106,33 @@ impl Progress {
         self.unflushed + count >= FLUSH_EVERY_ENTRIES || self.unflushed_bytes + bytes >= FLUSH_EVERY_BYTES
     }
 
+    /// Applies `entries` (whose writes come to about `bytes`) to the store, flushing it when
+    /// enough has gathered or a membership changed; returns each entry's reply.
+    fn apply(&mut self, store: &Store, entries: &[Entry], bytes: u64) -> Result<Vec<Reply>, StoreError> {
+        let committed = store.committed()?;
+        let mut replies = Vec::with_capacity(entries.len());
+        let mut memberships = Vec::new();
+        for entry in entries {
+            replies.push(match &entry.payload {
+                EntryPayload::Normal(write) => store.apply_write(&committed, write)?,
+                EntryPayload::Membership(membership) => {
+                    memberships.push(StoredMembership::new(Some(entry.log_id()), membership.clone()));
+                    Reply::ok()
+                }
+                EntryPayload::Blank => Reply::ok(),
+            });
+        }
+        drop(committed);
+        self.applied = entries.last().map(|e| e.log_id()).or(self.applied);
+        self.unflushed += entries.len() as u64;
+        self.unflushed_bytes += bytes;
+        // A membership is flushed at once: nodes ask for the ids ever used (`members_ever`).
+        if self.flush_due(0, 0) || !memberships.is_empty() {
+            self.flush(store, &memberships)?;
+        }
+        Ok(replies)
+    }
+
     /// Flushes the store, recording the applied log id and `memberships` beside the data.
     fn flush(&mut self, store: &Store, memberships: &[Membership]) -> Result<(), StoreError> {
         store.flush(|txn| {
@@ -143,10 +171,6 @@ impl StateMachine {
         Ok(StateMachine { store, snapshot: Arc::new(Mutex::new(None)), progress: Arc::default() })
     }
 
-    fn progress(&self) -> MutexGuard<'_, Progress> {
-        lock(&self.progress)
-    }
-
     fn remember(&self, snapshot: StoredSnapshot) {
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(snapshot);
     }
@@ -162,7 +186,7 @@ impl StateMachine {
 }
 
 /// Roughly how many bytes applying `entry` puts in the store's memory until the next flush.
-fn written_bytes(entry: &EntryOf<TypeConfig>) -> u64 {
+fn written_bytes(entry: &Entry) -> u64 {
     match &entry.payload {
         EntryPayload::Normal(write) => write.encoded_len_estimate() as u64,
         _ => 0,
@@ -245,37 +269,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = entries.iter().map(written_bytes).sum::<u64>();
         // Applying runs here: most applies touch only memory, and a hop to another thread and
         // back (about 0.2 ms) would cost every one of them. A flush waits for the disk, so an
-        // apply that will make one leaves the async threads.
-        let flush_ahead = entries.iter().any(|e| matches!(e.payload, EntryPayload::Membership(_)))
-            || self.progress().flush_due(count, bytes);
-        let progress = self.progress.clone();
-        let work = move |store: &Store| {
-            let mut progress = lock(&progress);
-            let committed = store.committed()?;
-            let mut replies = Vec::with_capacity(entries.len());
-            let mut memberships = Vec::new();
-            for entry in &entries {
-                replies.push(match &entry.payload {
-                    EntryPayload::Normal(write) => store.apply_write(&committed, write)?,
-                    EntryPayload::Membership(membership) => {
-                        memberships.push(StoredMembership::new(Some(entry.log_id()), membership.clone()));
-                        Reply::ok()
-                    }
-                    EntryPayload::Blank => Reply::ok(),
-                });
+        // apply that will make one leaves the async threads, and so does one that would wait
+        // for a snapshot's flush to let go of the progress.
+        let membership = entries.iter().any(|e| matches!(e.payload, EntryPayload::Membership(_)));
+        let applied_here = match self.progress.try_lock() {
+            Ok(mut progress) if !membership && !progress.flush_due(count, bytes) => {
+                Some(progress.apply(&self.store, &entries, bytes))
             }
-            drop(committed);
-            progress.applied = entries.last().map(|e| e.log_id()).or(progress.applied);
-            progress.unflushed += count;
-            progress.unflushed_bytes += bytes;
-            // A membership is flushed at once: nodes ask for the ids ever used (`members_ever`).
-            if progress.flush_due(0, 0) || !memberships.is_empty() {
-                progress.flush(store, &memberships)?;
-            }
-            Ok(replies)
+            _ => None,
         };
-        let replies =
-            if flush_ahead { self.blocking(work).await? } else { work(&self.store).map_err(io_error)? };
+        let replies = match applied_here {
+            Some(replies) => replies.map_err(io_error)?,
+            None => {
+                let progress = self.progress.clone();
+                self.blocking(move |store| lock(&progress).apply(store, &entries, bytes)).await?
+            }
+        };
         // Answered only now that the batch is applied (reads see it from now on).
         for (responder, reply) in responders.into_iter().zip(replies) {
             if let Some(responder) = responder {
@@ -401,10 +410,37 @@ mod tests {
         for index in 1..=5 {
             let write = Write::Set { key: Bytes::from(format!("k{index}")), value: value.clone() };
             sm.apply(futures::stream::iter([Ok(normal(index, write))])).await.unwrap();
-            unflushed.push(sm.progress().unflushed);
+            unflushed.push(lock(&sm.progress).unflushed);
         }
         assert_eq!(unflushed, [1, 2, 3, 0, 1]);
         assert_eq!(get(&sm, "k4"), Reply::Bulk { value: ByteBuf::from(value.to_vec()) });
+    }
+
+    /// A snapshot's flush holds the progress for as long as the disk takes; an apply meanwhile
+    /// must wait off the async threads, not block one of them.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_apply_waiting_for_the_progress_leaves_the_async_thread_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let progress = sm.progress.clone();
+        let holder = std::thread::spawn(move || {
+            let _guard = lock(&progress);
+            held_tx.send(()).unwrap();
+            // Let go when told, or after a while so that a failing test still ends.
+            let _ = release_rx.recv_timeout(std::time::Duration::from_secs(5));
+        });
+        held.recv().unwrap();
+        let write = Write::Set { key: Bytes::from("k"), value: Bytes::from("v") };
+        let mut applying =
+            tokio::spawn(async move { sm.apply(futures::stream::iter([Ok(normal(1, write))])).await });
+        // This runtime has one thread: the timer fires only if the apply left it free.
+        let early = tokio::time::timeout(std::time::Duration::from_millis(100), &mut applying).await;
+        assert!(early.is_err(), "the apply ran while the progress was held");
+        release.send(()).unwrap();
+        applying.await.unwrap().unwrap();
+        holder.join().unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
