@@ -53,7 +53,7 @@ const MEMBERS_EVER: &str = "members_ever";
 
 /// Applied entries are flushed into the database once this many have gathered. The bigger the
 /// batch, the more of its keys share the B-tree pages that redb rewrites once per commit: 8192
-/// rather than 1024 cut the nodes' CPU per write by a fifth under load (docs/BENCHMARKS.md).
+/// rather than 1024 cut the nodes' CPU per write by 10–15% under load (docs/BENCHMARKS.md).
 /// They hold about 1.5 MiB with 16-byte values, and a restart applies at most this many again.
 pub const FLUSH_EVERY_ENTRIES: u64 = 8192;
 
