@@ -153,11 +153,12 @@ impl Store {
         &self,
         also: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
-        // Cloning shares the keys and values; readers go on meanwhile.
-        let writes = self.unflushed().clone();
+        // Readers share the read lock meanwhile. Only the state machine takes the write lock,
+        // and it is the caller, so nothing waits on it and nothing came in meanwhile.
+        let writes = self.unflushed();
         self.transact(|txn| {
             let mut table = txn.open_table(KV)?;
-            for (key, value) in &writes {
+            for (key, value) in writes.iter() {
                 match value {
                     Some(value) => table.insert(key.as_ref(), value.as_ref())?,
                     None => table.remove(key.as_ref())?,
@@ -166,7 +167,7 @@ impl Store {
             drop(table);
             also(txn)
         })?;
-        // Only the state machine adds writes, and it is the caller: nothing came in meanwhile.
+        drop(writes);
         self.unflushed_mut().clear();
         Ok(())
     }
