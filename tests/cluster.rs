@@ -62,7 +62,8 @@ fn a_write_through_any_node_is_read_through_every_node() {
 
 /// A follower answers linearizable reads from its own state, once it has applied through a read
 /// index from the leader: it sees the writes it just forwarded, and without a leader it refuses
-/// to answer rather than answer from a state that may be stale.
+/// to answer rather than answer from a state that may be stale. Several clients at once, so that
+/// their writes share the follower's link to the leader, which proposes them ahead.
 #[test]
 fn a_follower_reads_what_was_just_written_and_refuses_without_a_leader() {
     let timeout_ms = 1000;
@@ -70,25 +71,40 @@ fn a_follower_reads_what_was_just_written_and_refuses_without_a_leader() {
     let leader = cluster.wait_for_a_leader();
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let n = 100;
-    let pairs = script(2 * n, |i| if i % 2 == 0 { format!("SET k v{}", i / 2) } else { "GET k".to_string() });
-    let out = cluster.node(follower).cli_piped(&["--json"], &pairs);
-    assert_eq!(out.code, 0, "{out:?}");
-    let answers = json(&out);
-    for i in 0..n {
-        let read = &answers[2 * i + 1];
-        assert_eq!(read["value"], format!("v{i}"), "read {i} after its write: {read}");
-        assert_eq!(read["leader"], leader, "the leader confirmed the read: {read}");
-    }
+    let node = &cluster.nodes[follower as usize - 1];
+    std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..4)
+            .map(|c| {
+                scope.spawn(move || {
+                    let pairs = script(2 * n, |i| {
+                        if i % 2 == 0 { format!("SET k{c} v{}", i / 2) } else { format!("GET k{c}") }
+                    });
+                    node.cli_piped(&["--json"], &pairs)
+                })
+            })
+            .collect();
+        for client in clients {
+            let out = client.join().unwrap();
+            assert_eq!(out.code, 0, "{out:?}");
+            let answers = json(&out);
+            for i in 0..n {
+                let read = &answers[2 * i + 1];
+                assert_eq!(read["value"], format!("v{i}"), "read {i} after its write: {read}");
+                assert_eq!(read["leader"], leader, "the leader confirmed the read: {read}");
+            }
+        }
+    });
+    let last = format!("v{}", n - 1);
 
     for id in (1..=3).filter(|id| *id != follower) {
         cluster.node(id).kill9();
     }
     let started = Instant::now();
-    let out = cluster.node(follower).cli(&["--json", "-c", "GET k"]);
+    let out = cluster.node(follower).cli(&["--json", "-c", "GET k0"]);
     assert_eq!(json(&out)[0]["code"], "NO_QUORUM", "no leader, no linearizable read: {out:?}");
     assert!(started.elapsed() < Duration::from_millis(timeout_ms) * 5, "bounded wait");
-    let out = cluster.node(follower).cli(&["--local", "-c", "GET k"]);
-    assert_eq!(out.lines(), [format!("v{}", n - 1)], "a local read still answers: {out:?}");
+    let out = cluster.node(follower).cli(&["--local", "-c", "GET k0"]);
+    assert_eq!(out.lines(), [last], "a local read still answers: {out:?}");
 }
 
 #[test]

@@ -19,27 +19,26 @@
 
 use super::Node;
 use super::acks::AckWait;
-use super::forward::Forwarder;
 use super::{membership, reads, status};
 use crate::command::{Admin, Command, Read, Write};
 use crate::protocol::message::{ErrorCode, Reply, Request, Response};
+use crate::raft::TypeConfig;
 use crate::store::pong;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::ClientWriteError;
+use openraft::error::{ClientWriteError, Fatal};
+use openraft::raft::WriteResult;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
+use tokio::sync::RwLockReadGuard;
 use tokio::time::Instant;
 
 /// How long to wait for news of a leader before trying again.
 const LEADER_POLL: Duration = Duration::from_millis(50);
 /// How long a write waits for `min_acks` when the client gave no timeout.
 const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A request and what it parsed into.
-struct Item {
-    request: Request,
-    command: Result<Command, Reply>,
-}
 
 impl Item {
     fn needs_leader(&self) -> bool {
@@ -76,34 +75,84 @@ impl Item {
     }
 }
 
+/// The answers to writes proposed ahead (see [`Executor::propose_ahead`]), once they are known.
+pub(super) type AnswersAhead<'n> = Pin<Box<dyn Future<Output = Vec<Response>> + Send + 'n>>;
+
+/// A request and what it parsed into.
+pub(super) struct Item {
+    request: Request,
+    command: Result<Command, Reply>,
+}
+
 /// Executes the batches of one client connection.
 pub(super) struct Executor<'n> {
     node: &'n Node,
     /// Set when the client is another node forwarding to us: then we never forward or wait for a
     /// leader, we answer `NOT_LEADER` and let that node re-route.
     forwarded_by: Option<u64>,
-    forwarder: Forwarder,
 }
 
 impl<'n> Executor<'n> {
     pub fn new(node: &'n Node, forwarded_by: Option<u64>) -> Executor<'n> {
-        Executor { node, forwarded_by, forwarder: Forwarder::new(node.config.id) }
+        Executor { node, forwarded_by }
     }
 
     pub fn node_id(&self) -> u64 {
         self.node.config.id
     }
 
-    /// Answers a batch of requests in order.
-    pub async fn execute(&mut self, batch: Vec<Request>) -> Vec<Response> {
+    /// Parses a batch of requests; a request that does not parse is answered with why.
+    pub fn parse(&self, batch: Vec<Request>) -> Vec<Item> {
         let limits = self.node.config.limits();
-        let items: Vec<Item> = batch
+        batch
             .into_iter()
             .map(|request| {
                 let command = Command::parse(request.args.clone(), &limits).map_err(|e| e.to_reply());
                 Item { request, command }
             })
-            .collect();
+            .collect()
+    }
+
+    /// On a follower's forwarding connection to this leader, proposes a batch of nothing but
+    /// writes at once and returns the future of its answers, so that the connection can read and
+    /// propose the follower's next batch while this one commits. A shared forwarding link carries
+    /// many clients' writes, and running its batches one at a time would make each wait for the
+    /// commit of the one before.
+    ///
+    /// Raft applies proposals in the order they were made, so the answers of batches proposed
+    /// ahead complete in request order. Gives the batch back when it must run the usual way, after
+    /// everything proposed ahead is answered: it holds anything but writes, the client is not a
+    /// forwarding node, this node does not lead, or a leadership handover is under way.
+    pub async fn propose_ahead(&self, items: Vec<Item>) -> Result<AnswersAhead<'n>, Vec<Item>> {
+        let node = self.node;
+        let Some(by) = self.forwarded_by else { return Err(items) };
+        let leading = node.raft.metrics().borrow_watched().current_leader == Some(node.config.id);
+        if !leading || !items.iter().all(|i| i.write().is_some()) {
+            return Err(items);
+        }
+        // Never wait for the lock here: a handover waits for the proposals this connection has
+        // ahead, which only progress while the connection polls them.
+        let Ok(proposing) = node.proposing.try_read() else { return Err(items) };
+        let deadline = PartClock(Duration::from_millis(node.config.request_timeout_ms)).deadline();
+        let writes = items.iter().filter_map(|i| i.write().cloned()).collect();
+        let proposal = submit(node, writes, proposing, deadline).await;
+        Ok(Box::pin(async move {
+            let run: Vec<&Item> = items.iter().collect();
+            let answers = match proposal {
+                Ok(proposal) => outcomes(node, proposal, &run, deadline).await,
+                Err(reply) => run.iter().map(|i| reply.clone().map(|reply| i.answer(reply))).collect(),
+            };
+            let not_leader = not_leader(node, by);
+            answers
+                .into_iter()
+                .zip(&items)
+                .map(|(a, i)| a.unwrap_or_else(|| i.answer(not_leader.clone())))
+                .collect()
+        }))
+    }
+
+    /// Answers a batch of requests in order.
+    pub async fn execute(&mut self, items: Vec<Item>) -> Vec<Response> {
         let mut answers = Vec::with_capacity(items.len());
         let mut start = 0;
         while start < items.len() {
@@ -165,9 +214,8 @@ impl<'n> Executor<'n> {
                 continue;
             }
             if let Some(by) = self.forwarded_by {
-                let message =
-                    format!("node {} is not the leader; node {by} will retry elsewhere", self.node.config.id);
-                fill(&mut answers, items, || Reply::error(ErrorCode::NotLeader, message.clone()));
+                let not_leader = not_leader(self.node, by);
+                fill(&mut answers, items, || not_leader.clone());
                 break;
             }
             if Instant::now() >= deadline {
@@ -210,7 +258,7 @@ impl<'n> Executor<'n> {
                 (Part::Reads, _) => self.read(head, leader, deadline).await,
                 (Part::Forwarded, Some((id, addr))) => {
                     let requests: Vec<&Request> = head.iter().map(|i| &i.request).collect();
-                    self.forwarder.forward(id, addr, &requests, deadline).await
+                    self.node.forwarding.forward(id, addr, &requests, deadline).await
                 }
                 (Part::Forwarded, None) => unreachable!("the leader forwards nothing"),
             };
@@ -226,81 +274,16 @@ impl<'n> Executor<'n> {
 
     /// Proposes consecutive writes as one batch and answers each once it is applied.
     async fn propose(&self, run: &[&Item], deadline: Instant) -> Vec<Option<Response>> {
-        let me = self.node.config.id;
-        let writes: Vec<Write> = run.iter().filter_map(|i| i.write().cloned()).collect();
-        let proposed_at = std::time::Instant::now();
-        let unknown = |why: &str| {
-            Reply::error(
-                ErrorCode::OutcomeUnknown,
-                format!("{why}; the write may or may not have been applied"),
-            )
-        };
-        let mut answers: Vec<Option<Response>> = run.iter().map(|_| None).collect();
         // Shared with other proposals; a leader handing over waits for it (see `Node::proposing`).
         let Ok(proposing) = tokio::time::timeout_at(deadline, self.node.proposing.read()).await else {
             // The node is stopping and proposes nothing more: not applied.
-            return answers;
+            return run.iter().map(|_| None).collect();
         };
-        let mut stream =
-            match tokio::time::timeout_at(deadline, self.node.raft.client_write_many(writes)).await {
-                Ok(Ok(stream)) => stream,
-                // Raft has stopped: nothing was proposed.
-                Ok(Err(_)) => return answers,
-                Err(_) => {
-                    let reply = unknown("the leader did not take the write in time");
-                    return run.iter().map(|i| Some(i.answer(reply.clone()))).collect();
-                }
-            };
-        let mut indexes = Vec::new();
-        for (slot, item) in answers.iter_mut().zip(run) {
-            let reply = match tokio::time::timeout_at(deadline, stream.next()).await {
-                Ok(Some(Ok(Ok(written)))) => {
-                    indexes.push(written.log_id.index);
-                    let mut response = item.answer(written.response);
-                    response.leader = Some(me);
-                    *slot = Some(response);
-                    continue;
-                }
-                // Rejected before it was appended: another node leads, or the lease lapsed.
-                Ok(Some(Ok(Err(ClientWriteError::ForwardToLeader(_))))) => continue,
-                Ok(Some(Ok(Err(e)))) => unknown(&format!("leadership changed before it committed ({e})")),
-                Ok(Some(Err(_)) | None) => unknown("the node stopped before it committed"),
-                Err(_) => unknown(&format!(
-                    "not committed within {} ms (the leader may have lost its quorum)",
-                    self.node.config.request_timeout_ms
-                )),
-            };
-            *slot = Some(item.answer(reply));
+        let writes = run.iter().filter_map(|i| i.write().cloned()).collect();
+        match submit(self.node, writes, proposing, deadline).await {
+            Ok(proposal) => outcomes(self.node, proposal, run, deadline).await,
+            Err(reply) => run.iter().map(|i| reply.clone().map(|reply| i.answer(reply))).collect(),
         }
-        drop(proposing);
-        // A rejected write before an applied one cannot be retried without reordering them.
-        if let Some(last) = answers.iter().rposition(Option::is_some) {
-            for (slot, item) in answers[..last].iter_mut().zip(run) {
-                if slot.is_none() {
-                    let message = "rejected while leadership was changing; the write was not applied";
-                    *slot = Some(item.answer(Reply::error(ErrorCode::NoQuorum, message)));
-                }
-            }
-        }
-        let min_acks = run.iter().filter_map(|i| i.request.min_acks).max();
-        let ack_timeout = run
-            .iter()
-            .filter_map(|i| i.request.ack_timeout_ms)
-            .max()
-            .map_or(DEFAULT_ACK_TIMEOUT, Duration::from_millis);
-        let wait = match min_acks {
-            Some(n) => AckWait::AtLeast(n, ack_timeout),
-            None if run.iter().any(|i| i.request.wait_acks) => AckWait::Healthy,
-            None => AckWait::No,
-        };
-        let pictures = self.node.acks.pictures(&indexes, proposed_at, wait).await;
-        let mut pictures = pictures.into_iter();
-        for answer in answers.iter_mut().flatten() {
-            if answer.leader.is_some() {
-                answer.replication = pictures.next().flatten();
-            }
-        }
-        answers
     }
 
     /// Answers consecutive reads from this node's state once it has applied through a read index
@@ -340,6 +323,104 @@ impl<'n> Executor<'n> {
             })
             .collect()
     }
+}
+
+/// Writes handed to Raft whose outcomes are still to come.
+struct Proposal<'n> {
+    /// Keeps a leadership handover waiting until the outcomes are known (see `Node::proposing`).
+    _proposing: RwLockReadGuard<'n, ()>,
+    outcomes: BoxStream<'static, Result<WriteResult<TypeConfig>, Fatal<TypeConfig>>>,
+    proposed_at: std::time::Instant,
+}
+
+/// Hands `writes` to Raft as one batch. `Err(None)` if they were certainly not proposed (Raft has
+/// stopped), `Err(Some(reply))` with the answer for each if their fate is unknown.
+async fn submit<'n>(
+    node: &'n Node,
+    writes: Vec<Write>,
+    proposing: RwLockReadGuard<'n, ()>,
+    deadline: Instant,
+) -> Result<Proposal<'n>, Option<Reply>> {
+    let proposed_at = std::time::Instant::now();
+    match tokio::time::timeout_at(deadline, node.raft.client_write_many(writes)).await {
+        Ok(Ok(outcomes)) => Ok(Proposal { _proposing: proposing, outcomes, proposed_at }),
+        Ok(Err(_)) => Err(None),
+        Err(_) => Err(Some(unknown("the leader did not take the write in time"))),
+    }
+}
+
+/// Waits for the outcome of each write of `run`, proposed as `proposal`, and answers it with its
+/// replication picture. `None` for a write rejected before it was appended (another node leads):
+/// certainly not applied.
+async fn outcomes(
+    node: &Node,
+    proposal: Proposal<'_>,
+    run: &[&Item],
+    deadline: Instant,
+) -> Vec<Option<Response>> {
+    let me = node.config.id;
+    let Proposal { _proposing: proposing, mut outcomes, proposed_at } = proposal;
+    let mut answers: Vec<Option<Response>> = run.iter().map(|_| None).collect();
+    let mut indexes = Vec::new();
+    for (slot, item) in answers.iter_mut().zip(run) {
+        let reply = match tokio::time::timeout_at(deadline, outcomes.next()).await {
+            Ok(Some(Ok(Ok(written)))) => {
+                indexes.push(written.log_id.index);
+                let mut response = item.answer(written.response);
+                response.leader = Some(me);
+                *slot = Some(response);
+                continue;
+            }
+            // Rejected before it was appended: another node leads, or the lease lapsed.
+            Ok(Some(Ok(Err(ClientWriteError::ForwardToLeader(_))))) => continue,
+            Ok(Some(Ok(Err(e)))) => unknown(&format!("leadership changed before it committed ({e})")),
+            Ok(Some(Err(_)) | None) => unknown("the node stopped before it committed"),
+            Err(_) => unknown(&format!(
+                "not committed within {} ms (the leader may have lost its quorum)",
+                node.config.request_timeout_ms
+            )),
+        };
+        *slot = Some(item.answer(reply));
+    }
+    drop(proposing);
+    // A rejected write before an applied one cannot be retried without reordering them.
+    if let Some(last) = answers.iter().rposition(Option::is_some) {
+        for (slot, item) in answers[..last].iter_mut().zip(run) {
+            if slot.is_none() {
+                let message = "rejected while leadership was changing; the write was not applied";
+                *slot = Some(item.answer(Reply::error(ErrorCode::NoQuorum, message)));
+            }
+        }
+    }
+    let min_acks = run.iter().filter_map(|i| i.request.min_acks).max();
+    let ack_timeout = run
+        .iter()
+        .filter_map(|i| i.request.ack_timeout_ms)
+        .max()
+        .map_or(DEFAULT_ACK_TIMEOUT, Duration::from_millis);
+    let wait = match min_acks {
+        Some(n) => AckWait::AtLeast(n, ack_timeout),
+        None if run.iter().any(|i| i.request.wait_acks) => AckWait::Healthy,
+        None => AckWait::No,
+    };
+    let pictures = node.acks.pictures(&indexes, proposed_at, wait).await;
+    let mut pictures = pictures.into_iter();
+    for answer in answers.iter_mut().flatten() {
+        if answer.leader.is_some() {
+            answer.replication = pictures.next().flatten();
+        }
+    }
+    answers
+}
+
+/// The answer to a node forwarding to us when we do not lead: it retries elsewhere.
+fn not_leader(node: &Node, by: u64) -> Reply {
+    let message = format!("node {} is not the leader; node {by} will retry elsewhere", node.config.id);
+    Reply::error(ErrorCode::NotLeader, message)
+}
+
+fn unknown(why: &str) -> Reply {
+    Reply::error(ErrorCode::OutcomeUnknown, format!("{why}; the write may or may not have been applied"))
 }
 
 /// A stretch of a run that is done in one go.

@@ -6,17 +6,23 @@
 //! writes and its consecutive writes share one Raft proposal. Answers go out in request order
 //! with one flush per batch.
 //!
+//! One exception to one-batch-at-a-time: on a follower's forwarding link to the leader, a batch of
+//! nothing but writes is proposed as soon as it is read, and the connection goes on reading
+//! while it commits (up to [`MAX_AHEAD`] batches). Anything else waits until those are answered.
+//!
 //! Errors in a command are answers (the connection stays usable). Errors in the byte stream are
 //! not: a frame over the limit, an undecodable payload, or a stream cut inside a frame closes this
 //! connection, after an error frame where the peer can still read one. Nothing a client sends
 //! can affect another connection.
 
 use super::Node;
-use super::executor::Executor;
+use super::executor::{AnswersAhead, Executor};
 use crate::connection::{self, FrameReader, FrameWriter, ReadError};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::message::{ErrorCode, Hello, HelloReply, Reply, Request, Response};
 use crate::raft::network::serve_peer;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -27,6 +33,9 @@ use tokio_util::sync::CancellationToken;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most requests executed as one batch; more stay buffered for the next one.
 const MAX_BATCH: usize = 1024;
+/// The most batches proposed ahead on one connection before it stops reading until the oldest
+/// is answered.
+const MAX_AHEAD: usize = 64;
 /// After telling a client the node is going away, how long to wait for it to hang up before
 /// closing (closing on unread data would reset the connection and could destroy the notice).
 const LINGER: Duration = Duration::from_secs(1);
@@ -122,12 +131,24 @@ async fn serve_requests(
     executor: &mut Executor<'_>,
     token: &CancellationToken,
 ) -> Result<(), ReadError> {
+    // Batches of writes proposed ahead, oldest first (see `Executor::propose_ahead`).
+    let mut ahead = FuturesOrdered::new();
     loop {
         let first = tokio::select! {
-            () = token.cancelled() => return going_away(reader, writer, executor.node_id()).await,
-            read = reader.read::<Request>() => read,
+            () = token.cancelled() => {
+                answer_ahead(&mut ahead, writer).await?;
+                return going_away(reader, writer, executor.node_id()).await;
+            }
+            Some(answers) = ahead.next() => {
+                send_answers(answers, &mut ahead, writer).await?;
+                continue;
+            }
+            read = reader.read::<Request>(), if ahead.len() < MAX_AHEAD => read,
         };
-        let Some(first) = first? else { return Ok(()) };
+        let Some(first) = first? else {
+            answer_ahead(&mut ahead, writer).await?;
+            return Ok(());
+        };
         let mut batch = vec![first];
         // A protocol error behind good requests still lets those be answered first.
         let mut broken = None;
@@ -141,12 +162,48 @@ async fn serve_requests(
                 Some(Ok(None)) | None => break,
             }
         }
-        for response in executor.execute(batch).await {
-            writer.feed(&response).await.map_err(ReadError::Io)?;
+        let items = executor.parse(batch);
+        match executor.propose_ahead(items).await {
+            Ok(answers) => ahead.push_back(answers),
+            Err(items) => {
+                // Everything else runs after what was proposed ahead, as the client sent it.
+                answer_ahead(&mut ahead, writer).await?;
+                for response in executor.execute(items).await {
+                    writer.feed(&response).await.map_err(ReadError::Io)?;
+                }
+                writer.flush().await.map_err(ReadError::Io)?;
+            }
         }
-        writer.flush().await.map_err(ReadError::Io)?;
         if let Some(e) = broken {
+            answer_ahead(&mut ahead, writer).await?;
             return Err(e);
         }
     }
+}
+
+/// Sends `answers`, and those of any later batch proposed ahead that are known already, in one
+/// flush.
+async fn send_answers(
+    answers: Vec<Response>,
+    ahead: &mut FuturesOrdered<AnswersAhead<'_>>,
+    writer: &mut FrameWriter,
+) -> Result<(), ReadError> {
+    let mut answers = Some(answers);
+    while let Some(batch) = answers.take().or_else(|| ahead.next().now_or_never().flatten()) {
+        for response in &batch {
+            writer.feed(response).await.map_err(ReadError::Io)?;
+        }
+    }
+    writer.flush().await.map_err(ReadError::Io)
+}
+
+/// Waits for and sends the answers of every batch proposed ahead.
+async fn answer_ahead(
+    ahead: &mut FuturesOrdered<AnswersAhead<'_>>,
+    writer: &mut FrameWriter,
+) -> Result<(), ReadError> {
+    while let Some(answers) = ahead.next().await {
+        send_answers(answers, ahead, writer).await?;
+    }
+    Ok(())
 }

@@ -79,6 +79,8 @@ struct Node {
     reads: reads::ReadBarrier,
     /// A follower's connection to the leader for read-index checks.
     leader_link: reads::LeaderLink,
+    /// A follower's connection to the leader for its clients' writes.
+    forwarding: forward::Forwarding,
     /// Membership changes run one at a time.
     membership_lock: tokio::sync::Mutex<()>,
     /// Held (shared) by every proposal in flight; taken exclusively while handing leadership
@@ -144,6 +146,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         acks,
         reads: reads::ReadBarrier::new(),
         leader_link: reads::LeaderLink::new(id),
+        forwarding: forward::Forwarding::new(id),
         membership_lock: tokio::sync::Mutex::new(()),
         proposing: tokio::sync::RwLock::new(()),
         stop: CancellationToken::new(),
