@@ -61,6 +61,11 @@ pub struct NodeConfig {
     /// Log entries kept behind the latest snapshot, so that a briefly lagging member can catch up
     /// from the log instead of a snapshot. Default 1000.
     pub keep_log_entries: u64,
+    /// The leader confirms linearizable reads (its own and followers' read-index requests) by its
+    /// leader lease while the lease holds, instead of by a heartbeat round to a quorum for each
+    /// check. Faster, but it relies on clocks advancing at nearly the same rate on every node
+    /// and on no node pausing mid-read for longer than the election timeout. Default false.
+    pub lease_reads: bool,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7001";
@@ -139,6 +144,10 @@ pub struct NodeArgs {
     /// Log entries kept behind the latest snapshot [default: 1000].
     #[arg(long, value_name = "N")]
     pub keep_log_entries: Option<usize>,
+    /// Confirm linearizable reads by the leader's lease instead of a quorum round per check
+    /// (faster; assumes bounded clock drift and no long pauses).
+    #[arg(long)]
+    pub lease_reads: bool,
 }
 
 /// The config file's shape. Unknown keys are an error: a typo must not be silently ignored.
@@ -161,6 +170,7 @@ struct FileConfig {
     learner: Option<Spanned<bool>>,
     snapshot_entries: Option<Spanned<usize>>,
     keep_log_entries: Option<Spanned<usize>>,
+    lease_reads: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -309,6 +319,7 @@ pub fn load(args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         (false, Some(v)) => (*v.get_ref(), at(v.span())),
         (false, None) => (false, Origin::Default),
     };
+    let lease_reads = args.lease_reads || file.lease_reads.unwrap_or(false);
     if join.is_some() && !peers.is_empty() {
         return Err(join_origin
             .error("join and peers exclude each other: a joining node learns its peers from the cluster"));
@@ -365,6 +376,7 @@ pub fn load(args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         learner,
         snapshot_entries: snapshot_entries as u64,
         keep_log_entries: keep_log_entries as u64,
+        lease_reads,
     })
 }
 
@@ -413,6 +425,15 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("data/node1"));
         assert!(config.peers.is_empty());
         assert_eq!(config.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
+        assert!(!config.lease_reads, "reads take a quorum round unless asked otherwise");
+    }
+
+    #[test]
+    fn lease_reads_are_asked_for_by_file_or_flag() {
+        assert!(load_with("lease_reads = true\n", &[]).unwrap().lease_reads);
+        assert!(!load_with("lease_reads = false\n", &[]).unwrap().lease_reads);
+        assert!(load_with("", &["--lease-reads"]).unwrap().lease_reads);
+        assert!(error_of("lease_reads = \"yes\"\n", &[]).contains(":1:15: invalid type"));
     }
 
     #[test]

@@ -107,6 +107,32 @@ fn a_follower_reads_what_was_just_written_and_refuses_without_a_leader() {
     assert_eq!(out.lines(), [last], "a local read still answers: {out:?}");
 }
 
+/// With lease reads, the leader confirms reads by its lease instead of a quorum round per check.
+/// Followers' reads still see what was just written, and a leader cut off from its quorum stops
+/// answering linearizable reads once its lease lapses (after which another node could lead).
+#[test]
+fn with_lease_reads_a_leader_cut_off_from_its_quorum_stops_answering_reads() {
+    let mut cluster = TestCluster::start(3, &["--lease-reads", "--request-timeout-ms", "1000"]);
+    let leader = cluster.wait_for_a_leader();
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    for (i, id) in followers.iter().enumerate() {
+        let out = cluster.node(*id).cli_commands(&["--json"], &[&format!("SET k v{i}"), "GET k"]);
+        let answers = json(&out);
+        assert_eq!(answers[1]["value"], format!("v{i}"), "a follower reads its own write: {out:?}");
+        assert_eq!(answers[1]["leader"], leader, "{out:?}");
+    }
+    assert_eq!(cluster.node(leader).cli(&["-c", "GET k"]).lines(), ["v1"]);
+
+    for id in &followers {
+        cluster.node(*id).kill9();
+    }
+    // Within its lease the leader may still answer (no other node can lead yet); then it must not.
+    wait_until("the cut-off leader to refuse linearizable reads", CONVERGE, || {
+        json(&cluster.node(leader).cli(&["--json", "-c", "GET k"]))[0]["code"] == "NO_QUORUM"
+    });
+    assert_eq!(cluster.node(leader).cli(&["--local", "-c", "GET k"]).lines(), ["v1"]);
+}
+
 #[test]
 fn killing_the_leader_elects_another_and_keeps_acknowledged_writes() {
     let mut cluster = TestCluster::start(3, &[]);

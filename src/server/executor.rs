@@ -298,7 +298,7 @@ impl<'n> Executor<'n> {
         let node = self.node;
         let check = || async move {
             match leader {
-                None => reads::leader_read_index(&node.raft).await,
+                None => reads::leader_read_index(&node.raft, node.config.lease_reads).await,
                 Some((id, addr)) => node.leader_link.read_index(id, addr, deadline).await,
             }
         };

@@ -103,7 +103,7 @@ pub async fn formed_without_me(config: &NodeConfig) -> Result<bool, Refusal> {
 impl NodeFacts for Node {
     fn read_index(&self) -> futures::future::BoxFuture<'_, Option<u64>> {
         // Follower checks share the leader's own, so that many readers cost one quorum round.
-        Box::pin(self.reads.read_index(|| reads::leader_read_index(&self.raft)))
+        Box::pin(self.reads.read_index(|| reads::leader_read_index(&self.raft, self.config.lease_reads)))
     }
 
     fn seen_members(&self) -> BTreeSet<u64> {

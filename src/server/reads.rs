@@ -20,8 +20,8 @@
 
 use crate::raft::KvRaft;
 use crate::raft::network::PeerClient;
-use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
+use openraft::{LinearizerOption, ReadPolicy};
 use std::future::Future;
 use std::sync::Mutex;
 use tokio::sync::watch;
@@ -104,9 +104,14 @@ impl ReadBarrier {
     }
 }
 
-/// The leader's check: its commit index, once a quorum confirmed that it still leads.
-pub(super) async fn leader_read_index(raft: &KvRaft) -> Option<u64> {
-    raft.get_read_log_id(ReadPolicy::ReadIndex).await.ok().map(|(read_log_id, _)| read_log_id.index())
+/// The leader's check: its commit index, once it knows it still leads. By default that takes a
+/// quorum's answers to a heartbeat sent after the check began. With `lease`, a quorum's answers
+/// to any heartbeat or append sent within the leader lease (openraft's: the maximum election
+/// timeout, during which no follower votes for another candidate) do, so an active leader
+/// answers at once; a lapsed lease falls back to a heartbeat round.
+pub(super) async fn leader_read_index(raft: &KvRaft, lease: bool) -> Option<u64> {
+    let option = if lease { LinearizerOption::new(None, true) } else { ReadPolicy::ReadIndex.into() };
+    raft.get_read_log_id(option).await.ok().map(|(read_log_id, _)| read_log_id.index())
 }
 
 /// Waits until this node's state machine has applied through `index`; `false` if the deadline
