@@ -53,30 +53,44 @@ print("\t".join([sys.argv[1], rps, p50, p99, ""]))
     tail -1 "$RESULTS"
 }
 
-kv_round() {
-    local addrs=() all
+# Starts 3 kv nodes with the extra node flags given; sets ALL (every address) and LEADER.
+kv_start() {
+    local addrs=()
     for i in 1 2 3; do
         local peers=()
         for j in 1 2 3; do [ "$i" != "$j" ] && peers+=(--peer "$j=127.0.0.1:710$j"); done
         RUST_LOG=warn "$KV_NODE" --id "$i" --listen "127.0.0.1:710$i" --data-dir "$WORK/kv/n$i" "${peers[@]}" \
-            2> "$WORK/kv-$i.log" &
+            "$@" 2> "$WORK/kv-$i.log" &
         PIDS+=($!)
         addrs+=("127.0.0.1:710$i")
     done
-    all=$(IFS=,; echo "${addrs[*]}")
-    for _ in $(seq 1 100); do "$KV_CLI" --addr "$all" -c "SET warm 1" > /dev/null 2>&1 && break; sleep 0.1; done
-    local leader
-    leader=$("$KV_CLI" --addr "$all" -c CLUSTER --json | python3 -c '
+    ALL=$(IFS=,; echo "${addrs[*]}")
+    for _ in $(seq 1 100); do "$KV_CLI" --addr "$ALL" -c "SET warm 1" > /dev/null 2>&1 && break; sleep 0.1; done
+    LEADER=$("$KV_CLI" --addr "$ALL" -c CLUSTER --json | python3 -c '
 import json, sys
 print([row[1] for row in json.load(sys.stdin)["rows"] if row[2] == "leader"][0])')
-    kv_bench kv-write-50 --addr "$all" bench --duration "$SECONDS_EACH"
-    kv_bench kv-write-50-leader --addr "$leader" bench --duration "$SECONDS_EACH"
-    kv_bench kv-read-50 --addr "$all" bench --duration "$SECONDS_EACH" --reads 100
-    kv_bench kv-read-50-leader --addr "$leader" bench --duration "$SECONDS_EACH" --reads 100
-    kv_bench kv-write-1 --addr "$leader" bench --duration "$SECONDS_EACH" --clients 1
-    kv_bench kv-write-50-pipeline-16 --addr "$all" bench --duration "$SECONDS_EACH" --pipeline 16
+}
+
+kv_stop() {
     stop_all
     rm -rf "$WORK/kv"
+}
+
+kv_round() {
+    kv_start
+    kv_bench kv-write-50 --addr "$ALL" bench --duration "$SECONDS_EACH"
+    kv_bench kv-write-50-leader --addr "$LEADER" bench --duration "$SECONDS_EACH"
+    kv_bench kv-read-50 --addr "$ALL" bench --duration "$SECONDS_EACH" --reads 100
+    kv_bench kv-read-50-leader --addr "$LEADER" bench --duration "$SECONDS_EACH" --reads 100
+    kv_bench kv-write-1 --addr "$LEADER" bench --duration "$SECONDS_EACH" --clients 1
+    kv_bench kv-write-50-pipeline-16 --addr "$ALL" bench --duration "$SECONDS_EACH" --pipeline 16
+    kv_stop
+    # The same reads with the leader's lease instead of a quorum round per check (not the default).
+    kv_start --lease-reads
+    "$KV_CLI" --addr "$LEADER" bench --prefill -n 1 --clients 1 > /dev/null
+    kv_bench kv-lease-read-50 --addr "$ALL" bench --duration "$SECONDS_EACH" --reads 100
+    kv_bench kv-lease-read-50-leader --addr "$LEADER" bench --duration "$SECONDS_EACH" --reads 100
+    kv_stop
 }
 
 etcd_round() {
