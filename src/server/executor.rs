@@ -40,6 +40,15 @@ const LEADER_POLL: Duration = Duration::from_millis(50);
 /// How long a write waits for `min_acks` when the client gave no timeout.
 const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The answers to writes proposed ahead (see [`Executor::propose_ahead`]), once they are known.
+pub(super) type AnswersAhead<'n> = Pin<Box<dyn Future<Output = Vec<Response>> + Send + 'n>>;
+
+/// A request and what it parsed into.
+pub(super) struct Item {
+    request: Request,
+    command: Result<Command, Reply>,
+}
+
 impl Item {
     fn needs_leader(&self) -> bool {
         match &self.command {
@@ -73,15 +82,6 @@ impl Item {
     fn answer(&self, reply: Reply) -> Response {
         Response::new(self.request.id, reply)
     }
-}
-
-/// The answers to writes proposed ahead (see [`Executor::propose_ahead`]), once they are known.
-pub(super) type AnswersAhead<'n> = Pin<Box<dyn Future<Output = Vec<Response>> + Send + 'n>>;
-
-/// A request and what it parsed into.
-pub(super) struct Item {
-    request: Request,
-    command: Result<Command, Reply>,
 }
 
 /// Executes the batches of one client connection.
@@ -135,13 +135,10 @@ impl<'n> Executor<'n> {
         let Ok(proposing) = node.proposing.try_read() else { return Err(items) };
         let deadline = PartClock(Duration::from_millis(node.config.request_timeout_ms)).deadline();
         let writes = items.iter().filter_map(|i| i.write().cloned()).collect();
-        let proposal = submit(node, writes, proposing, deadline).await;
+        let submitted = submit(node, writes, proposing, deadline).await;
         Ok(Box::pin(async move {
             let run: Vec<&Item> = items.iter().collect();
-            let answers = match proposal {
-                Ok(proposal) => outcomes(node, proposal, &run, deadline).await,
-                Err(reply) => run.iter().map(|i| reply.clone().map(|reply| i.answer(reply))).collect(),
-            };
+            let answers = outcomes(node, submitted, &run, deadline).await;
             let not_leader = not_leader(node, by);
             answers
                 .into_iter()
@@ -280,10 +277,8 @@ impl<'n> Executor<'n> {
             return run.iter().map(|_| None).collect();
         };
         let writes = run.iter().filter_map(|i| i.write().cloned()).collect();
-        match submit(self.node, writes, proposing, deadline).await {
-            Ok(proposal) => outcomes(self.node, proposal, run, deadline).await,
-            Err(reply) => run.iter().map(|i| reply.clone().map(|reply| i.answer(reply))).collect(),
-        }
+        let submitted = submit(self.node, writes, proposing, deadline).await;
+        outcomes(self.node, submitted, run, deadline).await
     }
 
     /// Answers consecutive reads from this node's state once it has applied through a read index
@@ -349,17 +344,20 @@ async fn submit<'n>(
     }
 }
 
-/// Waits for the outcome of each write of `run`, proposed as `proposal`, and answers it with its
-/// replication picture. `None` for a write rejected before it was appended (another node leads):
-/// certainly not applied.
+/// Waits for the outcome of each write of `run`, submitted as `submitted`, and answers it with
+/// its replication picture. `None` for a write rejected before it was appended (another node
+/// leads) or never proposed: certainly not applied.
 async fn outcomes(
     node: &Node,
-    proposal: Proposal<'_>,
+    submitted: Result<Proposal<'_>, Option<Reply>>,
     run: &[&Item],
     deadline: Instant,
 ) -> Vec<Option<Response>> {
     let me = node.config.id;
-    let Proposal { _proposing: proposing, mut outcomes, proposed_at } = proposal;
+    let Proposal { _proposing: proposing, mut outcomes, proposed_at } = match submitted {
+        Ok(proposal) => proposal,
+        Err(reply) => return run.iter().map(|i| reply.clone().map(|reply| i.answer(reply))).collect(),
+    };
     let mut answers: Vec<Option<Response>> = run.iter().map(|_| None).collect();
     let mut indexes = Vec::new();
     for (slot, item) in answers.iter_mut().zip(run) {
