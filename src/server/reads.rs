@@ -6,9 +6,10 @@
 //! that index may then answer the read from its own state, which is how followers serve
 //! linearizable reads without relaying them (Raft thesis §6.4; etcd does the same). On the leader
 //! the check is openraft's `get_read_log_id(ReadIndex)`; on a follower it is one `ReadIndex`
-//! request to the leader.
+//! request to the leader. With `lease_reads` the leader confirms by its lease instead of a
+//! quorum round while the lease holds (see [`leader_read_index`]).
 //!
-//! Either way a check is a network round trip, so with many clients reading at once the checks,
+//! Either way a check is a network round trip (except a lease check at the leader), so with many clients reading at once the checks,
 //! not the reads, would be the work. [`ReadBarrier`] runs one check at a time and lets every
 //! read that arrived before a check *started* use its index. A read that arrives while a check is
 //! under way waits for the next one: the running check may have noted the commit index before the
