@@ -28,7 +28,7 @@
 //! A link that fails is replaced by a new connection on the next use. So is one whose answers
 //! stop coming for longer than the leader's own request timeout allows.
 
-use crate::client::{Client, ClientError, RequestSender, ResponseReceiver};
+use crate::client::{Client, ClientError, RequestSender, ResponseReceiver, expect_id};
 use crate::protocol::message::{ErrorCode, Reply, Request, Response};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -200,19 +200,12 @@ impl Shared {
     /// what is unanswered is certainly not applied.
     fn deliver(&self, response: Response) -> Result<(), (String, bool)> {
         let mut state = self.lock();
-        if response.id == 0 {
-            return Err(match response.reply {
-                Reply::Error { code: ErrorCode::ShuttingDown, message } => (message, true),
-                reply => (format!("the leader closed the link: {reply:?}"), false),
-            });
-        }
+        // With nothing sent, the next id is one no answer may carry yet.
+        let expected = state.sent.front().map_or(state.next_id, |sent| sent.first_id + sent.received as u64);
+        let response = expect_id(response, expected).map_err(link_ended)?;
         let Some(sent) = state.sent.front_mut() else {
-            return Err((format!("an answer to request {} that was never sent", response.id), false));
+            return Err((format!("an answer to request {expected}, which was never sent"), false));
         };
-        let expected = sent.first_id + sent.received as u64;
-        if response.id != expected {
-            return Err((format!("answer for request {} while waiting for {expected}", response.id), false));
-        }
         let slot = sent.received;
         sent.received += 1;
         if !matches!(response.reply, Reply::Error { code: ErrorCode::NotLeader, .. }) {
@@ -300,15 +293,20 @@ async fn receive_answers(mut receiver: ResponseReceiver, shared: Arc<Shared>, le
             () = shared.stop.cancelled() => return,
             response = receiver.next() => response,
         };
-        let outcome = match response {
-            Ok(response) => shared.deliver(response),
-            Err(ClientError::GoingAway(message)) => Err((message, true)),
-            Err(e) => Err((e.to_string(), false)),
-        };
+        let outcome = response.map_err(link_ended).and_then(|response| shared.deliver(response));
         if let Err((why, not_applied)) = outcome {
             shared.fail(leader, &why, not_applied);
             return;
         }
+    }
+}
+
+/// Why the link ends, and whether what it left unanswered is certainly not applied: only when the
+/// leader said it is going away.
+fn link_ended(e: ClientError) -> (String, bool) {
+    match e {
+        ClientError::GoingAway(message) => (message, true),
+        e => (e.to_string(), false),
     }
 }
 
