@@ -33,7 +33,6 @@ use serde::{Serialize, de::DeserializeOwned};
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -341,21 +340,21 @@ fn write_appends(
         .flatten()
         .collect();
     if !records.is_empty() {
-        let start = {
+        let (start, allocated) = {
             let file = shared.file_read();
             if handle.is_none() {
                 *handle = Some(file.handle()?);
             }
-            file.end()
+            (file.end(), file.allocated())
         };
         let handle = handle.as_ref().expect("set just above");
         let mut buf = Vec::new();
         let placed = EntryFile::encode(start, &records, &mut buf);
-        handle.write_all_at(&buf, start)?;
+        let allocated = EntryFile::write_at_end(handle, &buf, start, allocated)?;
         handle.sync_data()?;
         let mut tail = shared.tail();
         let mut file = shared.file_write();
-        file.appended(placed, start + buf.len() as u64);
+        file.appended(placed, start + buf.len() as u64, allocated);
         tail.mark_durable(appended(batch));
     }
     write_meta(&shared.db, batch, committed)
