@@ -8,8 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The most a node's data dir may hold after 100,000 writes to 100 keys with a snapshot every
-/// 2,000 entries (measured: about 0.5 MiB).
-const DISK_BOUND: u64 = 2 << 20;
+/// 2,000 entries. The entries file alone may reach 1.3 MiB: its purged prefix is dropped once it
+/// reaches 1 MiB, and the file is grown 256 KiB ahead of its records (measured: 0.75–1.1 MiB
+/// in all).
+const DISK_BOUND: u64 = 3 << 20;
 
 /// How long catching up may take here (a snapshot of 100,000 keys, on a loaded machine).
 const CONVERGE: Duration = Duration::from_secs(60);

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 const HEADER: usize = 16;
 /// How far past the records the file is grown at a time.
-const GROW_BY: u64 = 1024 * 1024;
+const GROW_BY: u64 = 256 * 1024;
 /// A dead prefix smaller than this is never worth a rewrite.
 const MIN_DEAD_TO_COMPACT: u64 = 1024 * 1024;
 
