@@ -246,6 +246,13 @@ impl RequestSender {
     pub async fn flush(&mut self) -> Result<(), ClientError> {
         Ok(self.writer.flush().await?)
     }
+
+    /// With no request outstanding: whether the node has already closed the connection or said
+    /// it is going away, so that a request sent now would never be executed. For when the
+    /// [`ResponseReceiver`] is busy in another task; see [`Client::gone_while_idle`].
+    pub fn gone_while_idle(&self) -> bool {
+        self.writer.gone_while_idle()
+    }
 }
 
 /// The receiving half of a pipelined client.

@@ -259,6 +259,15 @@ async fn send_jobs(
                 not_sent(batch);
                 break;
             }
+            // A leader that hung up (or said it is going away) while nothing was in flight would
+            // take the batch and run none of it, and the reader may not have noticed yet: then
+            // the batch is certainly not applied, and is retried elsewhere rather than lost.
+            if state.sent.is_empty() && sender.gone_while_idle() {
+                drop(state);
+                not_sent(batch);
+                shared.fail(leader, "the leader closed the link while it was idle", true);
+                break;
+            }
             for job in batch {
                 let first_id = state.next_id;
                 state.next_id += job.requests.len() as u64;
@@ -485,6 +494,45 @@ mod tests {
         let forwarding = Forwarding::new(1);
         let got = replies(forward(&forwarding, &addr, &[request(1, "a"), request(2, "b")]).await);
         assert_eq!(got, vec![Some((1, value("a"))), None]);
+    }
+
+    /// The leader hangs up while the link is idle, and the next batch reaches the link's writer
+    /// before its reader has been woken for the hang-up: the batch is not sent, so it is left to
+    /// retry, not reported unknown. The forward after it connects again.
+    #[tokio::test]
+    async fn a_batch_for_a_leader_that_hung_up_while_the_link_was_idle_is_left_to_retry() {
+        // The stand-in leader runs on a runtime of its own, so that this test can wait for the
+        // hang-up by blocking its own (single) thread: then nothing here, the link's reader
+        // included, runs between the hang-up and the next forward.
+        let (hung_up, hang_up_seen) = std::sync::mpsc::channel();
+        let hang_up = Arc::new(tokio::sync::Notify::new());
+        let told = hang_up.clone();
+        let other = tokio::runtime::Runtime::new().unwrap();
+        let started = other.spawn(leader(move |number, mut reader, mut writer| {
+            let (hung_up, told) = (hung_up.clone(), told.clone());
+            async move {
+                if number > 0 {
+                    return answer_all(reader, writer).await;
+                }
+                let first: Request = reader.read().await.unwrap().unwrap();
+                writer.send(&Response::new(first.id, value(&word(&first)))).await.unwrap();
+                told.notified().await;
+                drop((reader, writer));
+                hung_up.send(()).unwrap();
+            }
+        }));
+        let (addr, accepted) = tokio::time::timeout(BOUND, started).await.unwrap().unwrap();
+        let forwarding = Forwarding::new(1);
+        let first = replies(forward(&forwarding, &addr, &[request(1, "a")]).await);
+        assert_eq!(first, vec![Some((1, value("a")))]);
+        // The link is idle now, its reader waiting for the socket to become readable.
+        hang_up.notify_one();
+        hang_up_seen.recv_timeout(BOUND).expect("the leader hangs up");
+        assert_eq!(replies(forward(&forwarding, &addr, &[request(2, "b")]).await), vec![None]);
+        let again = replies(forward(&forwarding, &addr, &[request(3, "c")]).await);
+        assert_eq!(again, vec![Some((3, value("c")))]);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        other.shutdown_background();
     }
 
     #[tokio::test]
