@@ -191,7 +191,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut applied = self.applied_mut();
         self.transact(f)?;
-        *applied = Applied { unflushed: Unflushed::new(), committed: view(&self.db)? };
+        // The new state supersedes the unflushed writes even if no view of it can be taken.
+        applied.unflushed.clear();
+        applied.committed = view(&self.db)?;
         Ok(())
     }
 
