@@ -25,7 +25,7 @@ fn entry(index: u64) -> EntryResponder<TypeConfig> {
 fn apply(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut sm = StateMachine::open(Arc::new(Store::open(dir.path()).unwrap())).unwrap();
+    let mut sm = StateMachine::open(Arc::new(Store::open(dir.path()).unwrap()), 10_000).unwrap();
     let mut next = 1;
     // Fill the key space first, so that the B-tree has its working size.
     runtime.block_on(async {

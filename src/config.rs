@@ -55,8 +55,8 @@ pub struct NodeConfig {
     /// With `join`: stay a non-voting learner instead of asking to become a voter once caught
     /// up. Default false.
     pub learner: bool,
-    /// Take a snapshot (and compact the log) after this many log entries since the last one.
-    /// Default 10000.
+    /// Take a snapshot (and compact the log) after at least this many log entries since the last
+    /// one, and at least as many as the last one held keys. Default 10000.
     pub snapshot_entries: u64,
     /// Log entries kept behind the latest snapshot, so that a briefly lagging member can catch up
     /// from the log instead of a snapshot. Default 1000.
@@ -138,7 +138,7 @@ pub struct NodeArgs {
     /// With --join: stay a non-voting learner (a read replica) instead of becoming a voter.
     #[arg(long)]
     pub learner: bool,
-    /// Snapshot and compact the log after this many entries [default: 10000].
+    /// Snapshot and compact the log after at least this many entries, and at least as many as the last snapshot held keys [default: 10000].
     #[arg(long, value_name = "N")]
     pub snapshot_entries: Option<usize>,
     /// Log entries kept behind the latest snapshot [default: 1000].

@@ -40,15 +40,15 @@ openraft::declare_raft_types!(
 /// A running Raft member of our cluster.
 pub type KvRaft = Raft<TypeConfig, state_machine::StateMachine>;
 
-/// openraft's settings for a node: the timing and the snapshot policy from its configuration,
-/// the rest openraft's defaults.
+/// openraft's settings for a node: the timing from its configuration, the rest openraft's
+/// defaults. Snapshots are asked for by the state machine's own schedule (`state_machine`).
 pub fn raft_config(node: &NodeConfig) -> Result<openraft::Config, openraft::ConfigError> {
     openraft::Config {
         cluster_name: "kv".to_string(),
         heartbeat_interval: node.heartbeat_ms,
         election_timeout_min: node.election_timeout_ms,
         election_timeout_max: node.election_timeout_ms * 2,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(node.snapshot_entries),
+        snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: node.keep_log_entries,
         // A node restarting with its own vote must win an election again instead of resuming as
         // leader: a resumed leader whose term was already superseded would accept writes only to
@@ -90,7 +90,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let log = LogStore::open(dir.path()).unwrap();
             let store = Arc::new(Store::open(dir.path()).unwrap());
-            let sm = StateMachine::open(store).unwrap();
+            let sm = StateMachine::open(store, 10_000).unwrap();
             Ok((dir, log, sm))
         }
     }

@@ -574,7 +574,7 @@ mod tests {
             Arc::new(config.validate().unwrap()),
             PeerNetwork { node_id: id },
             LogStore::open(dir.path()).unwrap(),
-            StateMachine::open(store.clone()).unwrap(),
+            StateMachine::open(store.clone(), 10_000).unwrap(),
         )
         .await
         .unwrap();

@@ -22,9 +22,17 @@
 //! Snapshots are the whole key space plus that id set, MessagePack-encoded as a
 //! `SnapshotBody`, built from a read transaction (so `apply` goes on meanwhile) and kept in
 //! memory, shared (not copied) with openraft and the peers it is sent to. After a restart
-//! openraft simply builds a new snapshot when it needs one.
+//! openraft builds one at once if the log behind it was compacted.
+//!
+//! A snapshot costs a pass over every key, so taking one every fixed number of entries would
+//! make each write cost a big store more than a small one: at 10,000 entries, a node holding a
+//! million keys would encode a hundred of them per write. [`SnapshotSchedule`] instead asks for
+//! one once the log since the last holds as many entries as that snapshot held keys, and at
+//! least the configured `snapshot_entries`. Snapshotting then costs at most about one key per
+//! applied entry, and the log behind a snapshot stays about the snapshot's size (the Raft thesis,
+//! §5.1.3, suggests the same rule in bytes).
 
-use super::{TypeConfig, io_error};
+use super::{KvRaft, TypeConfig, io_error};
 use crate::protocol::message::Reply;
 use crate::store::{KV, Store, StoreError};
 use bytes::Bytes;
@@ -33,11 +41,13 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::type_config::alias::{EntryOf, LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
-use redb::{ReadableTable, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde_bytes::ByteBuf;
 use std::collections::BTreeSet;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 type Entry = EntryOf<TypeConfig>;
 type LogId = LogIdOf<TypeConfig>;
@@ -87,9 +97,43 @@ struct StoredSnapshot {
     data: Bytes,
 }
 
+/// When the next snapshot is due (see the module docs): counted in entries applied since the
+/// state the last snapshot holds.
+struct SnapshotSchedule {
+    /// The configured `snapshot_entries`: never sooner than this.
+    min_entries: u64,
+    /// Entries applied since the state the last snapshot (or, after a start, the store) holds.
+    since: u64,
+    /// `since` at which a snapshot is asked for next.
+    due_at: u64,
+}
+
+impl SnapshotSchedule {
+    /// A schedule starting from a state of `keys` keys.
+    fn new(min_entries: u64, keys: u64) -> SnapshotSchedule {
+        SnapshotSchedule { min_entries, since: 0, due_at: min_entries.max(keys) }
+    }
+
+    /// Counts `count` more applied entries; `true` when a snapshot should be asked for now.
+    fn applied(&mut self, count: u64) -> bool {
+        self.since += count;
+        if self.since < self.due_at {
+            return false;
+        }
+        // Asked again after as many entries more, should this request come to nothing (openraft
+        // drops one that arrives while a build runs).
+        self.due_at = self.since + self.min_entries;
+        true
+    }
+
+    /// A snapshot of `keys` keys now holds everything applied.
+    fn taken(&mut self, keys: u64) {
+        *self = SnapshotSchedule::new(self.min_entries, keys);
+    }
+}
+
 /// How far applying has got beyond what the database holds. Applies, flushes and snapshot
 /// installs hold it while they run, so they happen one at a time.
-#[derive(Default)]
 struct Progress {
     /// The last applied log id, if anything was applied since the node started; the database
     /// records it at the next flush.
@@ -98,17 +142,23 @@ struct Progress {
     unflushed: u64,
     /// ... and roughly the bytes they wrote.
     unflushed_bytes: u64,
+    snapshots: SnapshotSchedule,
 }
 
 impl Progress {
+    fn new(snapshots: SnapshotSchedule) -> Progress {
+        Progress { applied: None, unflushed: 0, unflushed_bytes: 0, snapshots }
+    }
+
     /// Whether applying `count` more entries writing `bytes` gathers enough for a flush.
     fn flush_due(&self, count: u64, bytes: u64) -> bool {
         self.unflushed + count >= FLUSH_EVERY_ENTRIES || self.unflushed_bytes + bytes >= FLUSH_EVERY_BYTES
     }
 
     /// Applies `entries` (whose writes come to about `bytes`) to the store, flushing it when
-    /// enough has gathered or a membership changed; returns each entry's reply.
-    fn apply(&mut self, store: &Store, entries: &[Entry], bytes: u64) -> Result<Vec<Reply>, StoreError> {
+    /// enough has gathered or a membership changed; returns each entry's reply, and whether a
+    /// snapshot is now due.
+    fn apply(&mut self, store: &Store, entries: &[Entry], bytes: u64) -> Result<Applied, StoreError> {
         let committed = store.committed();
         let mut replies = Vec::with_capacity(entries.len());
         let mut memberships = Vec::new();
@@ -130,7 +180,8 @@ impl Progress {
         if self.flush_due(0, 0) || !memberships.is_empty() {
             self.flush(store, &memberships)?;
         }
-        Ok(replies)
+        let snapshot_due = self.snapshots.applied(entries.len() as u64);
+        Ok(Applied { replies, snapshot_due })
     }
 
     /// Flushes the store, recording the applied log id and `memberships` beside the data.
@@ -154,21 +205,43 @@ impl Progress {
     }
 }
 
+/// What applying a batch gave.
+struct Applied {
+    replies: Vec<Reply>,
+    snapshot_due: bool,
+}
+
 /// The state machine given to openraft; also its own snapshot builder. Clones share everything.
 #[derive(Clone)]
 pub struct StateMachine {
     store: Arc<Store>,
     snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     progress: Arc<Mutex<Progress>>,
+    /// Notified when a snapshot is due; [`request_snapshots`] asks openraft for it.
+    snapshot_due: Arc<Notify>,
 }
 
 impl StateMachine {
-    pub fn open(store: Arc<Store>) -> Result<StateMachine, StoreError> {
+    /// Opens the state machine on `store`; snapshots are due at the earliest every
+    /// `snapshot_entries` applied entries (see the module docs).
+    pub fn open(store: Arc<Store>, snapshot_entries: u64) -> Result<StateMachine, StoreError> {
         store.flush(|txn| {
             txn.open_table(RAFT_META)?;
             Ok(())
         })?;
-        Ok(StateMachine { store, snapshot: Arc::new(Mutex::new(None)), progress: Arc::default() })
+        let keys = store.committed().len().map_err(StoreError::storage)?;
+        let progress = Progress::new(SnapshotSchedule::new(snapshot_entries, keys));
+        Ok(StateMachine {
+            store,
+            snapshot: Arc::new(Mutex::new(None)),
+            progress: Arc::new(Mutex::new(progress)),
+            snapshot_due: Arc::new(Notify::new()),
+        })
+    }
+
+    /// What [`request_snapshots`] waits on.
+    pub fn snapshot_due(&self) -> Arc<Notify> {
+        self.snapshot_due.clone()
     }
 
     fn remember(&self, snapshot: StoredSnapshot) {
@@ -182,6 +255,20 @@ impl StateMachine {
     ) -> io::Result<T> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || work(&store)).await.map_err(io_error)?.map_err(io_error)
+    }
+}
+
+/// Asks openraft for a snapshot whenever the state machine finds one `due`. Ends when `stop` is
+/// cancelled or Raft has stopped.
+pub async fn request_snapshots(raft: KvRaft, due: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = due.notified() => {}
+            () = stop.cancelled() => return,
+        }
+        if raft.trigger().snapshot().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -212,7 +299,6 @@ fn encode_body(
     members_ever: &BTreeSet<u64>,
     kv: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
 ) -> Result<Vec<u8>, redb::Error> {
-    use redb::ReadableTableMetadata;
     let corrupted = |e: &dyn std::fmt::Display| redb::Error::Corrupted(e.to_string());
     let mut out = Vec::new();
     // The same bytes `rmp_serde::to_vec_named(&SnapshotBody { .. })` would write.
@@ -278,13 +364,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             _ => None,
         };
-        let replies = match applied_here {
-            Some(replies) => replies.map_err(io_error)?,
+        let Applied { replies, snapshot_due } = match applied_here {
+            Some(applied) => applied.map_err(io_error)?,
             None => {
                 let progress = self.progress.clone();
                 self.blocking(move |store| lock(&progress).apply(store, &entries, bytes)).await?
             }
         };
+        if snapshot_due {
+            self.snapshot_due.notify_one();
+        }
         // Answered only now that the batch is applied (reads see it from now on).
         for (responder, reply) in responders.into_iter().zip(replies) {
             if let Some(responder) = responder {
@@ -318,7 +407,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 table.insert(MEMBERSHIP, encode(&state.1)?.as_slice())?;
                 Ok(())
             })?;
-            *progress = Progress { applied: state.0, ..Progress::default() };
+            progress.applied = state.0;
+            progress.unflushed = 0;
+            progress.unflushed_bytes = 0;
+            progress.snapshots.taken(body.pairs.len() as u64);
             Ok(())
         })
         .await?;
@@ -342,12 +434,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 // Everything applied goes into the database, because the log will be purged up
                 // to the log id the snapshot reflects; no apply comes in between, so the view
                 // taken then shows exactly that.
-                let txn = {
+                let (txn, kv) = {
                     let mut progress = lock(&progress);
                     progress.flush(store, &[])?;
-                    store.begin_read()?
+                    let txn = store.begin_read()?;
+                    let kv = txn.open_table(KV).map_err(StoreError::storage)?;
+                    progress.snapshots.taken(kv.len().map_err(StoreError::storage)?);
+                    (txn, kv)
                 };
-                let kv = txn.open_table(KV).map_err(StoreError::storage)?;
                 let meta = txn.open_table(RAFT_META).map_err(StoreError::storage)?;
                 let (applied, membership) = read_state(&meta)?;
                 let members_ever = read_members_ever(&meta)?;
@@ -370,7 +464,7 @@ mod tests {
     use openraft::testing::log_id;
 
     fn open(dir: &std::path::Path) -> StateMachine {
-        StateMachine::open(Arc::new(Store::open(dir).unwrap())).unwrap()
+        StateMachine::open(Arc::new(Store::open(dir).unwrap()), 10_000).unwrap()
     }
 
     fn normal(index: u64, write: Write) -> EntryResponder<TypeConfig> {
@@ -398,6 +492,44 @@ mod tests {
         let pairs =
             pairs.iter().map(|(k, v)| (ByteBuf::from(k.as_bytes()), ByteBuf::from(v.as_bytes()))).collect();
         assert_eq!(streamed, encode(&SnapshotBody { members_ever, pairs }).unwrap());
+    }
+
+    #[test]
+    fn a_snapshot_is_due_after_as_many_entries_as_the_last_one_held_keys() {
+        let mut schedule = SnapshotSchedule::new(100, 10);
+        assert!(!schedule.applied(99));
+        assert!(schedule.applied(1), "never later than the minimum");
+        // Asked again after the minimum once more, in case the first request came to nothing.
+        assert!(!schedule.applied(99));
+        assert!(schedule.applied(1));
+        schedule.taken(1000);
+        assert!(!schedule.applied(999));
+        assert!(schedule.applied(1), "after as many entries as the snapshot held keys");
+        schedule.taken(5);
+        assert!(!schedule.applied(99));
+        assert!(schedule.applied(1), "and never sooner than the minimum");
+    }
+
+    #[tokio::test]
+    async fn an_apply_past_the_schedule_says_a_snapshot_is_due() {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(Arc::new(Store::open(dir.path()).unwrap()), 3).unwrap();
+        let due = sm.snapshot_due();
+        let set = |index: u64| {
+            normal(index, Write::Set { key: Bytes::from(format!("k{index}")), value: Bytes::new() })
+        };
+        // `notify_one` leaves a permit when no one waits, so a due snapshot is seen at once.
+        sm.apply(futures::stream::iter([Ok(set(1)), Ok(set(2))])).await.unwrap();
+        assert!(due.notified().now_or_never().is_none(), "not due after 2 of 3 entries");
+        sm.apply(futures::stream::iter([Ok(set(3))])).await.unwrap();
+        assert!(due.notified().now_or_never().is_some(), "due after 3");
+        // Building one starts the count again, from the keys it holds.
+        sm.build_snapshot().await.unwrap();
+        sm.apply(futures::stream::iter([Ok(set(4)), Ok(set(5))])).await.unwrap();
+        assert!(due.notified().now_or_never().is_none(), "not due 2 entries after a snapshot of 3 keys");
+        sm.apply(futures::stream::iter([Ok(set(6))])).await.unwrap();
+        assert!(due.notified().now_or_never().is_some(), "due 3 entries after it");
     }
 
     #[tokio::test]

@@ -33,7 +33,7 @@ use crate::connection;
 use crate::protocol::message::{ErrorCode, HelloReply};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::PeerNetwork;
-use crate::raft::state_machine::StateMachine;
+use crate::raft::state_machine::{StateMachine, request_snapshots};
 use crate::raft::{KvRaft, raft_config};
 use crate::store::{Store, StoreError};
 use acks::AckTracker;
@@ -111,7 +111,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     membership::check_not_removed(&config.data_dir)?;
     let store = Arc::new(Store::open(&config.data_dir)?);
     let log = LogStore::open(&config.data_dir)?;
-    let state_machine = StateMachine::open(store.clone())?;
+    let state_machine = StateMachine::open(store.clone(), config.snapshot_entries)?;
+    let snapshot_due = state_machine.snapshot_due();
     let raft_settings = Arc::new(raft_config(&config)?);
     let listener = TcpListener::bind(config.listen)
         .await
@@ -157,6 +158,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    tokio::spawn(request_snapshots(node.raft.clone(), snapshot_due, token.clone()));
     // Held until the end if leadership could not be handed over: the node proposes nothing more.
     let _no_more_proposals = {
         let accepting = accept_loop(&listener, &node, &token, &tracker);
