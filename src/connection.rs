@@ -112,6 +112,11 @@ impl FrameWriter {
         self.inner.send(frame::encode(message)).await
     }
 
+    /// Sends one message now, without field names ([`frame::encode_compact`]).
+    pub async fn send_compact<T: Serialize>(&mut self, message: &T) -> io::Result<()> {
+        self.inner.send(frame::encode_compact(message)).await
+    }
+
     /// Like [`FrameReader::gone_while_idle`], for when another task owns the reading half: on a
     /// request/response connection with nothing outstanding, whether the other side has hung up
     /// or sent something unasked (a going-away notice). Asks the socket itself, without reading,

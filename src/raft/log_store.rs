@@ -199,6 +199,13 @@ fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     rmp_serde::to_vec_named(value).map_err(io_error)
 }
 
+/// An entry's record in the entries file: MessagePack with structs as arrays, without field names
+/// (they were a third of an entry's bytes and most of its encoding time). `decode` reads these and
+/// the named maps that files written before used alike.
+fn encode_entry(entry: &Entry) -> io::Result<Vec<u8>> {
+    rmp_serde::to_vec(entry).map_err(io_error)
+}
+
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     rmp_serde::from_slice(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
@@ -484,7 +491,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let encoded = entries.iter().map(|e| Ok((e.log_id(), encode(e)?))).collect::<io::Result<Vec<_>>>()?;
+        let encoded =
+            entries.iter().map(|e| Ok((e.log_id(), encode_entry(e)?))).collect::<io::Result<Vec<_>>>()?;
         {
             let mut tail = self.shared.tail();
             for (entry, (_, bytes)) in entries.into_iter().zip(&encoded) {
@@ -515,6 +523,32 @@ mod tests {
     use openraft::testing::blank_ent;
     use openraft::type_config::TypeConfigExt;
     use std::time::Duration;
+
+    /// Entries are written without field names now; files written before hold named maps, and
+    /// both must read back as the same entries.
+    #[test]
+    fn entries_read_back_from_both_encodings() {
+        use crate::command::Write;
+        use bytes::Bytes;
+        use openraft::testing::log_id;
+        let members = std::collections::BTreeMap::from([(1, openraft::BasicNode::new("127.0.0.1:1"))]);
+        let entries = [
+            blank_ent::<TypeConfig>(1, 1, 1),
+            Entry::new_membership(log_id::<TypeConfig>(1, 1, 2), openraft::Membership::from(members)),
+            Entry::new_normal(
+                log_id::<TypeConfig>(2, 1, 3),
+                Write::Set { key: Bytes::from("k"), value: Bytes::from_static(b"\0\xff") },
+            ),
+            Entry::new_normal(log_id::<TypeConfig>(2, 1, 4), Write::Del { keys: vec![Bytes::from("k")] }),
+        ];
+        for entry in entries {
+            let compact = encode_entry(&entry).unwrap();
+            let named = rmp_serde::to_vec_named(&entry).unwrap();
+            assert!(compact.len() < named.len());
+            assert_eq!(decode::<Entry>(&compact).unwrap(), entry);
+            assert_eq!(decode::<Entry>(&named).unwrap(), entry);
+        }
+    }
 
     fn indexes(entries: &[Entry]) -> Vec<u64> {
         entries.iter().map(|e| e.index()).collect()

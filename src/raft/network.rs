@@ -201,7 +201,7 @@ pub async fn serve_peer(
             PeerRequest::Removed(notice) => PeerResponse::Removed(facts.removed(notice)),
             PeerRequest::ReadIndex => PeerResponse::ReadIndex(facts.read_index().await),
         };
-        writer.send(&response).await.map_err(ReadError::Io)?;
+        writer.send_compact(&response).await.map_err(ReadError::Io)?;
     }
     Ok(())
 }
@@ -345,7 +345,7 @@ impl PeerClient {
             None => self.connect(ttl).await.map_err(|e| self.unreachable(e))?,
         };
         let exchange = async {
-            writer.send(&request).await.map_err(|e| e.to_string())?;
+            writer.send_compact(&request).await.map_err(|e| e.to_string())?;
             reader
                 .read::<PeerResponse>()
                 .await
