@@ -14,7 +14,7 @@
 use super::TypeConfig;
 use openraft::entry::RaftEntry;
 use openraft::type_config::alias::{EntryOf, LogIdOf};
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::ops::Range;
 
 type Entry = EntryOf<TypeConfig>;
@@ -32,9 +32,13 @@ struct Cached {
     durable: bool,
 }
 
+/// The entries from index `first` on, one per index: a ring, so that finding an entry by index
+/// is a subtraction, not a tree walk (the writer marks every entry durable by its index).
 #[derive(Default)]
 pub struct Tail {
-    entries: BTreeMap<u64, Cached>,
+    entries: VecDeque<Cached>,
+    /// The index of `entries[0]`; meaningless while `entries` is empty.
+    first: u64,
     durable_entries: usize,
     durable_bytes: usize,
 }
@@ -43,8 +47,11 @@ impl Tail {
     /// Adds an appended entry, not yet durable, after every entry already here.
     pub fn push(&mut self, entry: Entry, size: usize) {
         let index = entry.index();
-        debug_assert!(self.entries.last_key_value().is_none_or(|(last, _)| *last < index));
-        self.entries.insert(index, Cached { entry, size, durable: false });
+        if self.entries.is_empty() {
+            self.first = index;
+        }
+        debug_assert_eq!(index, self.end(), "the tail is a run of consecutive indexes");
+        self.entries.push_back(Cached { entry, size, durable: false });
     }
 
     /// Notes that the file now holds `log_id` (if it is still the entry at its index: a truncate
@@ -52,36 +59,43 @@ impl Tail {
     /// is kept.
     pub fn mark_durable(&mut self, log_ids: impl IntoIterator<Item = LogId>) {
         for log_id in log_ids {
-            if let Some(cached) = self.entries.get_mut(&log_id.index())
-                && !cached.durable
-                && cached.entry.log_id() == log_id
-            {
+            let Some(offset) = self.offset(log_id.index()) else { continue };
+            let cached = &mut self.entries[offset];
+            if !cached.durable && cached.entry.log_id() == log_id {
                 cached.durable = true;
                 self.durable_entries += 1;
                 self.durable_bytes += cached.size;
             }
         }
         while self.durable_entries > KEEP_DURABLE_ENTRIES || self.durable_bytes > KEEP_DURABLE_BYTES {
-            let Some(first) = self.entries.first_entry() else { break };
-            if !first.get().durable {
+            if !self.entries.front().is_some_and(|first| first.durable) {
                 break;
             }
-            let dropped = first.remove();
-            self.forget(dropped);
+            self.drop_first();
         }
     }
 
     /// Drops every entry from index `from` on.
     pub fn truncate_from(&mut self, from: u64) {
-        let dropped = self.entries.split_off(&from);
-        dropped.into_values().for_each(|cached| self.forget(cached));
+        let kept = usize::try_from(from.saturating_sub(self.first)).unwrap_or(usize::MAX);
+        if kept < self.entries.len() {
+            let dropped = self.entries.split_off(kept);
+            dropped.into_iter().for_each(|cached| self.forget(cached));
+        }
     }
 
     /// Drops every entry up to and including index `upto`.
     pub fn purge_upto(&mut self, upto: u64) {
-        let kept = self.entries.split_off(&(upto + 1));
-        let dropped = std::mem::replace(&mut self.entries, kept);
-        dropped.into_values().for_each(|cached| self.forget(cached));
+        while !self.entries.is_empty() && self.first <= upto {
+            self.drop_first();
+        }
+    }
+
+    fn drop_first(&mut self) {
+        if let Some(cached) = self.entries.pop_front() {
+            self.first += 1;
+            self.forget(cached);
+        }
     }
 
     fn forget(&mut self, cached: Cached) {
@@ -91,27 +105,40 @@ impl Tail {
         }
     }
 
+    /// Where the entry at `index` sits in `entries`, if it is here.
+    fn offset(&self, index: u64) -> Option<usize> {
+        let offset = usize::try_from(index.checked_sub(self.first)?).ok()?;
+        (offset < self.entries.len()).then_some(offset)
+    }
+
+    /// The index after the last entry here.
+    fn end(&self) -> u64 {
+        self.first + self.entries.len() as u64
+    }
+
     /// The first index held here: every entry of the log from it on is here.
     pub fn first_index(&self) -> Option<u64> {
-        self.entries.first_key_value().map(|(index, _)| *index)
+        (!self.entries.is_empty()).then_some(self.first)
     }
 
     pub fn last_log_id(&self) -> Option<LogId> {
-        self.entries.last_key_value().map(|(_, cached)| cached.entry.log_id())
+        self.entries.back().map(|cached| cached.entry.log_id())
     }
 
     /// Copies of the entries here within `range` (cheap: payloads are shared `Bytes`).
     pub fn read(&self, range: Range<u64>) -> Vec<Entry> {
-        if range.is_empty() {
+        let (start, end) = (range.start.max(self.first), range.end.min(self.end()));
+        if self.entries.is_empty() || start >= end {
             return Vec::new();
         }
-        self.entries.range(range).map(|(_, cached)| cached.entry.clone()).collect()
+        let offsets = (start - self.first) as usize..(end - self.first) as usize;
+        self.entries.range(offsets).map(|cached| cached.entry.clone()).collect()
     }
 
     /// Whether nothing is waiting to become durable.
     #[cfg(test)]
     pub fn all_durable(&self) -> bool {
-        self.entries.values().all(|cached| cached.durable)
+        self.entries.iter().all(|cached| cached.durable)
     }
 }
 
@@ -183,5 +210,12 @@ mod tests {
         tail.purge_upto(7);
         assert_eq!(tail.first_index(), None);
         assert_eq!((tail.durable_entries, tail.durable_bytes), (0, 0));
+        // Appending to an empty tail starts the run again at the appended index.
+        tail.push(blank_ent::<TypeConfig>(1, 1, 8), 10);
+        tail.push(blank_ent::<TypeConfig>(1, 1, 9), 10);
+        assert_eq!(tail.first_index(), Some(8));
+        assert_eq!(indexes(&tail.read(0..100)), [8, 9]);
+        tail.mark_durable([log_id::<TypeConfig>(1, 1, 9)]);
+        assert_eq!((tail.durable_entries, tail.durable_bytes), (1, 10));
     }
 }
