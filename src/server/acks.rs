@@ -23,7 +23,7 @@ use crate::raft::KvRaft;
 use crate::raft::log_store::LogStore;
 use openraft::Instant as _;
 use openraft::async_runtime::WatchReceiver;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -151,44 +151,53 @@ impl AckTracker {
             AckWait::Healthy => (None, ACK_WAIT),
             AckWait::AtLeast(n, timeout) => (Some(n), timeout),
         };
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut updated = self.updated.clone();
-        loop {
-            let done = {
-                let state = self.lock();
-                let acked = state.peers.values().filter(|p| p.matched() >= last).count();
-                match min_acks {
-                    Some(n) => acked >= n as usize || acked == state.peers.len(),
-                    None => state.peers.values().all(|p| p.matched() >= last || !self.healthy(p)),
+        if !wait.is_zero() {
+            let deadline = tokio::time::Instant::now() + wait;
+            let mut updated = self.updated.clone();
+            loop {
+                let done = {
+                    let state = self.lock();
+                    let now = Instant::now();
+                    let acked = state.peers.values().filter(|p| p.matched() >= last).count();
+                    match min_acks {
+                        Some(n) => acked >= n as usize || acked == state.peers.len(),
+                        None => state.peers.values().all(|p| p.matched() >= last || !self.healthy(p, now)),
+                    }
+                };
+                if done || tokio::time::timeout_at(deadline, updated.changed()).await.is_err() {
+                    break;
                 }
-            };
-            if done || tokio::time::timeout_at(deadline, updated.changed()).await.is_err() {
-                break;
             }
         }
         let state = self.lock();
-        indexes.iter().map(|&index| state.leading.then(|| self.picture(&state, index, proposed_at))).collect()
+        let now = Instant::now();
+        indexes
+            .iter()
+            .map(|&index| state.leading.then(|| self.picture(&state, index, proposed_at, now)))
+            .collect()
     }
 
-    fn picture(&self, state: &State, index: u64, proposed_at: Instant) -> Replication {
-        let sorted: BTreeMap<u64, &PeerProgress> = state.peers.iter().map(|(id, p)| (*id, p)).collect();
-        let peers = sorted
-            .into_iter()
-            .map(|(node, progress)| match progress.acked_at(index) {
+    /// Who holds `index`, as of `now`. Built for every write's answer, so it allocates once.
+    fn picture(&self, state: &State, index: u64, proposed_at: Instant, now: Instant) -> Replication {
+        let mut peers: Vec<PeerAck> = state
+            .peers
+            .iter()
+            .map(|(&node, progress)| match progress.acked_at(index) {
                 Some(at) => PeerAck {
                     node,
                     state: AckState::Acked,
                     ms: Some(at.saturating_duration_since(proposed_at).as_secs_f64() * 1000.0),
                 },
-                None if self.healthy(progress) => PeerAck { node, state: AckState::Pending, ms: None },
+                None if self.healthy(progress, now) => PeerAck { node, state: AckState::Pending, ms: None },
                 None => PeerAck { node, state: AckState::Unreachable, ms: None },
             })
             .collect();
+        peers.sort_unstable_by_key(|peer| peer.node);
         Replication { term: state.term, index, peers }
     }
 
-    fn healthy(&self, progress: &PeerProgress) -> bool {
-        progress.last_contact.is_some_and(|at| at.elapsed() < self.unreachable_after)
+    fn healthy(&self, progress: &PeerProgress, now: Instant) -> bool {
+        progress.last_contact.is_some_and(|at| now.saturating_duration_since(at) < self.unreachable_after)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
