@@ -26,7 +26,7 @@
 //!
 //! A snapshot costs a pass over every key, so taking one every fixed number of entries would
 //! make each write cost a big store more than a small one: at 10,000 entries, a node holding a
-//! million keys would encode a hundred of them per write. [`SnapshotSchedule`] instead asks for
+//! million keys would encode a hundred of them per write. `SnapshotSchedule` instead asks for
 //! one once the log since the last holds as many entries as that snapshot held keys, and at
 //! least the configured `snapshot_entries`. Snapshotting then costs at most about one key per
 //! applied entry, and the log behind a snapshot stays about the snapshot's size (the Raft thesis,
