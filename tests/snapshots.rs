@@ -60,8 +60,8 @@ fn the_data_dir_stays_bounded_under_100k_writes_to_a_few_keys() {
     assert_eq!(cluster.cli(&["-c", "GET key99"]).lines(), ["00099999"]);
 }
 
-#[test]
-fn a_node_that_missed_the_compacted_log_catches_up_by_snapshot() {
+/// A cluster whose nodes 1 and 2 compacted away the log that node 3, stopped meanwhile, needs.
+fn cluster_with_node_3_behind_the_compacted_log() -> TestCluster {
     let mut cluster = TestCluster::start(3, &["--snapshot-entries", "200", "--keep-log-entries", "50"]);
     cluster.node(3).terminate();
     // Distinct keys: a snapshot is due once the log since the last one holds as many entries as
@@ -70,11 +70,14 @@ fn a_node_that_missed_the_compacted_log_catches_up_by_snapshot() {
     let writes = script(3000, |i| format!("SET missed{i} {i}"));
     let out = common::run_cli(&["--addr", &cluster.live_addrs()], Some(&writes), &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    // The log node 3 would need is gone from the others.
     wait_until("the live nodes to compact their logs", CONVERGE, || {
         cluster.status(1).iter().filter(|row| row["id"] != 3).all(|row| row["purged"].as_u64() > Some(1000))
     });
+    cluster
+}
 
+/// Restarts node 3 and checks that it caught up through a snapshot, with every write.
+fn node_3_catches_up_by_snapshot(cluster: &mut TestCluster) {
     cluster.node(3).restart();
     wait_converged(&cluster.nodes[0]);
     let log = cluster.nodes[2].log_text();
@@ -83,30 +86,23 @@ fn a_node_that_missed_the_compacted_log_catches_up_by_snapshot() {
     assert_eq!(out.lines(), ["0", "2999"]);
 }
 
+#[test]
+fn a_node_that_missed_the_compacted_log_catches_up_by_snapshot() {
+    let mut cluster = cluster_with_node_3_behind_the_compacted_log();
+    node_3_catches_up_by_snapshot(&mut cluster);
+}
+
 /// No snapshot is kept over a restart, and snapshots come only when the state machine's schedule
 /// asks: nodes whose log was compacted must still build one when they start again (openraft's
 /// storage helper does), or a peer that needs the compacted entries could never be sent them.
 #[test]
 fn a_node_that_missed_the_compacted_log_catches_up_after_the_others_restarted() {
-    let mut cluster = TestCluster::start(3, &["--snapshot-entries", "200", "--keep-log-entries", "50"]);
-    cluster.node(3).terminate();
-    let writes = script(3000, |i| format!("SET missed{i} {i}"));
-    let out = common::run_cli(&["--addr", &cluster.live_addrs()], Some(&writes), &[]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    wait_until("the live nodes to compact their logs", CONVERGE, || {
-        cluster.status(1).iter().filter(|row| row["id"] != 3).all(|row| row["purged"].as_u64() > Some(1000))
-    });
-    cluster.node(1).terminate();
-    cluster.node(2).terminate();
-    cluster.node(1).restart();
-    cluster.node(2).restart();
-
-    cluster.node(3).restart();
-    wait_converged(&cluster.nodes[0]);
-    let log = cluster.nodes[2].log_text();
-    assert!(log.contains("installed a snapshot from the leader"), "{log}");
-    let out = cluster.nodes[2].cli(&["--local", "-c", "GET missed0", "-c", "GET missed2999"]);
-    assert_eq!(out.lines(), ["0", "2999"]);
+    let mut cluster = cluster_with_node_3_behind_the_compacted_log();
+    for id in [1, 2] {
+        cluster.node(id).terminate();
+        cluster.node(id).restart();
+    }
+    node_3_catches_up_by_snapshot(&mut cluster);
 }
 
 #[test]
