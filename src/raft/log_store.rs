@@ -23,11 +23,11 @@
 
 use super::entry_file::EntryFile;
 use super::log_tail::Tail;
-use super::{TypeConfig, io_error};
+use super::{TypeConfig, io_error, written_bytes};
+use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
-use openraft::{EntryPayload, OptionalSend};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Serialize, de::DeserializeOwned};
 use std::fmt::Debug;
@@ -204,11 +204,7 @@ fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
 /// the named maps that files written before used alike.
 fn encode_entry(entry: &Entry) -> io::Result<Vec<u8>> {
     // Sized up front: growing from empty took four allocations for a typical write's record.
-    let payload = match &entry.payload {
-        EntryPayload::Normal(write) => write.encoded_len_estimate(),
-        _ => 0,
-    };
-    let mut record = Vec::with_capacity(payload + 32);
+    let mut record = Vec::with_capacity(written_bytes(entry) + 32);
     rmp_serde::encode::write(&mut record, entry).map_err(io_error)?;
     Ok(record)
 }

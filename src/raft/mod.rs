@@ -66,6 +66,15 @@ pub fn raft_config(node: &NodeConfig) -> Result<openraft::Config, openraft::Conf
     .validate()
 }
 
+/// Roughly how many bytes of keys and values a log entry carries: its write's, or none for the
+/// (rare, small) membership and blank entries.
+fn written_bytes(entry: &openraft::type_config::alias::EntryOf<TypeConfig>) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(write) => write.encoded_len_estimate(),
+        _ => 0,
+    }
+}
+
 /// Turns any storage failure into the `io::Error` openraft's storage traits speak.
 fn io_error(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())

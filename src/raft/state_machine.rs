@@ -32,7 +32,7 @@
 //! applied entry, and the log behind a snapshot stays about the snapshot's size (the Raft thesis,
 //! §5.1.3, suggests the same rule in bytes).
 
-use super::{KvRaft, TypeConfig, io_error};
+use super::{KvRaft, TypeConfig, io_error, written_bytes};
 use crate::protocol::message::Reply;
 use crate::store::{KV, Store, StoreError};
 use bytes::Bytes;
@@ -272,14 +272,6 @@ pub async fn request_snapshots(raft: KvRaft, due: Arc<Notify>, stop: Cancellatio
     }
 }
 
-/// Roughly how many bytes applying `entry` puts in the store's memory until the next flush.
-fn written_bytes(entry: &Entry) -> u64 {
-    match &entry.payload {
-        EntryPayload::Normal(write) => write.encoded_len_estimate() as u64,
-        _ => 0,
-    }
-}
-
 fn lock(progress: &Mutex<Progress>) -> MutexGuard<'_, Progress> {
     progress.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -352,7 +344,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (entries, responders): (Vec<_>, Vec<_>) =
             entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
         let count = entries.len() as u64;
-        let bytes = entries.iter().map(written_bytes).sum::<u64>();
+        // Roughly what applying them puts in the store's memory until the next flush.
+        let bytes = entries.iter().map(|e| written_bytes(e) as u64).sum::<u64>();
         // Applying runs here: most applies touch only memory, and a hop to another thread and
         // back (about 0.2 ms) would cost every one of them. A flush waits for the disk, so an
         // apply that will make one leaves the async threads, and so does one that would wait
