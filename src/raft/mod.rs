@@ -47,7 +47,7 @@ pub fn raft_config(node: &NodeConfig) -> Result<openraft::Config, openraft::Conf
         cluster_name: "kv".to_string(),
         heartbeat_interval: node.heartbeat_ms,
         election_timeout_min: node.election_timeout_ms,
-        election_timeout_max: node.election_timeout_ms * 2,
+        election_timeout_max: election_timeout_max_ms(node),
         snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: node.keep_log_entries,
         // A node restarting with its own vote must win an election again instead of resuming as
@@ -64,6 +64,16 @@ pub fn raft_config(node: &NodeConfig) -> Result<openraft::Config, openraft::Conf
         ..Default::default()
     }
     .validate()
+}
+
+/// How long a follower that heard from the leader refuses to vote for anyone else: openraft's
+/// leader lease, which is its maximum election timeout.
+pub fn leader_lease(node: &NodeConfig) -> std::time::Duration {
+    std::time::Duration::from_millis(election_timeout_max_ms(node))
+}
+
+fn election_timeout_max_ms(node: &NodeConfig) -> u64 {
+    node.election_timeout_ms * 2
 }
 
 /// Roughly how many bytes of keys and values a log entry carries: its write's, or none for the

@@ -291,13 +291,15 @@ impl<'n> Executor<'n> {
         deadline: Instant,
     ) -> Vec<Option<Response>> {
         let node = self.node;
-        let check = || async move {
+        let read_index = async {
             match leader {
-                None => reads::leader_read_index(&node.raft, node.config.lease_reads).await,
-                Some((id, addr)) => node.leader_link.read_index(id, addr, deadline).await,
+                None => reads::leader_read_index(node).await,
+                Some((id, addr)) => {
+                    node.reads.read_index(|| node.leader_link.read_index(id, addr, deadline)).await
+                }
             }
         };
-        let ready = match tokio::time::timeout_at(deadline, node.reads.read_index(check)).await {
+        let ready = match tokio::time::timeout_at(deadline, read_index).await {
             Ok(Some(index)) => reads::applied_through(&node.raft, index, deadline).await,
             _ => false,
         };

@@ -103,7 +103,7 @@ pub async fn formed_without_me(config: &NodeConfig) -> Result<bool, Refusal> {
 impl NodeFacts for Node {
     fn read_index(&self) -> futures::future::BoxFuture<'_, Option<u64>> {
         // Follower checks share the leader's own, so that many readers cost one quorum round.
-        Box::pin(self.reads.read_index(|| reads::leader_read_index(&self.raft, self.config.lease_reads)))
+        Box::pin(reads::leader_read_index(self))
     }
 
     fn seen_members(&self) -> BTreeSet<u64> {
@@ -333,6 +333,7 @@ async fn transfer_leader(
     if heard && !reachable(node, metrics, id) {
         return Err(refused(format!("node {id} does not answer the leader")));
     }
+    node.lease.hand_over();
     if node.raft.trigger().transfer_leader(id).await.is_err() {
         return Err(Failure::NotLeader);
     }

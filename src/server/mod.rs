@@ -34,7 +34,7 @@ use crate::protocol::message::{ErrorCode, HelloReply};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::PeerNetwork;
 use crate::raft::state_machine::{StateMachine, request_snapshots};
-use crate::raft::{KvRaft, raft_config};
+use crate::raft::{KvRaft, leader_lease, raft_config};
 use crate::store::{Store, StoreError};
 use acks::AckTracker;
 use openraft::BasicNode;
@@ -77,6 +77,8 @@ struct Node {
     acks: AckTracker,
     /// Linearizable reads share their read-index checks through it.
     reads: reads::ReadBarrier,
+    /// The leader's lease, for lease reads.
+    lease: reads::LeaderLease,
     /// A follower's connection to the leader for read-index checks.
     leader_link: reads::LeaderLink,
     /// A follower's connection to the leader for its clients' writes.
@@ -139,6 +141,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     );
 
     let id = config.id;
+    let lease = reads::LeaderLease::new(id, config.lease_reads, leader_lease(&config));
     let node = Arc::new(Node {
         config,
         store,
@@ -146,6 +149,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         raft,
         acks,
         reads: reads::ReadBarrier::new(),
+        lease,
         leader_link: reads::LeaderLink::new(id),
         forwarding: forward::Forwarding::new(id),
         membership_lock: tokio::sync::Mutex::new(()),
@@ -233,6 +237,7 @@ async fn hand_over_leadership(node: &Node) -> Option<tokio::sync::RwLockWriteGua
     let wait = Duration::from_millis(node.config.request_timeout_ms);
     let quiet = tokio::time::timeout(wait, node.proposing.write()).await.ok();
     tracing::info!(successor, "handing leadership over before stopping");
+    node.lease.hand_over();
     if node.raft.trigger().transfer_leader(successor).await.is_err() {
         return quiet;
     }

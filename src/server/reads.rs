@@ -7,9 +7,9 @@
 //! linearizable reads without relaying them (Raft thesis §6.4; etcd does the same). On the leader
 //! the check is openraft's `get_read_log_id(ReadIndex)`; on a follower it is one `ReadIndex`
 //! request to the leader. With `lease_reads` the leader confirms by its lease instead of a
-//! quorum round while the lease holds (see [`leader_read_index`]).
+//! quorum round while the lease holds (see [`LeaderLease`]).
 //!
-//! Either way a check is a network round trip (except a lease check at the leader), so with many clients reading at once the checks,
+//! A quorum check is a network round trip, so with many clients reading at once the checks,
 //! not the reads, would be the work. [`ReadBarrier`] runs one check at a time and lets every
 //! read that arrived before a check *started* use its index. A read that arrives while a check is
 //! under way waits for the next one: the running check may have noted the commit index before the
@@ -18,13 +18,20 @@
 //!
 //! When a check ends, every read waiting on it is woken at once (a watch channel), so that they
 //! proceed in parallel rather than handing a lock to one another in turn.
+//!
+//! A lease check at the leader needs no round trip, and not even a turn of openraft's core: the
+//! lease is read from the metrics openraft publishes ([`LeaderLease::read_index`]), so each read
+//! checks it for itself and skips the barrier.
 
-use crate::raft::KvRaft;
+use super::Node;
 use crate::raft::network::PeerClient;
+use crate::raft::{KvRaft, TypeConfig};
 use openraft::async_runtime::WatchReceiver;
-use openraft::{LinearizerOption, ReadPolicy};
+use openraft::{Instant as _, LinearizerOption, RaftMetrics, ReadPolicy, ServerState};
 use std::future::Future;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -105,14 +112,98 @@ impl ReadBarrier {
     }
 }
 
-/// The leader's check: its commit index, once it knows it still leads. By default that takes a
-/// quorum's answers to a heartbeat sent after the check began. With `lease`, a quorum's answers
-/// to any heartbeat or append sent within the leader lease (openraft's: the maximum election
-/// timeout, during which no follower votes for another candidate) do, so an active leader
-/// answers at once; a lapsed lease falls back to a heartbeat round.
-pub(super) async fn leader_read_index(raft: &KvRaft, lease: bool) -> Option<u64> {
+/// A read index obtained as the leader: by the lease alone when lease reads are on and it holds,
+/// otherwise by a check shared through the barrier.
+pub(super) async fn leader_read_index(node: &Node) -> Option<u64> {
+    if let Some(index) = node.lease.read_index(&node.raft) {
+        return Some(index);
+    }
+    node.reads.read_index(|| core_read_index(&node.raft, node.lease.enabled)).await
+}
+
+/// openraft's check, a turn of its core: the commit index, once the leader knows it still leads.
+/// By default that takes a quorum's answers to a heartbeat sent after the check began. With
+/// `lease`, a quorum's answers to any heartbeat or append sent within the leader lease do, so an
+/// active leader answers at once; a lapsed lease falls back to a heartbeat round.
+async fn core_read_index(raft: &KvRaft, lease: bool) -> Option<u64> {
     let option = if lease { LinearizerOption::new(None, true) } else { ReadPolicy::ReadIndex.into() };
     raft.get_read_log_id(option).await.ok().map(|(read_log_id, _)| read_log_id.index())
+}
+
+/// The leader's lease as openraft last published it in its metrics.
+///
+/// openraft's own lease check is a message to its core and an answer back, and every core turn
+/// republishes the metrics, waking their watchers: per read, that was about a sixth of the
+/// leader's work. The metrics carry what the check needs. When a quorum of voters acknowledged a
+/// heartbeat or append this node sent at time `t`, none of them votes for another candidate
+/// before `t` plus the lease (openraft's: the maximum election timeout), so until then no other
+/// leader can exist and commit anything. This node, leading, answers every acknowledged write
+/// only once it has applied it, so its state holds them all, once it has applied through its
+/// commit index. That index is a read index provided it lies in this leader's term: then the
+/// blank entry that opened the term, and with it every earlier leader's entries, is committed.
+///
+/// Metrics may lag the core, never lead it; a stale `last_quorum_acked` is only older, so the
+/// check errs toward falling back to openraft's. The one thing the metrics do not show is a
+/// leadership transfer under way: openraft lets the successor be elected without waiting out
+/// the followers' leases. So this node marks it before asking for one ([`Self::hand_over`]),
+/// and reads take openraft's path (which refuses them while a transfer runs) until this node is
+/// seen to have stepped down.
+pub(super) struct LeaderLease {
+    me: u64,
+    /// Whether lease reads are on at all.
+    enabled: bool,
+    duration: Duration,
+    handing_over: AtomicBool,
+}
+
+impl LeaderLease {
+    pub fn new(me: u64, enabled: bool, duration: Duration) -> LeaderLease {
+        LeaderLease { me, enabled, duration, handing_over: AtomicBool::new(false) }
+    }
+
+    /// This node's commit index if lease reads are on and the metrics show it leading with a
+    /// valid lease and a commit in its own term; `None` means "ask openraft".
+    pub fn read_index(&self, raft: &KvRaft) -> Option<u64> {
+        if !self.enabled {
+            return None;
+        }
+        // Read before the metrics: a set flag was set after its setter saw this node lead, so
+        // the metrics read below are at least that recent, and a step-down in them is a step-down
+        // since the transfer was asked for.
+        let handing_over = self.handing_over.load(Ordering::SeqCst);
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow_watched();
+        self.judge(handing_over, &metrics)
+    }
+
+    fn judge(&self, handing_over: bool, metrics: &RaftMetrics<TypeConfig>) -> Option<u64> {
+        let leading = metrics.running_state.is_ok()
+            && metrics.state == ServerState::Leader
+            && metrics.current_leader == Some(self.me)
+            && metrics.vote.is_committed()
+            && metrics.vote.leader_id().node_id == self.me;
+        if handing_over {
+            if !leading {
+                self.handing_over.store(false, Ordering::SeqCst);
+            }
+            return None;
+        }
+        if !leading {
+            return None;
+        }
+        let acked = metrics.last_quorum_acked.as_deref()?;
+        if acked.elapsed() >= self.duration {
+            return None;
+        }
+        let committed = metrics.local_committed.as_ref()?;
+        (committed.leader_id.term == metrics.vote.leader_id().term).then_some(committed.index)
+    }
+
+    /// Marks a leadership transfer about to be asked for: lease reads take openraft's path from
+    /// now until this node has stepped down.
+    pub fn hand_over(&self) {
+        self.handing_over.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Waits until this node's state machine has applied through `index`; `false` if the deadline
@@ -232,6 +323,53 @@ mod tests {
         assert!(abandoned.is_err());
         let next = tokio::time::timeout(BOUND, barrier.read_index(|| async { Some(3) }));
         assert_eq!(next.await.expect("not stranded"), Some(3));
+    }
+
+    /// Metrics of node 1 leading in term 3 with a lease acknowledged `acked_ago` ago and its
+    /// log committed through index 10 in `committed_term`.
+    fn leader_metrics(acked_ago: Duration, committed_term: u64) -> RaftMetrics<TypeConfig> {
+        use openraft::metrics::SerdeInstant;
+        use openraft::{LogId, TokioInstant, Vote, vote::leader_id_adv::LeaderId};
+        let mut metrics = RaftMetrics::new_initial(1);
+        metrics.state = ServerState::Leader;
+        metrics.current_leader = Some(1);
+        metrics.current_term = 3;
+        metrics.vote = Vote::new_committed(3, 1);
+        metrics.last_quorum_acked = Some(SerdeInstant::new(TokioInstant::now() - acked_ago));
+        metrics.local_committed = Some(LogId::new(LeaderId { term: committed_term, node_id: 1 }, 10));
+        metrics
+    }
+
+    const LEASE: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_leader_within_its_lease_reads_at_its_commit_index() {
+        let lease = LeaderLease::new(1, true, LEASE);
+        assert_eq!(lease.judge(false, &leader_metrics(Duration::ZERO, 3)), Some(10));
+        assert_eq!(lease.judge(false, &leader_metrics(LEASE, 3)), None, "lapsed");
+        assert_eq!(lease.judge(false, &leader_metrics(Duration::ZERO, 2)), None, "term not committed yet");
+        let mut follower = leader_metrics(Duration::ZERO, 3);
+        follower.state = ServerState::Follower;
+        follower.current_leader = Some(2);
+        assert_eq!(lease.judge(false, &follower), None);
+        assert_eq!(LeaderLease::new(2, true, LEASE).judge(false, &leader_metrics(Duration::ZERO, 3)), None);
+    }
+
+    /// Once a transfer is asked for, the lease is not trusted until this node has stepped down.
+    #[test]
+    fn a_handover_suspends_lease_reads_until_the_node_steps_down() {
+        let lease = LeaderLease::new(1, true, LEASE);
+        lease.hand_over();
+        let leading = leader_metrics(Duration::ZERO, 3);
+        assert_eq!(lease.judge(lease.handing_over.load(Ordering::SeqCst), &leading), None);
+        assert!(lease.handing_over.load(Ordering::SeqCst), "still leading: still suspended");
+        let mut stepped_down = leader_metrics(Duration::ZERO, 3);
+        stepped_down.state = ServerState::Follower;
+        stepped_down.current_leader = Some(2);
+        assert_eq!(lease.judge(lease.handing_over.load(Ordering::SeqCst), &stepped_down), None);
+        assert!(!lease.handing_over.load(Ordering::SeqCst));
+        // Leading again later, in a term of its own, with no transfer under way.
+        assert_eq!(lease.judge(lease.handing_over.load(Ordering::SeqCst), &leading), Some(10));
     }
 
     /// Generous bounds: they only turn a hang into a failure.
