@@ -77,35 +77,47 @@ impl AckTracker {
         let state = Arc::new(Mutex::new(State::default()));
         let mut seen: BTreeSet<u64> = log.seen_members().unwrap_or_default();
         let (notify, updated) = watch::channel(0u64);
-        let mut metrics = raft.metrics();
+        // Two of openraft's three metrics channels, not the whole: a follower's data (its log,
+        // its commit, its heartbeats) changes with every append and heartbeat, and waking on
+        // each cost a follower answering read-index heartbeats a tenth of its CPU. Only its
+        // role, its leader and the membership matter here, which the server metrics carry.
+        let mut data = raft.data_metrics();
+        let mut server = raft.server_metrics();
         let watched = state.clone();
         tokio::spawn(async move {
             let mut version = 0;
             loop {
-                // Clone at once: holding the watch guard can block the Raft core.
-                let m = metrics.borrow_watched().clone();
+                // Clone at once: holding a watch guard can block the Raft core. The server
+                // metrics are published after the data, so these data are at least as recent.
+                let server_now = server.borrow_watched().clone();
+                let (replication, heartbeat) = {
+                    let data = data.borrow_watched();
+                    (data.replication.clone(), data.heartbeat.clone())
+                };
+                let leading = replication.is_some();
                 let now = Instant::now();
                 {
                     let mut state = watched.lock().unwrap_or_else(|p| p.into_inner());
-                    state.leading = m.replication.is_some();
+                    state.leading = leading;
+                    let me = server_now.id;
                     // A leader holds log entries too: its followers remember it as well.
-                    if let Some(leader) = m.current_leader.filter(|l| *l != m.id)
+                    if let Some(leader) = server_now.current_leader.filter(|l| *l != me)
                         && seen.insert(leader)
                         && let Err(e) = log.record_seen_members(&seen)
                     {
                         tracing::warn!(error = %e, "cannot record the peers seen");
                     }
-                    state.term = m.current_term;
-                    let members: Vec<u64> = m
+                    state.term = server_now.vote.leader_id().term;
+                    let members: Vec<u64> = server_now
                         .membership_config
                         .membership()
                         .nodes()
                         .map(|(id, _)| *id)
-                        .filter(|id| *id != m.id)
+                        .filter(|id| *id != me)
                         .collect();
                     state.peers.retain(|id, _| members.contains(id));
-                    let replication = m.replication.unwrap_or_default();
-                    let heartbeat = m.heartbeat.unwrap_or_default();
+                    let replication = replication.unwrap_or_default();
+                    let heartbeat = heartbeat.unwrap_or_default();
                     for id in members {
                         let progress = state.peers.entry(id).or_default();
                         if let Some(Some(matched)) = replication.get(&id) {
@@ -127,7 +139,18 @@ impl AckTracker {
                     }
                 }
                 version += 1;
-                if notify.send(version).is_err() || metrics.changed().await.is_err() {
+                if notify.send(version).is_err() {
+                    return;
+                }
+                let changed = if leading {
+                    tokio::select! {
+                        changed = data.changed() => changed,
+                        changed = server.changed() => changed,
+                    }
+                } else {
+                    server.changed().await
+                };
+                if changed.is_err() {
                     return;
                 }
             }
