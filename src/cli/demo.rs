@@ -271,7 +271,12 @@ impl DemoNode {
         for (peer, peer_addr) in (1..).zip(addrs).filter(|(peer, _)| *peer != id) {
             command.args(["--peer", &format!("{peer}={peer_addr}")]);
         }
+        // The nodes share this machine: each gets its share of the CPUs rather than one thread
+        // per CPU, which only adds wake-ups between threads (docs/BENCHMARKS.md).
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = (cpus / addrs.len()).max(1);
         command
+            .args(["--worker-threads", &workers.to_string()])
             .arg("--data-dir")
             .arg(dir.join(format!("node{id}")))
             .env("RUST_LOG", "info")
