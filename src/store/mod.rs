@@ -184,16 +184,21 @@ impl Store {
     }
 
     /// Replaces the whole state: drops the unflushed writes and runs `f`, which rewrites the
-    /// tables, in one durable transaction. Readers wait until it is done.
+    /// tables, in one durable transaction. Readers see the state before it until it is
+    /// committed, then the new one. They do not wait for it: writing a big snapshot takes
+    /// seconds, and a read blocked on the lock meanwhile would hold an async thread (on a node
+    /// with one worker thread, everything else).
     pub(crate) fn replace(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
-        let mut applied = self.applied_mut();
+        // Only the state machine writes, and it is the caller: nothing is applied meanwhile.
         self.transact(f)?;
+        let committed = view(&self.db);
+        let mut applied = self.applied_mut();
         // The new state supersedes the unflushed writes even if no view of it can be taken.
         applied.unflushed.clear();
-        applied.committed = view(&self.db)?;
+        applied.committed = committed?;
         Ok(())
     }
 
@@ -354,6 +359,42 @@ mod tests {
         let exists = Read::Exists { keys: vec![b("k"), b("k"), b("gone")] };
         assert_eq!(store.read(&exists).unwrap(), Reply::Integer { value: 2 });
         assert_eq!(get(&store, "unflushed"), Reply::Nil);
+    }
+
+    /// A read while the state is being replaced (a snapshot installed) answers from the state
+    /// before it at once, and the new state shows once it is committed.
+    #[test]
+    fn reads_answer_from_the_old_state_while_the_state_is_replaced() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        apply(&store, &[set("flushed", "1")]);
+        flush(&store);
+        apply(&store, &[set("unflushed", "1")]);
+        let (writing, wait_writing) = mpsc::channel();
+        let (read, wait_read) = mpsc::channel();
+        let replacer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store.replace(|txn| {
+                    let mut kv = txn.open_table(KV)?;
+                    kv.retain(|_, _| false)?;
+                    kv.insert(b"flushed".as_slice(), b"2".as_slice())?;
+                    drop(kv);
+                    writing.send(()).unwrap();
+                    // A read that waited for this transaction would never let it finish.
+                    wait_read
+                        .recv_timeout(Duration::from_secs(10))
+                        .map_err(|_| redb::Error::Corrupted("no read answered meanwhile".into()))
+                })
+            })
+        };
+        wait_writing.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!((get(&store, "flushed"), get(&store, "unflushed")), (bulk(b"1"), bulk(b"1")));
+        read.send(()).unwrap();
+        replacer.join().unwrap().unwrap();
+        assert_eq!((get(&store, "flushed"), get(&store, "unflushed")), (bulk(b"2"), Reply::Nil));
     }
 
     #[test]
