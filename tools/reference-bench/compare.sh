@@ -17,6 +17,9 @@ KV_CLI=$REPO/target/release/kv-cli
 REF=$REPO/tools/reference-bench/target/release/reference-bench
 WORK=$(mktemp -d)
 RESULTS=$WORK/results.tsv
+# The three members of each cluster share this machine's CPUs: each system runs with its share
+# of them (kv's worker threads, etcd's GOMAXPROCS; Redis runs one thread anyway).
+WORKERS=$(( $(nproc) / 3 )); [ "$WORKERS" -ge 1 ] || WORKERS=1
 PIDS=()
 trap 'stop_all; rm -rf "$WORK"' EXIT
 
@@ -60,7 +63,7 @@ kv_start() {
         local peers=()
         for j in 1 2 3; do [ "$i" != "$j" ] && peers+=(--peer "$j=127.0.0.1:710$j"); done
         RUST_LOG=warn "$KV_NODE" --id "$i" --listen "127.0.0.1:710$i" --data-dir "$WORK/kv/n$i" "${peers[@]}" \
-            "$@" 2> "$WORK/kv-$i.log" &
+            --worker-threads "$WORKERS" "$@" 2> "$WORK/kv-$i.log" &
         PIDS+=($!)
         addrs+=("127.0.0.1:710$i")
     done
@@ -97,7 +100,7 @@ etcd_round() {
     local cluster="e1=http://127.0.0.1:2380,e2=http://127.0.0.1:2480,e3=http://127.0.0.1:2580" all=""
     for i in 1 2 3; do
         local c=$((2279 + i * 100)) p=$((2280 + i * 100))
-        etcd --name "e$i" --data-dir "$WORK/etcd/e$i" --listen-client-urls "http://127.0.0.1:$c" \
+        GOMAXPROCS=$WORKERS etcd --name "e$i" --data-dir "$WORK/etcd/e$i" --listen-client-urls "http://127.0.0.1:$c" \
             --advertise-client-urls "http://127.0.0.1:$c" --listen-peer-urls "http://127.0.0.1:$p" \
             --initial-advertise-peer-urls "http://127.0.0.1:$p" --initial-cluster "$cluster" \
             --initial-cluster-state new --initial-cluster-token bench --log-level error 2> "$WORK/etcd-$i.log" &
