@@ -332,12 +332,8 @@ pub fn load(args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         (false, None) => (false, Origin::Default),
     };
     let lease_reads = args.lease_reads || file.lease_reads.unwrap_or(false);
-    let (worker_threads, workers_origin) = pick(
-        args.worker_threads,
-        "--worker-threads",
-        &file.worker_threads,
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-    );
+    let (worker_threads, workers_origin) =
+        pick(args.worker_threads, "--worker-threads", &file.worker_threads, available_cpus());
     if join.is_some() && !peers.is_empty() {
         return Err(join_origin
             .error("join and peers exclude each other: a joining node learns its peers from the cluster"));
@@ -404,6 +400,11 @@ pub fn load(args: NodeArgs) -> Result<NodeConfig, ConfigError> {
     })
 }
 
+/// How many CPUs this process may run on: the default for `worker_threads`.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Parses `IP:PORT` (or `localhost:PORT`).
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     let bad = || format!("bad address '{s}': expected IP:PORT, such as 127.0.0.1:7001");
@@ -450,8 +451,7 @@ mod tests {
         assert!(config.peers.is_empty());
         assert_eq!(config.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
         assert!(!config.lease_reads, "reads take a quorum round unless asked otherwise");
-        let cpus = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(config.worker_threads, cpus);
+        assert_eq!(config.worker_threads, available_cpus());
     }
 
     #[test]

@@ -273,8 +273,7 @@ impl DemoNode {
         }
         // The nodes share this machine: each gets its share of the CPUs rather than one thread
         // per CPU, which only adds wake-ups between threads (docs/BENCHMARKS.md).
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let workers = (cpus / addrs.len()).max(1);
+        let workers = (crate::config::available_cpus() / addrs.len()).max(1);
         command
             .args(["--worker-threads", &workers.to_string()])
             .arg("--data-dir")
