@@ -68,8 +68,8 @@ pub struct NodeConfig {
     pub lease_reads: bool,
     /// Threads that run the node's connections and its Raft core. Several nodes sharing a small
     /// machine do better with fewer: on two cores, three nodes with one thread each answered a
-    /// third more lease reads at the leader than with two each (docs/BENCHMARKS.md). Default: one
-    /// per CPU.
+    /// third more lease reads at the leader than with two each, and with tokio's current-thread
+    /// scheduler (which 1 selects) a sixth more writes (docs/BENCHMARKS.md). Default: one per CPU.
     pub worker_threads: usize,
 }
 
