@@ -333,8 +333,7 @@ async fn transfer_leader(
     if heard && !reachable(node, metrics, id) {
         return Err(refused(format!("node {id} does not answer the leader")));
     }
-    node.lease.hand_over();
-    if node.raft.trigger().transfer_leader(id).await.is_err() {
+    if !node.transfer_leadership(id).await {
         return Err(Failure::NotLeader);
     }
     let moved = node

@@ -105,6 +105,14 @@ impl Node {
         let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
         Some((leader, addr))
     }
+
+    /// Asks openraft to hand this node's leadership to `successor`; false if it refused. Lease
+    /// reads are suspended first (see [`reads::LeaderLease`]), which is why every transfer goes
+    /// through here.
+    async fn transfer_leadership(&self, successor: u64) -> bool {
+        self.lease.hand_over();
+        self.raft.trigger().transfer_leader(successor).await.is_ok()
+    }
 }
 
 /// Opens the node's storage, starts Raft, binds the configured address and serves until
@@ -237,8 +245,7 @@ async fn hand_over_leadership(node: &Node) -> Option<tokio::sync::RwLockWriteGua
     let wait = Duration::from_millis(node.config.request_timeout_ms);
     let quiet = tokio::time::timeout(wait, node.proposing.write()).await.ok();
     tracing::info!(successor, "handing leadership over before stopping");
-    node.lease.hand_over();
-    if node.raft.trigger().transfer_leader(successor).await.is_err() {
+    if !node.transfer_leadership(successor).await {
         return quiet;
     }
     let wait = Duration::from_millis(node.config.election_timeout_ms * 4);
