@@ -304,17 +304,10 @@ mod tests {
                 Some(n * 100)
             }
         };
-        let first = {
-            let (barrier, checks, release) = (barrier.clone(), checks.clone(), release.clone());
-            tokio::spawn(async move { barrier.read_index(check(checks, release)).await })
-        };
+        let first = spawn_read(&barrier, check(checks.clone(), release.clone()));
         wait_until(|| checks.load(Ordering::SeqCst) == 1).await;
-        let later: Vec<_> = (0..10)
-            .map(|_| {
-                let (barrier, checks, release) = (barrier.clone(), checks.clone(), release.clone());
-                tokio::spawn(async move { barrier.read_index(check(checks, release)).await })
-            })
-            .collect();
+        let later: Vec<_> =
+            (0..10).map(|_| spawn_read(&barrier, check(checks.clone(), release.clone()))).collect();
         // Once the later reads wait at the barrier, end the first check: they must not use it.
         wait_until(|| barrier.finished.receiver_count() == 11).await;
         release.notify_one();
@@ -335,12 +328,8 @@ mod tests {
         let checks = Arc::new(AtomicU64::new(0));
         let reads: Vec<_> = (0..2)
             .map(|_| {
-                let (barrier, checks) = (barrier.clone(), checks.clone());
-                tokio::spawn(async move {
-                    barrier
-                        .read_index(|| async move { Some(checks.fetch_add(1, Ordering::SeqCst) + 1) })
-                        .await
-                })
+                let checks = checks.clone();
+                spawn_read(&barrier, || async move { Some(checks.fetch_add(1, Ordering::SeqCst) + 1) })
             })
             .collect();
         for read in reads {
@@ -353,12 +342,8 @@ mod tests {
     #[tokio::test]
     async fn a_read_abandoned_before_its_check_starts_lets_the_next_read_check() {
         let barrier = Arc::new(ReadBarrier::new());
-        let spawn_read = |index| {
-            let barrier = barrier.clone();
-            tokio::spawn(async move { barrier.read_index(|| async move { Some(index) }).await })
-        };
-        let first = spawn_read(1);
-        let waiting = spawn_read(2);
+        let first = spawn_read(&barrier, || async { Some(1) });
+        let waiting = spawn_read(&barrier, || async { Some(2) });
         // One turn: the first read claims the check and yields, the second waits on it.
         tokio::task::yield_now().await;
         {
@@ -427,6 +412,16 @@ mod tests {
         assert!(!lease.handing_over.load(Ordering::SeqCst));
         // Leading again later, in a term of its own, with no transfer under way.
         assert_eq!(lease.judge(lease.handing_over.load(Ordering::SeqCst), &leading), Some(10));
+    }
+
+    /// A read at `barrier` as a task of its own, running `check` if it starts one.
+    fn spawn_read<F, Fut>(barrier: &Arc<ReadBarrier>, check: F) -> tokio::task::JoinHandle<Option<u64>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Option<u64>> + Send + 'static,
+    {
+        let barrier = barrier.clone();
+        tokio::spawn(async move { barrier.read_index(check).await })
     }
 
     /// Generous bounds: they only turn a hang into a failure.
