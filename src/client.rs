@@ -114,22 +114,8 @@ impl Client {
         Client::connect_with(addr, timeout, hello).await
     }
 
-    /// Connects to a node on behalf of cluster member `me`, to forward its clients' requests.
-    pub async fn connect_forwarding(
-        addr: &str,
-        timeout: Duration,
-        me: u64,
-    ) -> Result<(Client, NodeInfo), ClientError> {
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            client: format!("node {me}"),
-            peer: None,
-            forwarded_by: Some(me),
-        };
-        Client::connect_with(addr, timeout, hello).await
-    }
-
-    async fn connect_with(
+    /// Connects to one node with the given hello (a forwarding node's says so).
+    pub(crate) async fn connect_with(
         addr: &str,
         timeout: Duration,
         hello: Hello,
@@ -247,11 +233,9 @@ impl RequestSender {
         Ok(self.writer.flush().await?)
     }
 
-    /// With no request outstanding: whether the node has already closed the connection or said
-    /// it is going away, so that a request sent now would never be executed. For when the
-    /// [`ResponseReceiver`] is busy in another task; see [`Client::gone_while_idle`].
-    pub fn gone_while_idle(&self) -> bool {
-        self.writer.gone_while_idle()
+    /// The connection's socket, for a look at its state (see `server::forward`).
+    pub(crate) fn socket(&self) -> &TcpStream {
+        self.writer.socket()
     }
 }
 

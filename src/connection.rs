@@ -117,21 +117,8 @@ impl FrameWriter {
         self.inner.send(frame::encode_compact(message)).await
     }
 
-    /// Like [`FrameReader::gone_while_idle`], for when another task owns the reading half: on a
-    /// request/response connection with nothing outstanding, whether the other side has hung up
-    /// or sent something unasked (a going-away notice). Asks the socket itself, without reading,
-    /// so it sees a hang-up the reading task has not been woken for yet.
-    pub fn gone_while_idle(&self) -> bool {
-        use nix::errno::Errno;
-        use nix::sys::socket::{MsgFlags, recv};
-        use std::os::fd::AsRawFd;
-        let stream: &TcpStream = self.inner.get_ref().as_ref();
-        let mut byte = [0u8; 1];
-        match recv(stream.as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
-            // Nothing waiting: the connection is open and quiet.
-            Err(Errno::EAGAIN | Errno::EINTR) => false,
-            // End of stream, an unasked message, or a reset.
-            Ok(_) | Err(_) => true,
-        }
+    /// The socket under this half.
+    pub(crate) fn socket(&self) -> &TcpStream {
+        self.inner.get_ref().as_ref()
     }
 }

@@ -24,6 +24,7 @@ pub mod client;
 pub mod command;
 pub mod config;
 pub mod connection;
+pub mod peer;
 pub mod protocol;
 pub mod raft;
 pub mod server;

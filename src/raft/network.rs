@@ -1,9 +1,10 @@
-//! Raft traffic between nodes, over the same frame codec and the same address as clients.
+//! Raft traffic between nodes: openraft's RPCs over peer connections ([`crate::peer`]), on the
+//! same frame codec and the same address as clients.
 //!
-//! A peer connection starts with a [`Hello`] whose `peer` field names the sender, so the node
-//! can tell it from a client. After that the sender writes one [`PeerRequest`] at a time and
-//! reads its [`PeerResponse`]: openraft keeps at most one RPC in flight per target, so a plain
-//! request/response connection per target is all it needs.
+//! The sender ([`PeerClient`]) writes one [`RaftRequest`] at a time and reads its
+//! [`RaftResponse`]: openraft keeps at most one RPC in flight per target, so a plain
+//! request/response connection per target is all it needs. The receiver answers them through
+//! [`RaftService`], which the node's peer connections dispatch to (`server::control`).
 //!
 //! Every frame stays under the receiver's frame limit (from its welcome), like a client's:
 //! - an `AppendEntries` whose entries would not fit sends the prefix that does and reports a
@@ -16,19 +17,12 @@
 //! backs off instead of flooding the log), a connection that breaks mid-RPC is a `Network` error
 //! and is dropped, to be reopened by the next RPC.
 //!
-//! Besides Raft, peers ask each other for their [`NodeStatus`] (the `CLUSTER` table, and the check
-//! that a node with an empty data dir was never a working member), and a leader tells a node it
-//! removed that it was removed ([`RemovalNotice`]), since openraft never tells it. A follower
-//! asks the leader for read indexes, to serve linearizable reads itself
-//! ([`PeerRequest::ReadIndex`]).
+//! Deliberately not here: the node's own messages between peers (status, read indexes, removal
+//! notices), which are `server::control`'s.
 
 use super::{KvRaft, TypeConfig};
-use crate::connection::{self, FrameReader, FrameWriter, ReadError};
-use crate::protocol::PROTOCOL_VERSION;
-use crate::protocol::message::{Hello, HelloReply};
+use crate::peer::{PeerConnection, PeerError, PeerMessage};
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use openraft::async_runtime::WatchReceiver;
 use openraft::entry::RaftEntry;
 use openraft::error::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
@@ -36,14 +30,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::type_config::alias::{EntryOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf, VoteOf};
-use openraft::{BasicNode, EntryPayload, Instant as _, OptionalSend, RaftMetrics, ServerState};
+use openraft::type_config::alias::{EntryOf, SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::{BasicNode, EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// Room in a frame for everything around the entries of an `AppendEntries` or the bytes of a
 /// snapshot chunk: the vote, log ids, the snapshot's membership, encoding overhead.
@@ -51,9 +42,9 @@ const FRAME_MARGIN: usize = 16 * 1024;
 
 type Error = RaftError<TypeConfig>;
 
-/// One Raft RPC, or one of the few node-to-node messages beside Raft.
+/// One Raft RPC.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum PeerRequest {
+pub enum RaftRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<TypeConfig>),
     PreVote(VoteRequest<TypeConfig>),
@@ -66,109 +57,30 @@ pub enum PeerRequest {
         done: bool,
     },
     TransferLeader(TransferLeaderRequest<TypeConfig>),
-    /// Not Raft: the node's view of itself, for the `CLUSTER` table.
-    Status,
-    /// Not Raft: the leader removed the receiver from the cluster.
-    Removed(RemovalNotice),
-    /// Not Raft: a follower asks the leader for a read index, to serve linearizable reads from
-    /// its own state once it has applied up to it.
-    ReadIndex,
 }
 
-/// The answer to a [`PeerRequest`] of the same name.
+/// The answer to a [`RaftRequest`] of the same name.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum PeerResponse {
+pub enum RaftResponse {
     AppendEntries(Result<AppendEntriesResponse<TypeConfig>, Error>),
     Vote(Result<VoteResponse<TypeConfig>, Error>),
     /// `None` for a chunk that is not the last; `Err` when the transfer cannot go on.
     SnapshotChunk(Result<Option<SnapshotResponse<TypeConfig>>, String>),
     TransferLeader(Result<TransferLeaderResponse<TypeConfig>, Error>),
-    Status(NodeStatus),
-    /// Whether the receiver accepted the notice (the membership indeed leaves it out).
-    Removed(bool),
-    /// The read index, confirmed with a quorum after the request arrived; `None` if the receiver
-    /// could not confirm that it leads.
-    ReadIndex(Option<u64>),
 }
 
-/// A leader's word that it removed the receiver: the membership that leaves it out.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RemovalNotice {
-    pub by: u64,
-    pub membership: StoredMembershipOf<TypeConfig>,
-}
+/// The envelope of a Raft message: the control plane's variant never occurs on this side.
+type Envelope<T> = PeerMessage<T, Never>;
 
-/// What a node knows beyond its Raft state, for its peers to ask about.
-pub trait NodeFacts: Sync {
-    /// The peers this node has seen hold log entries while it led.
-    fn seen_members(&self) -> BTreeSet<u64>;
-    /// A leader says this node was removed; returns whether the notice was accepted.
-    fn removed(&self, notice: RemovalNotice) -> bool;
-    /// As the leader, a read index confirmed with a quorum after this call; `None` if this node
-    /// cannot confirm that it leads.
-    fn read_index(&self) -> BoxFuture<'_, Option<u64>>;
-}
+/// Stands for the control plane's messages, which Raft never sends or expects.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Never {}
 
-/// What a node reports about itself.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeStatus {
-    pub id: u64,
-    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
-    pub role: String,
-    pub term: u64,
-    pub last_log_index: Option<u64>,
-    pub applied_index: Option<u64>,
-    pub leader: Option<u64>,
-    /// Only on the leader: for each other member, milliseconds since it last acknowledged
-    /// anything (`None`: never).
-    pub contact_ms: BTreeMap<u64, Option<u64>>,
-    /// Whether the node has Raft state (a log or a membership); a fresh node has none.
-    #[serde(default)]
-    pub initialized: bool,
-    /// The peers this node has seen hold log entries while it led.
-    #[serde(default)]
-    pub seen_members: BTreeSet<u64>,
-    /// The last log index its latest snapshot covers; the log before it may be compacted.
-    #[serde(default)]
-    pub snapshot_index: Option<u64>,
-    /// The last log index deleted from its log by compaction.
-    #[serde(default)]
-    pub purged_index: Option<u64>,
-}
-
-impl NodeStatus {
-    pub fn of(raft: &KvRaft, facts: &dyn NodeFacts) -> NodeStatus {
-        // Clone at once: holding the watch guard can block the Raft core.
-        let metrics: RaftMetrics<TypeConfig> = raft.metrics().borrow_watched().clone();
-        let role = match metrics.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
-        };
-        let contact_ms = metrics
-            .heartbeat
-            .iter()
-            .flatten()
-            .filter(|(id, _)| **id != metrics.id)
-            .map(|(id, at)| (*id, at.as_ref().map(|at| at.elapsed().as_millis() as u64)))
-            .collect();
-        NodeStatus {
-            id: metrics.id,
-            role: role.to_string(),
-            term: metrics.current_term,
-            last_log_index: metrics.last_log_index,
-            applied_index: metrics.last_applied.map(|l| l.index),
-            leader: metrics.current_leader,
-            contact_ms,
-            initialized: metrics.last_log_index.is_some()
-                || metrics.membership_config.membership().nodes().next().is_some(),
-            seen_members: facts.seen_members(),
-            snapshot_index: metrics.snapshot.map(|l| l.index),
-            purged_index: metrics.purged.map(|l| l.index),
-        }
-    }
+/// Answers the Raft RPCs of one peer connection.
+pub struct RaftService<'a> {
+    raft: &'a KvRaft,
+    /// A snapshot being received on this connection.
+    incoming: Option<IncomingSnapshot>,
 }
 
 /// A snapshot being received on one connection.
@@ -178,63 +90,60 @@ struct IncomingSnapshot {
     chunks: usize,
 }
 
-/// Answers the RPCs arriving on a peer connection (after its hello) until it closes.
-pub async fn serve_peer(
-    mut reader: FrameReader,
-    mut writer: FrameWriter,
-    raft: &KvRaft,
-    facts: &dyn NodeFacts,
-) -> Result<(), ReadError> {
-    let mut incoming: Option<IncomingSnapshot> = None;
-    while let Some(request) = reader.read::<PeerRequest>().await? {
-        let response = match request {
-            PeerRequest::AppendEntries(rpc) => PeerResponse::AppendEntries(raft.append_entries(rpc).await),
-            PeerRequest::Vote(rpc) => PeerResponse::Vote(raft.vote(rpc).await),
-            PeerRequest::PreVote(rpc) => PeerResponse::Vote(raft.pre_vote(rpc).await),
-            PeerRequest::SnapshotChunk { vote, meta, offset, data, done } => PeerResponse::SnapshotChunk(
-                receive_chunk(raft, &mut incoming, vote, meta, offset, data, done).await,
-            ),
-            PeerRequest::TransferLeader(rpc) => {
-                PeerResponse::TransferLeader(raft.handle_transfer_leader(rpc).await.map_err(RaftError::Fatal))
-            }
-            PeerRequest::Status => PeerResponse::Status(NodeStatus::of(raft, facts)),
-            PeerRequest::Removed(notice) => PeerResponse::Removed(facts.removed(notice)),
-            PeerRequest::ReadIndex => PeerResponse::ReadIndex(facts.read_index().await),
-        };
-        writer.send_compact(&response).await.map_err(ReadError::Io)?;
+impl<'a> RaftService<'a> {
+    pub fn new(raft: &'a KvRaft) -> RaftService<'a> {
+        RaftService { raft, incoming: None }
     }
-    Ok(())
-}
 
-/// Adds one chunk to the snapshot being received, and installs it after the last one.
-async fn receive_chunk(
-    raft: &KvRaft,
-    incoming: &mut Option<IncomingSnapshot>,
-    vote: VoteOf<TypeConfig>,
-    meta: SnapshotMetaOf<TypeConfig>,
-    offset: u64,
-    data: ByteBuf,
-    done: bool,
-) -> Result<Option<SnapshotResponse<TypeConfig>>, String> {
-    if offset == 0 {
-        *incoming = Some(IncomingSnapshot { meta: meta.clone(), data: Vec::new(), chunks: 0 });
+    /// Hands one RPC to openraft and returns its answer.
+    pub async fn answer(&mut self, request: RaftRequest) -> RaftResponse {
+        let raft = self.raft;
+        match request {
+            RaftRequest::AppendEntries(rpc) => RaftResponse::AppendEntries(raft.append_entries(rpc).await),
+            RaftRequest::Vote(rpc) => RaftResponse::Vote(raft.vote(rpc).await),
+            RaftRequest::PreVote(rpc) => RaftResponse::Vote(raft.pre_vote(rpc).await),
+            RaftRequest::SnapshotChunk { vote, meta, offset, data, done } => {
+                RaftResponse::SnapshotChunk(self.receive_chunk(vote, meta, offset, data, done).await)
+            }
+            RaftRequest::TransferLeader(rpc) => {
+                RaftResponse::TransferLeader(raft.handle_transfer_leader(rpc).await.map_err(RaftError::Fatal))
+            }
+        }
     }
-    let Some(snapshot) = incoming.as_mut().filter(|s| s.meta == meta && s.data.len() as u64 == offset) else {
-        *incoming = None;
-        return Err(format!("snapshot chunk at offset {offset} does not continue a transfer; start over"));
-    };
-    snapshot.data.extend_from_slice(&data);
-    snapshot.chunks += 1;
-    if !done {
-        return Ok(None);
+
+    /// Adds one chunk to the snapshot being received, and installs it after the last one.
+    async fn receive_chunk(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        meta: SnapshotMetaOf<TypeConfig>,
+        offset: u64,
+        data: ByteBuf,
+        done: bool,
+    ) -> Result<Option<SnapshotResponse<TypeConfig>>, String> {
+        let incoming = &mut self.incoming;
+        if offset == 0 {
+            *incoming = Some(IncomingSnapshot { meta: meta.clone(), data: Vec::new(), chunks: 0 });
+        }
+        let Some(snapshot) = incoming.as_mut().filter(|s| s.meta == meta && s.data.len() as u64 == offset)
+        else {
+            *incoming = None;
+            return Err(format!(
+                "snapshot chunk at offset {offset} does not continue a transfer; start over"
+            ));
+        };
+        snapshot.data.extend_from_slice(&data);
+        snapshot.chunks += 1;
+        if !done {
+            return Ok(None);
+        }
+        let IncomingSnapshot { meta, data, chunks } = incoming.take().expect("checked above");
+        let bytes = data.len();
+        let last = meta.last_log_id.map(|l| l.index);
+        let snapshot = SnapshotOf::<TypeConfig, _> { meta, snapshot: Bytes::from(data) };
+        let response = self.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?;
+        tracing::info!(last_index = ?last, bytes, chunks, "installed a snapshot from the leader");
+        Ok(Some(response))
     }
-    let IncomingSnapshot { meta, data, chunks } = incoming.take().expect("checked above");
-    let bytes = data.len();
-    let last = meta.last_log_id.map(|l| l.index);
-    let snapshot = SnapshotOf::<TypeConfig, _> { meta, snapshot: Bytes::from(data) };
-    let response = raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?;
-    tracing::info!(last_index = ?last, bytes, chunks, "installed a snapshot from the leader");
-    Ok(Some(response))
 }
 
 /// Opens connections to peers for openraft.
@@ -247,124 +156,38 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
-        PeerClient::new(self.node_id, target, node.addr.clone())
+        PeerClient { connection: PeerConnection::new(self.node_id, target, node.addr.clone()) }
     }
 }
 
-/// The connection to one peer, opened on first use and again after a failure.
+/// openraft's client for one peer.
 pub struct PeerClient {
-    node_id: u64,
-    target: u64,
-    addr: String,
-    /// The open connection and the largest frame the peer accepts on it.
-    connection: Option<(FrameReader, FrameWriter, usize)>,
+    connection: PeerConnection,
 }
 
 impl PeerClient {
-    /// A client for `target` at `addr`, announcing itself as `node_id`.
-    pub fn new(node_id: u64, target: u64, addr: String) -> PeerClient {
-        PeerClient { node_id, target, addr, connection: None }
-    }
-
-    /// Asks the peer for its [`NodeStatus`].
-    pub async fn status(&mut self, timeout: Duration) -> Result<NodeStatus, String> {
-        match self.call(PeerRequest::Status, timeout).await.map_err(|e| e.to_string())? {
-            PeerResponse::Status(status) => Ok(status),
-            other => Err(format!("unexpected peer response {other:?}")),
-        }
-    }
-
-    /// The node this client talks to.
-    pub fn target(&self) -> u64 {
-        self.target
-    }
-
-    /// Asks the peer, which should lead, for a read index (see [`PeerRequest::ReadIndex`]).
-    pub async fn read_index(&mut self, timeout: Duration) -> Result<Option<u64>, String> {
-        match self.call(PeerRequest::ReadIndex, timeout).await.map_err(|e| e.to_string())? {
-            PeerResponse::ReadIndex(index) => Ok(index),
-            other => Err(format!("unexpected peer response {other:?}")),
-        }
-    }
-
-    /// Tells the peer it was removed from the cluster; returns whether it took note.
-    pub async fn notify_removed(&mut self, notice: RemovalNotice, timeout: Duration) -> Result<bool, String> {
-        match self.call(PeerRequest::Removed(notice), timeout).await.map_err(|e| e.to_string())? {
-            PeerResponse::Removed(accepted) => Ok(accepted),
-            other => Err(format!("unexpected peer response {other:?}")),
-        }
-    }
-
-    async fn connect(&self, timeout: Duration) -> Result<(FrameReader, FrameWriter, usize), String> {
-        let open = async {
-            let stream = TcpStream::connect(&self.addr).await.map_err(|e| e.to_string())?;
-            // Answers are bounded by what we send (a status, an ack, a vote), never by data.
-            let (mut reader, mut writer) =
-                connection::split(stream, crate::protocol::frame::DEFAULT_MAX_FRAME_BYTES);
-            let hello = Hello {
-                version: PROTOCOL_VERSION,
-                client: "peer".into(),
-                peer: Some(self.node_id),
-                forwarded_by: None,
-            };
-            writer.send(&hello).await.map_err(|e| e.to_string())?;
-            match reader.read::<HelloReply>().await.map_err(|e| e.to_string())? {
-                Some(HelloReply::Welcome { node_id, max_frame_bytes, .. }) if node_id == self.target => {
-                    Ok((reader, writer, max_frame_bytes as usize))
-                }
-                Some(HelloReply::Welcome { node_id, .. }) => {
-                    Err(format!("{} is node {node_id}, not node {}", self.addr, self.target))
-                }
-                Some(HelloReply::Refused { code, message }) => Err(format!("refused: {code} {message}")),
-                None => Err("closed during hello".into()),
-            }
-        };
-        tokio::time::timeout(timeout, open).await.map_err(|_| format!("no hello within {timeout:?}"))?
-    }
-
-    /// The largest frame the peer accepts, connecting first if needed.
-    async fn max_frame(&mut self, ttl: Duration) -> Result<usize, RPCError<TypeConfig>> {
-        if self.connection.is_none() {
-            self.connection = Some(self.connect(ttl).await.map_err(|e| self.unreachable(e))?);
-        }
-        Ok(self.connection.as_ref().map_or(0, |c| c.2))
-    }
-
-    fn unreachable(&self, e: String) -> RPCError<TypeConfig> {
-        RPCError::Unreachable(Unreachable::from_string(format!("node {} at {}: {e}", self.target, self.addr)))
-    }
-
     /// Sends one RPC and reads its answer within `ttl`.
     async fn call(
         &mut self,
-        request: PeerRequest,
-        ttl: Duration,
-    ) -> Result<PeerResponse, RPCError<TypeConfig>> {
-        let (mut reader, mut writer, max_frame) = match self.connection.take() {
-            Some(connection) => connection,
-            None => self.connect(ttl).await.map_err(|e| self.unreachable(e))?,
-        };
-        let exchange = async {
-            writer.send_compact(&request).await.map_err(|e| e.to_string())?;
-            reader
-                .read::<PeerResponse>()
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "connection closed".to_string())
-        };
-        match tokio::time::timeout(ttl, exchange).await {
-            Ok(Ok(response)) => {
-                self.connection = Some((reader, writer, max_frame));
-                Ok(response)
-            }
-            Ok(Err(e)) => {
-                Err(RPCError::Network(NetworkError::from_string(format!("node {}: {e}", self.target))))
-            }
-            Err(_) => Err(RPCError::Network(NetworkError::from_string(format!(
-                "node {}: no answer within {ttl:?}",
-                self.target
-            )))),
+        request: RaftRequest,
+        ttl: std::time::Duration,
+    ) -> Result<RaftResponse, RPCError<TypeConfig>> {
+        let answer: Envelope<RaftResponse> =
+            self.connection.call(&Envelope::Raft(request), ttl).await.map_err(rpc_error)?;
+        match answer {
+            PeerMessage::Raft(response) => Ok(response),
+            PeerMessage::Control(never) => match never {},
         }
+    }
+}
+
+/// openraft's view of a failed call: a peer never reached is unreachable (openraft backs off),
+/// anything else a network error.
+fn rpc_error(e: PeerError) -> RPCError<TypeConfig> {
+    if e.never_sent() {
+        RPCError::Unreachable(Unreachable::from_string(e.to_string()))
+    } else {
+        RPCError::Network(NetworkError::from_string(e.to_string()))
     }
 }
 
@@ -388,7 +211,7 @@ fn fitting_entries(entries: &[EntryOf<TypeConfig>], budget: usize) -> usize {
 macro_rules! expect_response {
     ($response:expr, $variant:ident) => {
         match $response {
-            PeerResponse::$variant(result) => result.map_err(remote),
+            RaftResponse::$variant(result) => result.map_err(remote),
             other => Err(RPCError::Network(NetworkError::from_string(format!(
                 "unexpected peer response {other:?}"
             )))),
@@ -409,7 +232,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let budget = self.max_frame(option.hard_ttl()).await?.saturating_sub(FRAME_MARGIN);
+        let max_frame = self.connection.max_frame(option.hard_ttl()).await.map_err(rpc_error)?;
+        let budget = max_frame.saturating_sub(FRAME_MARGIN);
         // Always at least one entry: the node's own limits keep a single write within a frame.
         let fits = fitting_entries(&rpc.entries, budget).max(1);
         let sent_part = (fits < rpc.entries.len()).then(|| {
@@ -417,7 +241,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             rpc.entries.last().map(|e| e.log_id())
         });
         let response = expect_response!(
-            self.call(PeerRequest::AppendEntries(rpc), option.hard_ttl()).await?,
+            self.call(RaftRequest::AppendEntries(rpc), option.hard_ttl()).await?,
             AppendEntries
         )?;
         Ok(match (response, sent_part) {
@@ -431,7 +255,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        expect_response!(self.call(PeerRequest::Vote(rpc), option.hard_ttl()).await?, Vote)
+        expect_response!(self.call(RaftRequest::Vote(rpc), option.hard_ttl()).await?, Vote)
     }
 
     async fn pre_vote(
@@ -439,7 +263,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        expect_response!(self.call(PeerRequest::PreVote(rpc), option.hard_ttl()).await?, Vote)
+        expect_response!(self.call(RaftRequest::PreVote(rpc), option.hard_ttl()).await?, Vote)
     }
 
     async fn full_snapshot(
@@ -451,14 +275,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let ttl = option.hard_ttl();
         let send = async {
-            let max_frame = self.max_frame(ttl).await?;
+            let max_frame = self.connection.max_frame(ttl).await.map_err(rpc_error)?;
             let chunk_bytes = max_frame.saturating_sub(FRAME_MARGIN).max(max_frame / 2).max(1);
             let data = snapshot.snapshot;
             let mut offset = 0;
             loop {
                 let end = (offset + chunk_bytes).min(data.len());
                 let done = end == data.len();
-                let request = PeerRequest::SnapshotChunk {
+                let request = RaftRequest::SnapshotChunk {
                     vote,
                     meta: snapshot.meta.clone(),
                     offset: offset as u64,
@@ -466,7 +290,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                     done,
                 };
                 let answer = match self.call(request, ttl).await? {
-                    PeerResponse::SnapshotChunk(answer) => answer,
+                    RaftResponse::SnapshotChunk(answer) => answer,
                     other => {
                         let e = format!("unexpected peer response {other:?}");
                         return Err(RPCError::Network(NetworkError::from_string(e)));
@@ -481,10 +305,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                     }
                     Err(e) => {
                         // The connection may hold half a transfer: start the next one afresh.
-                        self.connection = None;
+                        self.connection.reset();
                         return Err(RPCError::Network(NetworkError::from_string(format!(
                             "node {}: {e}",
-                            self.target
+                            self.connection.target()
                         ))));
                     }
                 }
@@ -502,7 +326,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         expect_response!(
-            self.call(PeerRequest::TransferLeader(rpc), option.hard_ttl()).await?,
+            self.call(RaftRequest::TransferLeader(rpc), option.hard_ttl()).await?,
             TransferLeader
         )
     }
@@ -512,32 +336,22 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 mod tests {
     use super::*;
     use crate::command::{Read, Write};
+    use crate::connection;
     use crate::protocol::message::Reply;
+    use crate::protocol::message::{Hello, HelloReply};
     use crate::raft::log_store::LogStore;
     use crate::raft::state_machine::StateMachine;
     use crate::store::Store;
     use bytes::Bytes;
     use openraft::Raft;
+    use openraft::async_runtime::WatchReceiver;
+    use std::collections::BTreeMap;
     use std::sync::Arc;
+    use std::time::Duration;
     use tokio::net::TcpListener;
+    use tokio::net::TcpStream;
 
     const DEADLINE: Duration = Duration::from_secs(20);
-
-    struct NoFacts;
-
-    impl NodeFacts for NoFacts {
-        fn seen_members(&self) -> BTreeSet<u64> {
-            BTreeSet::new()
-        }
-
-        fn removed(&self, _: RemovalNotice) -> bool {
-            false
-        }
-
-        fn read_index(&self) -> futures::future::BoxFuture<'_, Option<u64>> {
-            Box::pin(async { None })
-        }
-    }
 
     struct TestNode {
         raft: KvRaft,
@@ -588,7 +402,14 @@ mod tests {
                     let welcome =
                         HelloReply::Welcome { version: 1, node_id: id, max_frame_bytes: max_frame as u64 };
                     if writer.send(&welcome).await.is_ok() {
-                        let _ = serve_peer(reader, writer, &raft, &NoFacts).await;
+                        let mut service = RaftService::new(&raft);
+                        while let Ok(Some(Envelope::Raft(rpc))) = reader.read::<Envelope<RaftRequest>>().await
+                        {
+                            let answer: Envelope<RaftResponse> = PeerMessage::Raft(service.answer(rpc).await);
+                            if writer.send_compact(&answer).await.is_err() {
+                                break;
+                            }
+                        }
                     }
                 });
             }
@@ -716,10 +537,7 @@ mod tests {
 
         let late = start(late_id, late_listener, compacting).await;
         late.raft.wait(Some(DEADLINE)).applied_index_at_least(Some(last), "catching up").await.unwrap();
-        let metrics = {
-            use openraft::async_runtime::WatchReceiver;
-            late.raft.metrics().borrow_watched().clone()
-        };
+        let metrics = late.raft.metrics().borrow_watched().clone();
         assert!(metrics.snapshot.is_some(), "the late node got a snapshot: {metrics:?}");
         for i in 0..40 {
             let want = Reply::Bulk { value: ByteBuf::from(format!("value{i}")) };

@@ -13,17 +13,12 @@
 //! *pending*. A client that shows the picture to a person asks the answer to wait a few
 //! milliseconds ([`ACK_WAIT`]) for pending peers, so that in a healthy cluster it is usually
 //! complete; other clients get it as it is when the write is applied, without that delay.
-//!
-//! The watcher also records, durably, each peer it sees hold log entries for the first time (as
-//! leader, each peer that acknowledged an entry; as follower, its leader): that memory is how a
-//! node that lost its data is recognised (see `membership`).
 
 use crate::protocol::message::{AckState, PeerAck, Replication};
 use crate::raft::KvRaft;
-use crate::raft::log_store::LogStore;
 use openraft::Instant as _;
 use openraft::async_runtime::WatchReceiver;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -73,9 +68,8 @@ pub struct AckTracker {
 
 impl AckTracker {
     /// Starts the watcher task; it ends when Raft shuts down.
-    pub fn start(raft: &KvRaft, unreachable_after: Duration, log: LogStore) -> AckTracker {
+    pub fn start(raft: &KvRaft, unreachable_after: Duration) -> AckTracker {
         let state = Arc::new(Mutex::new(State::default()));
-        let mut seen: BTreeSet<u64> = log.seen_members().unwrap_or_default();
         let (notify, updated) = watch::channel(0u64);
         // Two of openraft's three metrics channels, not the whole: a follower's data (its log,
         // its commit, its heartbeats) changes with every append and heartbeat, and waking on
@@ -100,13 +94,6 @@ impl AckTracker {
                     let mut state = watched.lock().unwrap_or_else(|p| p.into_inner());
                     state.leading = leading;
                     let me = server_now.id;
-                    // A leader holds log entries too: its followers remember it as well.
-                    if let Some(leader) = server_now.current_leader.filter(|l| *l != me)
-                        && seen.insert(leader)
-                        && let Err(e) = log.record_seen_members(&seen)
-                    {
-                        tracing::warn!(error = %e, "cannot record the peers seen");
-                    }
                     state.term = server_now.vote.leader_id().term;
                     let members: Vec<u64> = server_now
                         .membership_config
@@ -121,11 +108,6 @@ impl AckTracker {
                     for id in members {
                         let progress = state.peers.entry(id).or_default();
                         if let Some(Some(matched)) = replication.get(&id) {
-                            if seen.insert(id)
-                                && let Err(e) = log.record_seen_members(&seen)
-                            {
-                                tracing::warn!(error = %e, "cannot record the peers seen");
-                            }
                             let known = progress.advances.back().map(|(index, _)| *index);
                             if known.is_none_or(|known| matched.index > known) {
                                 progress.advances.push_back((matched.index, now));

@@ -1,15 +1,17 @@
 //! Forwarding a client's writes and membership changes from a follower to the leader, so that a
-//! client may talk to any node. (Linearizable reads are not forwarded: a follower answers them
-//! behind a read index, see [`super::reads`].)
+//! client may talk to any node: both halves, the follower's link and the leader's side of it.
+//! (Linearizable reads are not forwarded: a follower answers them behind a read index, see
+//! [`super::reads`].)
+//!
+//! ## The follower's half: one link
 //!
 //! A follower keeps one connection to the leader for all of its clients, opened on first use:
 //! a *link*. Whatever its clients' connections hand it while it is writing goes out in the next
 //! write, so the leader reads many clients' writes at once and proposes them together, and its
 //! answers come back the same way. (One connection per client made every forwarded write cost
-//! the leader a read, a proposal and a write of its own, and the follower two more syscalls: a
-//! third more CPU per write than at the leader.) The leader keeps proposing a link's batches
-//! while earlier ones commit ([`super::executor::Executor::propose_ahead`]), and answers in the
-//! order the requests came, which is how the link matches answers to requests.
+//! the leader a read, a proposal and a write of its own, and the follower two more syscalls.)
+//! The leader answers in the order the requests came, which is how the link matches answers to
+//! requests.
 //!
 //! A client's own requests keep their order: its connection hands the link one batch at a time
 //! and waits for the answers before the next. The leader knows the link for a forwarding one
@@ -17,22 +19,43 @@
 //! `NOT_LEADER`, which means "not applied": only those requests are retried, at whichever node
 //! leads next.
 //!
-//! When the link fails, what a request's client is told depends on how far it got:
-//! - not written to the link yet (no connection, or queued behind the failure): not applied,
-//!   retried;
-//! - written, and unanswered: it may have been applied, so it is answered `OUTCOME_UNKNOWN` and
-//!   never re-sent (that could apply it twice);
+//! When the link fails, each request's [`Outcome`] depends on how far it got:
+//! - not written to the link yet (no connection, or queued behind the failure): not applied;
+//! - written, and unanswered: unknown, since it may have been applied, so it is never re-sent
+//!   (that could apply it twice);
 //! - unless the leader said it is going away (`SHUTTING_DOWN` notice): then nothing it left
-//!   unanswered was applied, and everything is retried at the next leader.
+//!   unanswered was applied.
 //!
 //! A link that fails is replaced by a new connection on the next use. So is one whose answers
-//! stop coming for longer than the leader's own request timeout allows.
+//! stop coming for longer than the leader's own request timeout allows. A leader that hung up
+//! while the link was idle is noticed before the next batch is written ([`hung_up`]), so that
+//! batch is retried rather than reported unknown.
+//!
+//! ## The leader's half: proposing ahead
+//!
+//! A link carries many clients' writes, and running its batches one at a time would make each
+//! wait for the commit of the one before. So on a forwarding connection the leader proposes a
+//! batch of nothing but writes as soon as it has read it, and goes on reading the next while
+//! it commits ([`Ahead`], up to [`MAX_AHEAD`] batches). Raft applies proposals in the order they
+//! were made, so their answers complete in request order. Anything else (a read, a membership
+//! change, or any batch while this node does not lead or hands its leadership over) waits until
+//! what was proposed ahead is answered, and then runs the usual way.
 
-use crate::client::{Client, ClientError, RequestSender, ResponseReceiver, expect_id};
-use crate::protocol::message::{ErrorCode, Reply, Request, Response};
+use super::cluster::{Cluster, Proposed};
+use super::executor::{self, Executor, Item};
+use super::outcome::{NotApplied, Outcome};
+use crate::client::{Client, ClientError, NodeInfo, RequestSender, ResponseReceiver, expect_id};
+use crate::connection::{FrameWriter, ReadError};
+use crate::protocol::PROTOCOL_VERSION;
+use crate::protocol::message::{ErrorCode, Hello, Reply, Request, Response};
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +66,9 @@ const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The most requests a link writes before it flushes.
 const MAX_WRITE: usize = 1024;
+/// The most batches a leader proposes ahead on one forwarding connection before it stops
+/// reading until the oldest is answered.
+pub(super) const MAX_AHEAD: usize = 64;
 
 /// A follower's way to the leader, shared by all of its client connections.
 pub(super) struct Forwarding {
@@ -55,33 +81,34 @@ impl Forwarding {
         Forwarding { me, link: tokio::sync::Mutex::new(None) }
     }
 
-    /// Forwards `requests` in order to node `leader` at `addr`. Returns, for each, its answer, or
-    /// `None` when it was certainly not applied and should be tried again.
+    /// Forwards `requests` in order to node `leader` at `addr`, and returns the outcome of each.
     pub async fn forward(
         &self,
         leader: u64,
         addr: &str,
         requests: &[&Request],
         deadline: Instant,
-    ) -> Vec<Option<Response>> {
+    ) -> Vec<Outcome<Response>> {
         let Some(link) = self.link_to(leader, addr, deadline).await else {
-            return requests.iter().map(|_| None).collect();
+            return not_sent_outcomes(requests.len());
         };
         let (answer, mut answers) = oneshot::channel();
         let job = Job { requests: requests.iter().map(|r| (*r).clone()).collect(), answer };
         if link.jobs.send(job).is_err() {
             // The link has stopped taking jobs: this one was never sent.
-            return requests.iter().map(|_| None).collect();
+            return not_sent_outcomes(requests.len());
         }
         match tokio::time::timeout_at(deadline + ANSWER_MARGIN, &mut answers).await {
             Ok(Ok(answers)) => answers,
             // The link ended without a word for this job; it may have been sent.
-            Ok(Err(_)) => unknown_for(requests, leader, "the link to the leader ended"),
+            Ok(Err(_)) => unknown_for(requests.len(), leader, "the link to the leader ended"),
             Err(_) => {
                 // The leader answers within its request timeout; a link this late is broken.
                 link.shared.fail(leader, "no answer in time", false);
                 // Failing the link answered the job: its answers so far, the rest unknown.
-                answers.try_recv().unwrap_or_else(|_| unknown_for(requests, leader, "no answer in time"))
+                answers
+                    .try_recv()
+                    .unwrap_or_else(|_| unknown_for(requests.len(), leader, "no answer in time"))
             }
         }
     }
@@ -95,7 +122,7 @@ impl Forwarding {
         // Dropping the old link lets it finish what it carries and close.
         *current = None;
         let timeout = deadline.saturating_duration_since(Instant::now()).min(CONNECT_TIMEOUT);
-        let client = match Client::connect_forwarding(addr, timeout, self.me).await {
+        let client = match connect(addr, timeout, self.me).await {
             Ok((client, info)) if info.node_id == leader => client,
             Ok((_, info)) => {
                 tracing::warn!(
@@ -120,6 +147,14 @@ impl Forwarding {
     }
 }
 
+/// Connects to a node on behalf of cluster member `me`, to forward its clients' requests: the
+/// hello says so, and the node then never forwards them again.
+async fn connect(addr: &str, timeout: Duration, me: u64) -> Result<(Client, NodeInfo), ClientError> {
+    let hello =
+        Hello { version: PROTOCOL_VERSION, client: format!("node {me}"), peer: None, forwarded_by: Some(me) };
+    Client::connect_with(addr, timeout, hello).await
+}
+
 /// One connection to the leader, shared by the follower's clients.
 #[derive(Clone)]
 struct Link {
@@ -129,10 +164,10 @@ struct Link {
     shared: Arc<Shared>,
 }
 
-/// One client connection's batch, and where its answers go.
+/// One client connection's batch, and where its outcomes go.
 struct Job {
     requests: Vec<Request>,
-    answer: oneshot::Sender<Vec<Option<Response>>>,
+    answer: oneshot::Sender<Vec<Outcome<Response>>>,
 }
 
 /// What the writing and the reading task share.
@@ -157,10 +192,10 @@ struct Sent {
     first_id: u64,
     /// The client's ids, which its answers must carry.
     client_ids: Vec<u64>,
-    answers: Vec<Option<Response>>,
-    /// How many answers arrived (a `NOT_LEADER` leaves its slot empty).
+    /// The outcomes so far: the first `received` are the leader's answers.
+    outcomes: Vec<Outcome<Response>>,
     received: usize,
-    answer: oneshot::Sender<Vec<Option<Response>>>,
+    answer: oneshot::Sender<Vec<Outcome<Response>>>,
 }
 
 impl Shared {
@@ -174,8 +209,8 @@ impl Shared {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Ends the link: every written job gets the answers it has, and for the rest `None` when the
-    /// leader said it is going away (`not_applied`), else `OUTCOME_UNKNOWN`.
+    /// Ends the link: every written job gets the answers it has, and for the rest "not applied"
+    /// when the leader said it is going away (`not_applied`), else "unknown".
     fn fail(&self, leader: u64, why: &str, not_applied: bool) {
         let mut state = self.lock();
         if !state.closed || !state.sent.is_empty() {
@@ -184,15 +219,15 @@ impl Shared {
         state.closed = true;
         self.stop.cancel();
         for sent in state.sent.drain(..) {
-            let Sent { client_ids, mut answers, answer, .. } = sent;
-            if !not_applied {
-                for (slot, id) in answers.iter_mut().zip(client_ids) {
-                    if slot.is_none() {
-                        *slot = Some(unknown(id, leader, why));
-                    }
-                }
+            let Sent { mut outcomes, received, answer, .. } = sent;
+            for outcome in &mut outcomes[received..] {
+                *outcome = if not_applied {
+                    Outcome::NotApplied(NotApplied::Stopping)
+                } else {
+                    Outcome::Unknown(lost(leader, why))
+                };
             }
-            let _ = answer.send(answers);
+            let _ = answer.send(outcomes);
         }
     }
 
@@ -208,12 +243,13 @@ impl Shared {
         };
         let slot = sent.received;
         sent.received += 1;
-        if !matches!(response.reply, Reply::Error { code: ErrorCode::NotLeader, .. }) {
-            sent.answers[slot] = Some(Response { id: sent.client_ids[slot], ..response });
-        }
-        if sent.received == sent.answers.len() {
+        sent.outcomes[slot] = match response.reply {
+            Reply::Error { code: ErrorCode::NotLeader, .. } => Outcome::NotApplied(NotApplied::NotLeader),
+            _ => Outcome::Done(Response { id: sent.client_ids[slot], ..response }),
+        };
+        if sent.received == sent.outcomes.len() {
             let done = state.sent.pop_front().expect("the front job");
-            let _ = done.answer.send(done.answers);
+            let _ = done.answer.send(done.outcomes);
             if state.closed && state.sent.is_empty() {
                 self.stop.cancel();
             }
@@ -223,7 +259,7 @@ impl Shared {
 }
 
 /// Writes the jobs handed to the link, each batch of them in one flush, until the link fails or
-/// every handle to it is gone. Jobs it never wrote are answered "not applied".
+/// every handle to it is gone. Jobs it never wrote are not applied.
 async fn send_jobs(
     mut sender: RequestSender,
     mut jobs: mpsc::UnboundedReceiver<Job>,
@@ -262,7 +298,7 @@ async fn send_jobs(
             // A leader that hung up (or said it is going away) while nothing was in flight would
             // take the batch and run none of it, and the reader may not have noticed yet: then
             // the batch is certainly not applied, and is retried elsewhere rather than lost.
-            if state.sent.is_empty() && sender.gone_while_idle() {
+            if state.sent.is_empty() && hung_up(sender.socket()) {
                 drop(state);
                 not_sent(batch);
                 shared.fail(leader, "the leader closed the link while it was idle", true);
@@ -272,8 +308,14 @@ async fn send_jobs(
                 let first_id = state.next_id;
                 state.next_id += job.requests.len() as u64;
                 let client_ids = job.requests.iter().map(|r| r.id).collect();
-                let answers = job.requests.iter().map(|_| None).collect();
-                state.sent.push_back(Sent { first_id, client_ids, answers, received: 0, answer: job.answer });
+                let outcomes = not_sent_outcomes(job.requests.len());
+                state.sent.push_back(Sent {
+                    first_id,
+                    client_ids,
+                    outcomes,
+                    received: 0,
+                    answer: job.answer,
+                });
                 requests.extend(job.requests);
             }
         }
@@ -310,6 +352,23 @@ async fn receive_answers(mut receiver: ResponseReceiver, shared: Arc<Shared>, le
     }
 }
 
+/// On a request/response connection with nothing outstanding, whether the other side has hung
+/// up or sent something unasked (a going-away notice): then nothing written now would be
+/// executed. Asks the socket itself, without reading (`MSG_PEEK`), so it sees a hang-up the
+/// reading task has not been woken for yet.
+fn hung_up(socket: &TcpStream) -> bool {
+    use nix::errno::Errno;
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    match recv(socket.as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+        // Nothing waiting: the connection is open and quiet.
+        Err(Errno::EAGAIN | Errno::EINTR) => false,
+        // End of stream, an unasked message, or a reset.
+        Ok(_) | Err(_) => true,
+    }
+}
+
 /// Why the link ends, and whether what it left unanswered is certainly not applied: only when the
 /// leader said it is going away.
 fn link_ended(e: ClientError) -> (String, bool) {
@@ -322,20 +381,104 @@ fn link_ended(e: ClientError) -> (String, bool) {
 /// Answers jobs that were never written: not applied.
 fn not_sent(jobs: Vec<Job>) {
     for job in jobs {
-        let _ = job.answer.send(job.requests.iter().map(|_| None).collect());
+        let _ = job.answer.send(not_sent_outcomes(job.requests.len()));
     }
 }
 
-fn unknown(id: u64, leader: u64, why: &str) -> Response {
-    let message = format!(
-        "the connection to leader {leader} failed ({why}) after the write was sent: it may or may not \
-         have been applied"
-    );
-    Response::new(id, Reply::error(ErrorCode::OutcomeUnknown, message))
+fn not_sent_outcomes(count: usize) -> Vec<Outcome<Response>> {
+    vec![Outcome::NotApplied(NotApplied::Unreachable); count]
 }
 
-fn unknown_for(requests: &[&Request], leader: u64, why: &str) -> Vec<Option<Response>> {
-    requests.iter().map(|r| Some(unknown(r.id, leader, why))).collect()
+fn lost(leader: u64, why: &str) -> String {
+    format!("the connection to leader {leader} failed ({why}) after the write was sent")
+}
+
+fn unknown_for(count: usize, leader: u64, why: &str) -> Vec<Outcome<Response>> {
+    vec![Outcome::Unknown(lost(leader, why)); count]
+}
+
+/// The answers to a batch proposed ahead, once they are known.
+type AnswersAhead<'n> = Pin<Box<dyn Future<Output = Vec<Response>> + Send + 'n>>;
+
+/// The leader's side of a forwarding connection: the batches proposed ahead, oldest first.
+pub(super) struct Ahead<'n> {
+    batches: FuturesOrdered<AnswersAhead<'n>>,
+}
+
+impl<'n> Ahead<'n> {
+    pub fn new() -> Ahead<'n> {
+        Ahead { batches: FuturesOrdered::new() }
+    }
+
+    /// Whether another batch may be proposed ahead; when not, the connection stops reading.
+    pub fn has_room(&self) -> bool {
+        self.batches.len() < MAX_AHEAD
+    }
+
+    /// The answers of the oldest batch, once known; pending forever while there is none.
+    pub async fn next(&mut self) -> Vec<Response> {
+        match self.batches.next().await {
+            Some(answers) => answers,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// On a forwarding connection to this leader, proposes a batch of nothing but writes at once
+    /// and keeps the future of its answers. Gives the batch back when it must run the usual way,
+    /// after everything proposed ahead is answered: it holds anything but writes, the client is
+    /// not a forwarding node, this node does not lead, or a leadership handover is under way.
+    pub async fn propose<C: Cluster>(
+        &mut self,
+        executor: &Executor<'n, C>,
+        items: Vec<Item>,
+    ) -> Result<(), Vec<Item>> {
+        let cluster = executor.cluster();
+        let Some(by) = executor.forwarded_by() else { return Err(items) };
+        if !items.iter().all(|i| i.write().is_some()) {
+            return Err(items);
+        }
+        let deadline = Instant::now() + cluster.request_timeout();
+        let writes = items.iter().filter_map(|i| i.write().cloned()).collect();
+        let run: Vec<&Item> = items.iter().collect();
+        let acks = executor::ack_wait(&run);
+        let proposed: Proposed<'n> = match cluster.propose_now(writes, acks, deadline).await {
+            Some(proposed) => proposed,
+            None => return Err(items),
+        };
+        let me = cluster.id();
+        self.batches.push_back(Box::pin(async move {
+            let run: Vec<&Item> = items.iter().collect();
+            let outcomes = executor::written_answers(me, &run, proposed.await);
+            let not_leader = executor::not_leader(me, by);
+            outcomes
+                .into_iter()
+                .zip(&items)
+                .map(|(outcome, item)| {
+                    outcome.settled(item.request.id).unwrap_or_else(|| item.answer(not_leader.clone()))
+                })
+                .collect()
+        }));
+        Ok(())
+    }
+
+    /// Sends `answers`, and those of any later batch that are known already, in one flush.
+    pub async fn send(&mut self, answers: Vec<Response>, writer: &mut FrameWriter) -> Result<(), ReadError> {
+        let mut answers = Some(answers);
+        while let Some(batch) = answers.take().or_else(|| self.batches.next().now_or_never().flatten()) {
+            for response in &batch {
+                writer.feed(response).await.map_err(ReadError::Io)?;
+            }
+        }
+        writer.flush().await.map_err(ReadError::Io)
+    }
+
+    /// Waits for and sends the answers of every batch proposed ahead.
+    pub async fn answer_all(&mut self, writer: &mut FrameWriter) -> Result<(), ReadError> {
+        while let Some(answers) = self.batches.next().await {
+            self.send(answers, writer).await?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -410,10 +553,14 @@ mod tests {
         }
     }
 
+    /// Forwards `requests` to node 2 at `addr`; each answer as its client gets it, or `None`
+    /// when it was not applied and is left to retry.
     async fn forward(forwarding: &Forwarding, addr: &str, requests: &[Request]) -> Vec<Option<Response>> {
-        let requests: Vec<&Request> = requests.iter().collect();
+        let refs: Vec<&Request> = requests.iter().collect();
         let deadline = Instant::now() + Duration::from_secs(5);
-        tokio::time::timeout(BOUND, forwarding.forward(2, addr, &requests, deadline)).await.expect("in time")
+        let outcomes =
+            tokio::time::timeout(BOUND, forwarding.forward(2, addr, &refs, deadline)).await.expect("in time");
+        outcomes.into_iter().zip(requests).map(|(outcome, request)| outcome.settled(request.id)).collect()
     }
 
     fn replies(answers: Vec<Option<Response>>) -> Vec<Option<(u64, Reply)>> {

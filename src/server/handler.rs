@@ -8,7 +8,8 @@
 //!
 //! One exception to one-batch-at-a-time: on a follower's forwarding link to the leader, a batch of
 //! nothing but writes is proposed as soon as it is read, and the connection goes on reading
-//! while it commits (up to [`MAX_AHEAD`] batches). Anything else waits until those are answered.
+//! while it commits (the leader's half of forwarding, [`super::forward::Ahead`]). Anything else
+//! waits until those are answered.
 //!
 //! Errors in a command are answers (the connection stays usable). Errors in the byte stream are
 //! not: a frame over the limit, an undecodable payload, or a stream cut inside a frame closes this
@@ -16,13 +17,13 @@
 //! can affect another connection.
 
 use super::Node;
-use super::executor::{AnswersAhead, Executor};
+use super::cluster::Cluster;
+use super::control::serve_peer;
+use super::executor::Executor;
+use super::forward::Ahead;
 use crate::connection::{self, FrameReader, FrameWriter, ReadError};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::message::{ErrorCode, Hello, HelloReply, Reply, Request, Response};
-use crate::raft::network::serve_peer;
-use futures::stream::FuturesOrdered;
-use futures::{FutureExt, StreamExt};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -33,9 +34,6 @@ use tokio_util::sync::CancellationToken;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most requests executed as one batch; more stay buffered for the next one.
 const MAX_BATCH: usize = 1024;
-/// The most batches proposed ahead on one connection before it stops reading until the oldest
-/// is answered.
-const MAX_AHEAD: usize = 64;
 /// After telling a client the node is going away, how long to wait for it to hang up before
 /// closing (closing on unread data would reset the connection and could destroy the notice).
 const LINGER: Duration = Duration::from_secs(1);
@@ -51,11 +49,10 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, node: &Node, toke
     };
     if let Some(member) = hello.peer {
         tracing::debug!(%peer, member, "peer connected");
-        let raft = node.raft.clone();
         // Raft traffic ends with the connection or the node, whichever comes first.
         tokio::select! {
             () = token.cancelled() => {}
-            outcome = serve_peer(reader, writer, &raft, node) => {
+            outcome = serve_peer(reader, writer, node) => {
                 if let Err(e) = outcome {
                     tracing::debug!(%peer, member, error = %e, "peer connection ended");
                 }
@@ -64,7 +61,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, node: &Node, toke
         return;
     }
     tracing::debug!(%peer, client = hello.client, forwarded_by = hello.forwarded_by, "client connected");
-    let mut executor = Executor::new(node, hello.forwarded_by);
+    let mut executor = Executor::new(node, hello.forwarded_by, node.config.limits());
     let outcome = serve_requests(&mut reader, &mut writer, &mut executor, token).await;
     match outcome {
         Ok(()) => tracing::debug!(%peer, "client disconnected"),
@@ -125,28 +122,27 @@ async fn going_away(reader: &mut FrameReader, writer: &mut FrameWriter, me: u64)
     Ok(())
 }
 
-async fn serve_requests(
+async fn serve_requests<C: Cluster>(
     reader: &mut FrameReader,
     writer: &mut FrameWriter,
-    executor: &mut Executor<'_>,
+    executor: &mut Executor<'_, C>,
     token: &CancellationToken,
 ) -> Result<(), ReadError> {
-    // Batches of writes proposed ahead, oldest first (see `Executor::propose_ahead`).
-    let mut ahead = FuturesOrdered::new();
+    let mut ahead = Ahead::new();
     loop {
         let first = tokio::select! {
             () = token.cancelled() => {
-                answer_ahead(&mut ahead, writer).await?;
-                return going_away(reader, writer, executor.node_id()).await;
+                ahead.answer_all(writer).await?;
+                return going_away(reader, writer, executor.cluster().id()).await;
             }
-            Some(answers) = ahead.next() => {
-                send_answers(answers, &mut ahead, writer).await?;
+            answers = ahead.next() => {
+                ahead.send(answers, writer).await?;
                 continue;
             }
-            read = reader.read::<Request>(), if ahead.len() < MAX_AHEAD => read,
+            read = reader.read::<Request>(), if ahead.has_room() => read,
         };
         let Some(first) = first? else {
-            answer_ahead(&mut ahead, writer).await?;
+            ahead.answer_all(writer).await?;
             return Ok(());
         };
         let mut batch = vec![first];
@@ -163,47 +159,17 @@ async fn serve_requests(
             }
         }
         let items = executor.parse(batch);
-        match executor.propose_ahead(items).await {
-            Ok(answers) => ahead.push_back(answers),
-            Err(items) => {
-                // Everything else runs after what was proposed ahead, as the client sent it.
-                answer_ahead(&mut ahead, writer).await?;
-                for response in executor.execute(items).await {
-                    writer.feed(&response).await.map_err(ReadError::Io)?;
-                }
-                writer.flush().await.map_err(ReadError::Io)?;
+        if let Err(items) = ahead.propose(executor, items).await {
+            // Everything else runs after what was proposed ahead, as the client sent it.
+            ahead.answer_all(writer).await?;
+            for response in executor.execute(items).await {
+                writer.feed(&response).await.map_err(ReadError::Io)?;
             }
+            writer.flush().await.map_err(ReadError::Io)?;
         }
         if let Some(e) = broken {
-            answer_ahead(&mut ahead, writer).await?;
+            ahead.answer_all(writer).await?;
             return Err(e);
         }
     }
-}
-
-/// Sends `answers`, and those of any later batch proposed ahead that are known already, in one
-/// flush.
-async fn send_answers(
-    answers: Vec<Response>,
-    ahead: &mut FuturesOrdered<AnswersAhead<'_>>,
-    writer: &mut FrameWriter,
-) -> Result<(), ReadError> {
-    let mut answers = Some(answers);
-    while let Some(batch) = answers.take().or_else(|| ahead.next().now_or_never().flatten()) {
-        for response in &batch {
-            writer.feed(response).await.map_err(ReadError::Io)?;
-        }
-    }
-    writer.flush().await.map_err(ReadError::Io)
-}
-
-/// Waits for and sends the answers of every batch proposed ahead.
-async fn answer_ahead(
-    ahead: &mut FuturesOrdered<AnswersAhead<'_>>,
-    writer: &mut FrameWriter,
-) -> Result<(), ReadError> {
-    while let Some(answers) = ahead.next().await {
-        send_answers(answers, ahead, writer).await?;
-    }
-    Ok(())
 }

@@ -14,20 +14,25 @@
 //!   never reused, and a voter that lost its data must not come back under its old id.
 //!
 //! A node's data can be lost without the node knowing it: an empty data dir looks the same as a
-//! first start. So every leader remembers (in its log store) which peers it has seen hold log
-//! entries, and a node that starts with no Raft state asks its configured peers first; if any has
-//! seen it before, it refuses to start instead of voting and acknowledging with an empty log.
+//! first start. So every node remembers which peers it has seen hold log entries (`seen`), and a
+//! node that starts with no Raft state asks its configured peers first; if any has seen it
+//! before, it refuses to start instead of voting and acknowledging with an empty log.
 //!
 //! openraft does not tell a removed node that it was removed, so the leader does, with a
-//! [`RemovalNotice`]. The node leaves a `REMOVED` file in its data dir, stops, and refuses to start
-//! again from that data dir.
+//! [`RemovalNotice`] (`control`). The node leaves a `REMOVED` file in its data dir, stops, and
+//! refuses to start again from that data dir.
+//!
+//! Every change ends in an [`Outcome`]: "not applied" when this node turned out not to lead (the
+//! executor then tries the real leader), a refusal as a final answer, and "unknown" when the
+//! change was proposed but not seen committed in time.
 
-use super::{Node, reads};
+use super::Node;
+use super::control::{ControlClient, RemovalNotice};
+use super::outcome::{NotApplied, Outcome};
 use crate::client::Client;
 use crate::command::Admin;
 use crate::config::NodeConfig;
 use crate::protocol::message::{ErrorCode, Reply};
-use crate::raft::network::{NodeFacts, PeerClient, RemovalNotice};
 use crate::raft::{TypeConfig, state_machine};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
@@ -84,7 +89,7 @@ pub fn check_not_removed(data_dir: &Path) -> Result<(), Refusal> {
 pub async fn formed_without_me(config: &NodeConfig) -> Result<bool, Refusal> {
     let checks = config.peers.iter().map(|peer| async move {
         let status =
-            PeerClient::new(config.id, peer.id, peer.addr.to_string()).status(PEER_CHECK_TIMEOUT).await;
+            ControlClient::new(config.id, peer.id, peer.addr.to_string()).status(PEER_CHECK_TIMEOUT).await;
         (peer.id, status)
     });
     let mut formed = false;
@@ -100,51 +105,39 @@ pub async fn formed_without_me(config: &NodeConfig) -> Result<bool, Refusal> {
     Ok(formed)
 }
 
-impl NodeFacts for Node {
-    fn read_index(&self) -> futures::future::BoxFuture<'_, Option<u64>> {
-        // Follower checks share the leader's own, so that many readers cost one quorum round.
-        Box::pin(reads::leader_read_index(self))
+/// A leader says this node was removed: if the membership it sends indeed leaves this node out,
+/// records the removal in the data dir and stops the node. Returns whether it was accepted.
+pub(super) fn removed(node: &Node, notice: RemovalNotice) -> bool {
+    let me = node.config.id;
+    let membership = notice.membership.membership();
+    if membership.nodes().any(|(id, _)| *id == me) {
+        tracing::warn!(by = notice.by, "ignored a removal notice whose membership still has this node");
+        return false;
     }
-
-    fn seen_members(&self) -> BTreeSet<u64> {
-        self.log.seen_members().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read the peers seen");
-            BTreeSet::new()
-        })
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let reason = format!(
+        "node {me} was removed from the cluster by leader {} (membership at log index {}: voters {voters:?})",
+        notice.by,
+        notice.membership.log_id().map_or(0, |l| l.index),
+    );
+    if let Err(e) = std::fs::write(node.config.data_dir.join(REMOVED_FILE), format!("{reason}\n")) {
+        tracing::warn!(error = %e, "cannot record the removal in the data dir");
     }
-
-    fn removed(&self, notice: RemovalNotice) -> bool {
-        let me = self.config.id;
-        let membership = notice.membership.membership();
-        if membership.nodes().any(|(id, _)| *id == me) {
-            tracing::warn!(by = notice.by, "ignored a removal notice whose membership still has this node");
-            return false;
-        }
-        let voters: Vec<u64> = membership.voter_ids().collect();
-        let reason = format!(
-            "node {me} was removed from the cluster by leader {} (membership at log index {}: voters {voters:?})",
-            notice.by,
-            notice.membership.log_id().map_or(0, |l| l.index),
-        );
-        if let Err(e) = std::fs::write(self.config.data_dir.join(REMOVED_FILE), format!("{reason}\n")) {
-            tracing::warn!(error = %e, "cannot record the removal in the data dir");
-        }
-        tracing::error!("{reason}; it stops serving now");
-        self.stop.cancel();
-        true
-    }
+    tracing::error!("{reason}; it stops serving now");
+    node.stop.cancel();
+    true
 }
 
-/// Executes a membership change on this node as the leader. `None` when this node turned out
-/// not to be the leader, so nothing changed and the caller may retry at the real one.
-pub(super) async fn change(node: &Node, admin: &Admin, deadline: Instant) -> Option<Reply> {
+/// Executes a membership change on this node as the leader. Not applied when this node turned
+/// out not to be the leader, so that the caller may retry at the real one.
+pub(super) async fn change(node: &Node, admin: &Admin, deadline: Instant) -> Outcome<Reply> {
     let _one_at_a_time = node.membership_lock.lock().await;
     let metrics = match previous_change_settled(node, deadline).await {
         Ok(metrics) => metrics,
-        Err(reply) => return Some(reply),
+        Err(reply) => return Outcome::Done(reply),
     };
     if metrics.current_leader != Some(node.config.id) {
-        return None;
+        return Outcome::NotApplied(NotApplied::NotLeader);
     }
     let outcome = match admin {
         Admin::AddLearner { id, addr } => add_learner(node, &metrics, *id, addr, deadline).await,
@@ -153,9 +146,8 @@ pub(super) async fn change(node: &Node, admin: &Admin, deadline: Instant) -> Opt
         Admin::TransferLeader { id } => transfer_leader(node, &metrics, *id, deadline).await,
     };
     match outcome {
-        Ok(reply) => Some(reply),
-        Err(Failure::NotLeader) => None,
-        Err(Failure::Reply(reply)) => Some(reply),
+        Ok(reply) => Outcome::Done(reply),
+        Err(failure) => failure,
     }
 }
 
@@ -184,15 +176,11 @@ fn previous_change_pending() -> Reply {
     )
 }
 
-/// Why a change did not happen.
-enum Failure {
-    /// This node is not the leader: nothing changed, try the leader.
-    NotLeader,
-    Reply(Reply),
-}
+/// Why a change did not happen, or may not have: an outcome other than success.
+type Failure = Outcome<Reply>;
 
 fn refused(message: impl Into<String>) -> Failure {
-    Failure::Reply(Reply::error(ErrorCode::Refused, message))
+    Outcome::Done(Reply::error(ErrorCode::Refused, message))
 }
 
 fn status(message: String) -> Reply {
@@ -233,8 +221,8 @@ async fn add_learner(
     let store = node.store.clone();
     let ever = tokio::task::spawn_blocking(move || state_machine::members_ever(&store))
         .await
-        .map_err(|e| Failure::Reply(Reply::error(ErrorCode::Storage, e.to_string())))?
-        .map_err(|e| Failure::Reply(Reply::error(ErrorCode::Storage, e.to_string())))?;
+        .map_err(|e| Outcome::Done(Reply::error(ErrorCode::Storage, e.to_string())))?
+        .map_err(|e| Outcome::Done(Reply::error(ErrorCode::Storage, e.to_string())))?;
     if ever.contains(&id) {
         return Err(refused(format!(
             "node id {id} belonged to a node that was removed, and ids are never reused; start the new node \
@@ -269,7 +257,7 @@ async fn add_voter(node: &Node, metrics: &Metrics, id: u64, deadline: Instant) -
     if !caught_up((matched, last)) {
         let behind =
             matched.map_or("has no entries yet".to_string(), |m| format!("is {} entries behind", last - m));
-        return Err(Failure::Reply(Reply::error(
+        return Err(Outcome::Done(Reply::error(
             ErrorCode::NotCaughtUp,
             format!("node {id} {behind}; promote it once it has caught up (CLUSTER shows its lag)"),
         )));
@@ -307,7 +295,8 @@ async fn remove(node: &Node, metrics: &Metrics, id: u64, deadline: Instant) -> R
     let changed = propose(node, metrics, change, deadline).await?;
     // openraft never tells a removed node; tell it, so that it stops instead of campaigning.
     let notice = RemovalNotice { by: node.config.id, membership: changed.membership.clone() };
-    let told = PeerClient::new(node.config.id, id, addr).notify_removed(notice, Duration::from_secs(1)).await;
+    let told =
+        ControlClient::new(node.config.id, id, addr).notify_removed(notice, Duration::from_secs(1)).await;
     let told = match told {
         Ok(true) => "it has stopped".to_string(),
         Ok(false) | Err(_) => "it could not be told, so stop it by hand".to_string(),
@@ -334,7 +323,7 @@ async fn transfer_leader(
         return Err(refused(format!("node {id} does not answer the leader")));
     }
     if !node.transfer_leadership(id).await {
-        return Err(Failure::NotLeader);
+        return Err(Outcome::NotApplied(NotApplied::NotLeader));
     }
     let moved = node
         .raft
@@ -343,7 +332,7 @@ async fn transfer_leader(
         .await;
     match moved {
         Ok(m) => Ok(status(format!("node {id} is the leader (term {})", m.current_term))),
-        Err(_) => Err(Failure::Reply(Reply::error(
+        Err(_) => Err(Outcome::Done(Reply::error(
             ErrorCode::Timeout,
             format!("node {id} did not take over within {} ms", node.config.request_timeout_ms),
         ))),
@@ -397,7 +386,7 @@ struct Committed {
 }
 
 /// openraft's answer to a membership change, or the deadline passing first.
-type Outcome = Result<
+type Answer = Result<
     Result<
         openraft::raft::ClientWriteResponse<TypeConfig>,
         RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
@@ -406,14 +395,9 @@ type Outcome = Result<
 >;
 
 /// Turns openraft's answer to a membership change into ours.
-fn settle(outcome: Outcome, node: &Node) -> Result<Committed, Failure> {
-    let unknown = |why: String| {
-        Failure::Reply(Reply::error(
-            ErrorCode::OutcomeUnknown,
-            format!("{why}; the change may or may not have happened: look at CLUSTER"),
-        ))
-    };
-    match outcome {
+fn settle(answer: Answer, node: &Node) -> Result<Committed, Failure> {
+    let unknown = |why: String| Outcome::Unknown(format!("{why} (look at CLUSTER)"));
+    match answer {
         Ok(Ok(response)) => {
             let membership = response
                 .membership
@@ -425,9 +409,9 @@ fn settle(outcome: Outcome, node: &Node) -> Result<Committed, Failure> {
         }
         Err(_) => Err(unknown(format!("not committed within {} ms", node.config.request_timeout_ms))),
         Ok(Err(e)) => match e.api_error() {
-            Some(ClientWriteError::ForwardToLeader(_)) => Err(Failure::NotLeader),
+            Some(ClientWriteError::ForwardToLeader(_)) => Err(Outcome::NotApplied(NotApplied::NotLeader)),
             Some(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))) => {
-                Err(Failure::Reply(previous_change_pending()))
+                Err(Outcome::Done(previous_change_pending()))
             }
             Some(ClientWriteError::PreconditionFailed(_)) => {
                 Err(refused("the membership changed meanwhile; look at CLUSTER and try again"))

@@ -16,16 +16,29 @@
 //! Stopping a leader first hands its leadership to another voter, so that the cluster does not
 //! wait an election timeout for a new one; connections are then told the node is going away.
 //!
-//! Per-connection work lives in `handler`, request execution in `executor` (with `forward` for
-//! followers), acknowledgements in `acks`, membership changes in `membership`, and the `CLUSTER`
-//! table in `status`.
+//! The modules, in the order a request meets them:
+//!
+//! - `handler`: one connection: the hello, then client batches (or, for a peer, `control`).
+//! - `executor`: runs a batch, routing each request here, through the leader, or to it, and
+//!   deciding from each step's [`outcome::Outcome`] what is retried. It reaches the cluster only
+//!   through the `cluster::Cluster` trait, which [`Node`] implements.
+//! - `forward`: both halves of forwarding (the follower's link to the leader, and the leader's
+//!   proposing ahead on such a link); `reads`: read-index checks and lease reads; `acks`: who
+//!   acknowledged each write; `membership`: membership changes, joining, removal.
+//! - `control`: what members ask each other besides Raft, and the serving side of peer
+//!   connections; `seen`: the peers seen holding entries, behind lost-data detection; `status`:
+//!   the `CLUSTER` table.
 
 mod acks;
+mod cluster;
+mod control;
 mod executor;
 mod forward;
 mod handler;
 mod membership;
+mod outcome;
 mod reads;
+mod seen;
 mod status;
 
 use crate::config::NodeConfig;
@@ -39,6 +52,7 @@ use crate::store::{Store, StoreError};
 use acks::AckTracker;
 use openraft::BasicNode;
 use openraft::async_runtime::WatchReceiver;
+use seen::SeenMembers;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -71,8 +85,8 @@ pub enum ServerError {
 struct Node {
     config: NodeConfig,
     store: Arc<Store>,
-    /// The log store, for what this node remembers about its peers.
-    log: LogStore,
+    /// The peers this node has seen hold log entries.
+    seen: Arc<SeenMembers>,
     raft: KvRaft,
     acks: AckTracker,
     /// Linearizable reads share their read-index checks through it.
@@ -139,7 +153,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         let _ = raft.shutdown().await;
         return Err(refusal);
     }
-    let acks = AckTracker::start(&raft, Duration::from_millis(config.election_timeout_ms), log.clone());
+    let acks = AckTracker::start(&raft, Duration::from_millis(config.election_timeout_ms));
+    let seen = Arc::new(SeenMembers::load(log.clone()));
+    seen.watch(&raft);
     tracing::info!(
         id = config.id,
         addr = %config.listen,
@@ -153,7 +169,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let node = Arc::new(Node {
         config,
         store,
-        log,
+        seen,
         raft,
         acks,
         reads: reads::ReadBarrier::new(),

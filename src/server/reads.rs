@@ -26,7 +26,7 @@
 //! checks it for itself and skips the barrier.
 
 use super::Node;
-use crate::raft::network::PeerClient;
+use super::control::ControlClient;
 use crate::raft::{KvRaft, TypeConfig};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{Instant as _, LinearizerOption, RaftMetrics, ReadPolicy, ServerState};
@@ -225,7 +225,7 @@ pub(super) async fn applied_through(raft: &KvRaft, index: u64, deadline: Instant
 /// A follower's connection to the leader for its checks, which run one at a time.
 pub(super) struct LeaderLink {
     me: u64,
-    client: tokio::sync::Mutex<Option<PeerClient>>,
+    client: tokio::sync::Mutex<Option<ControlClient>>,
 }
 
 impl LeaderLink {
@@ -238,7 +238,7 @@ impl LeaderLink {
         let mut client = self.client.lock().await;
         let client = match client.as_mut() {
             Some(client) if client.target() == leader => client,
-            _ => client.insert(PeerClient::new(self.me, leader, addr.to_string())),
+            _ => client.insert(ControlClient::new(self.me, leader, addr.to_string())),
         };
         let timeout = deadline.saturating_duration_since(Instant::now());
         match client.read_index(timeout).await {

@@ -7,8 +7,8 @@
 //! is shown as `unreachable`.
 
 use super::Node;
+use super::control::{ControlClient, NodeStatus};
 use crate::protocol::message::{Cell, Reply};
-use crate::raft::network::{NodeStatus, PeerClient};
 use openraft::async_runtime::WatchReceiver;
 use std::time::Duration;
 
@@ -43,9 +43,9 @@ pub(super) async fn cluster_table(node: &Node) -> Reply {
     };
     let reports = futures::future::join_all(members.iter().map(|(id, addr)| async move {
         if *id == me {
-            return Ok(NodeStatus::of(&node.raft, node));
+            return Ok(NodeStatus::of(&node.raft, node.seen.get()));
         }
-        PeerClient::new(me, *id, addr.clone()).status(STATUS_TIMEOUT).await
+        ControlClient::new(me, *id, addr.clone()).status(STATUS_TIMEOUT).await
     }))
     .await;
     let leader = reports.iter().flatten().filter(|s| s.role == "leader").max_by_key(|s| s.term).cloned();

@@ -1,0 +1,218 @@
+//! The node's control plane: what members ask each other besides Raft, and the serving side of
+//! every peer connection.
+//!
+//! A peer connection ([`crate::peer`]) carries Raft's RPCs and these messages in one envelope;
+//! [`serve_peer`] answers both, Raft's through `raft::network::RaftService`. The messages:
+//!
+//! - [`ControlRequest::Status`]: the member's own view of itself ([`NodeStatus`]), for the
+//!   `CLUSTER` table (`status`) and for the check that a node with an empty data dir was never
+//!   a working member (`membership::formed_without_me`, from the record in `seen`).
+//! - [`ControlRequest::ReadIndex`]: a follower asks the leader for a read index, to serve
+//!   linearizable reads from its own state (`reads`). The leader answers with the same shared
+//!   check its own reads use.
+//! - [`ControlRequest::Removed`]: the leader tells a node it removed that it was removed, since
+//!   openraft never tells it; the node records it and stops (`membership`).
+//!
+//! Deliberately not here: who may send these (any peer hello is trusted today), and reusing
+//! connections for `CLUSTER` (each table opens one per member).
+
+use super::{Node, membership, reads};
+use crate::connection::{FrameReader, FrameWriter, ReadError};
+use crate::peer::{PeerConnection, PeerError, PeerMessage};
+use crate::raft::network::{RaftRequest, RaftResponse, RaftService};
+use crate::raft::{KvRaft, TypeConfig};
+use openraft::async_runtime::WatchReceiver;
+use openraft::type_config::alias::StoredMembershipOf;
+use openraft::{Instant as _, RaftMetrics, ServerState};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// A message of the control plane.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// The receiver's view of itself.
+    Status,
+    /// The leader removed the receiver from the cluster.
+    Removed(RemovalNotice),
+    /// A follower asks the leader for a read index.
+    ReadIndex,
+}
+
+/// The answer to a [`ControlRequest`] of the same name.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ControlResponse {
+    Status(NodeStatus),
+    /// Whether the receiver accepted the notice (the membership indeed leaves it out).
+    Removed(bool),
+    /// The read index, confirmed with a quorum after the request arrived; `None` if the receiver
+    /// could not confirm that it leads.
+    ReadIndex(Option<u64>),
+}
+
+/// A leader's word that it removed the receiver: the membership that leaves it out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemovalNotice {
+    pub by: u64,
+    pub membership: StoredMembershipOf<TypeConfig>,
+}
+
+/// What a node reports about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: u64,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub leader: Option<u64>,
+    /// Only on the leader: for each other member, milliseconds since it last acknowledged
+    /// anything (`None`: never).
+    pub contact_ms: BTreeMap<u64, Option<u64>>,
+    /// Whether the node has Raft state (a log or a membership); a fresh node has none.
+    #[serde(default)]
+    pub initialized: bool,
+    /// The peers this node has seen hold log entries (see `seen`).
+    #[serde(default)]
+    pub seen_members: BTreeSet<u64>,
+    /// The last log index its latest snapshot covers; the log before it may be compacted.
+    #[serde(default)]
+    pub snapshot_index: Option<u64>,
+    /// The last log index deleted from its log by compaction.
+    #[serde(default)]
+    pub purged_index: Option<u64>,
+}
+
+impl NodeStatus {
+    /// `raft`'s view of itself, with the peers it has seen.
+    pub fn of(raft: &KvRaft, seen_members: BTreeSet<u64>) -> NodeStatus {
+        // Clone at once: holding the watch guard can block the Raft core.
+        let metrics: RaftMetrics<TypeConfig> = raft.metrics().borrow_watched().clone();
+        let role = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let contact_ms = metrics
+            .heartbeat
+            .iter()
+            .flatten()
+            .filter(|(id, _)| **id != metrics.id)
+            .map(|(id, at)| (*id, at.as_ref().map(|at| at.elapsed().as_millis() as u64)))
+            .collect();
+        NodeStatus {
+            id: metrics.id,
+            role: role.to_string(),
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index,
+            applied_index: metrics.last_applied.map(|l| l.index),
+            leader: metrics.current_leader,
+            contact_ms,
+            initialized: metrics.last_log_index.is_some()
+                || metrics.membership_config.membership().nodes().next().is_some(),
+            seen_members,
+            snapshot_index: metrics.snapshot.map(|l| l.index),
+            purged_index: metrics.purged.map(|l| l.index),
+        }
+    }
+}
+
+type Incoming = PeerMessage<RaftRequest, ControlRequest>;
+type Outgoing = PeerMessage<RaftResponse, ControlResponse>;
+
+/// Answers what arrives on a peer connection (after its hello) until it closes.
+pub(super) async fn serve_peer(
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
+    node: &Node,
+) -> Result<(), ReadError> {
+    let mut raft = RaftService::new(&node.raft);
+    while let Some(message) = reader.read::<Incoming>().await? {
+        let answer: Outgoing = match message {
+            PeerMessage::Raft(rpc) => PeerMessage::Raft(raft.answer(rpc).await),
+            PeerMessage::Control(request) => PeerMessage::Control(answer(node, request).await),
+        };
+        writer.send_compact(&answer).await.map_err(ReadError::Io)?;
+    }
+    Ok(())
+}
+
+async fn answer(node: &Node, request: ControlRequest) -> ControlResponse {
+    match request {
+        ControlRequest::Status => ControlResponse::Status(NodeStatus::of(&node.raft, node.seen.get())),
+        ControlRequest::Removed(notice) => ControlResponse::Removed(membership::removed(node, notice)),
+        // Follower checks share the leader's own, so that many readers cost one quorum round.
+        ControlRequest::ReadIndex => ControlResponse::ReadIndex(reads::leader_read_index(node).await),
+    }
+}
+
+/// The control plane's calls to one peer.
+pub struct ControlClient {
+    connection: PeerConnection,
+}
+
+impl ControlClient {
+    /// A client for node `target` at `addr`, announcing itself as node `me`.
+    pub fn new(me: u64, target: u64, addr: String) -> ControlClient {
+        ControlClient { connection: PeerConnection::new(me, target, addr) }
+    }
+
+    /// The node this client talks to.
+    pub fn target(&self) -> u64 {
+        self.connection.target()
+    }
+
+    /// Asks the peer for its [`NodeStatus`].
+    pub async fn status(&mut self, timeout: Duration) -> Result<NodeStatus, PeerError> {
+        match self.call(ControlRequest::Status, timeout).await? {
+            ControlResponse::Status(status) => Ok(status),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Asks the peer, which should lead, for a read index (see [`ControlRequest::ReadIndex`]).
+    pub async fn read_index(&mut self, timeout: Duration) -> Result<Option<u64>, PeerError> {
+        match self.call(ControlRequest::ReadIndex, timeout).await? {
+            ControlResponse::ReadIndex(index) => Ok(index),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Tells the peer it was removed from the cluster; returns whether it took note.
+    pub async fn notify_removed(
+        &mut self,
+        notice: RemovalNotice,
+        timeout: Duration,
+    ) -> Result<bool, PeerError> {
+        match self.call(ControlRequest::Removed(notice), timeout).await? {
+            ControlResponse::Removed(accepted) => Ok(accepted),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    async fn call(
+        &mut self,
+        request: ControlRequest,
+        timeout: Duration,
+    ) -> Result<ControlResponse, PeerError> {
+        let sent: PeerMessage<(), ControlRequest> = PeerMessage::Control(request);
+        match self
+            .connection
+            .call::<_, PeerMessage<serde::de::IgnoredAny, ControlResponse>>(&sent, timeout)
+            .await?
+        {
+            PeerMessage::Control(response) => Ok(response),
+            PeerMessage::Raft(_) => Err(PeerError::Unexpected {
+                target: self.target(),
+                what: "a Raft answer to a control request".to_string(),
+            }),
+        }
+    }
+
+    fn unexpected(&self, response: ControlResponse) -> PeerError {
+        PeerError::Unexpected { target: self.target(), what: format!("{response:?}") }
+    }
+}
