@@ -140,9 +140,9 @@ impl<'n, C: Cluster> Executor<'n, C> {
     /// Answers a run of requests that need the leader, retrying those certainly not applied
     /// until the request timeout.
     ///
-    /// The timeout runs for each part of the run from when that part starts, so a request waits
-    /// at most that long behind its own leader, never for the time its predecessors in a long
-    /// pipelined batch took.
+    /// The timeout runs for each part of the run from when that part starts, and starts again
+    /// for what is left whenever a round answers anything, so a request waits about that long
+    /// behind its own leader, never for the time its predecessors in a long pipelined batch took.
     async fn through_leader(&mut self, items: &[Item]) -> Vec<Response> {
         let timeout = self.cluster.request_timeout();
         let mut deadline = Instant::now() + timeout;
@@ -346,3 +346,6 @@ fn fill(answers: &mut [Option<Response>], items: &[Item], reply: impl Fn() -> Re
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
