@@ -1,19 +1,18 @@
 //! `kv-node`: one member of a kv cluster. Parses flags, loads the config, serves until SIGINT or
 //! SIGTERM. Exit status: 0 after a clean shutdown, 1 if the node could not start or failed.
 
-use clap::Parser;
 use kv::config::{self, NodeArgs};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 /// mimalloc instead of glibc's malloc: per-thread free lists without locks. glibc's, limited to
-/// two arenas to keep a node's memory down, took about a tenth of a busy node's CPU in malloc and
-/// free, partly waiting on its locks (docs/BENCHMARKS.md has the A/B and the memory figures).
+/// two arenas to keep a node's memory down, spent a large share of a busy node's CPU in malloc
+/// and free, partly waiting on its locks (docs/BENCHMARKS.md has the A/B and the memory figures).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let args = NodeArgs::parse();
+    let args = NodeArgs::parse_args();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

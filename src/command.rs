@@ -254,7 +254,7 @@ fn parse_admin(sub: &Bytes, args: &[Bytes]) -> Result<Admin, CommandError> {
         "ADD-LEARNER" => {
             let addr = std::str::from_utf8(&args[1])
                 .ok()
-                .and_then(|a| crate::config::parse_addr(a).ok())
+                .and_then(|a| crate::addr::parse_addr(a).ok())
                 .ok_or_else(|| {
                     CommandError::BadArgument(format!(
                         "bad address '{}': expected IP:PORT",

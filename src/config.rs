@@ -1,13 +1,24 @@
 //! The node's configuration: a TOML file, overridden key by key by command-line flags.
 //!
+//! Every setting is declared once, in the `node_settings!` invocation below: its type, default,
+//! file key, flag and doc come from that one place, which generates [`NodeConfig`], the flags
+//! ([`NodeArgs`]), the file's shape, and [`SETTINGS`] (from which the README's table is made and
+//! checked). The cluster's peers, a list with a shape of its own (`[[peers]]` tables in the file,
+//! a repeated `--peer ID=IP:PORT` flag), are the one setting written by hand.
+//!
 //! Every setting has a default, so `kv-node` with no file and no flags runs a single node on
 //! 127.0.0.1:7001 with its data in `./data/node1`. A bad setting stops the node before it touches
 //! anything, with one line that says what is wrong and where (`file:line:column` for the file,
-//! the flag's name for flags).
+//! the flag's name for flags): every value keeps where it came from until it is validated.
+//!
+//! Deliberately not here: environment variables (flags and a file are enough), and reloading a
+//! running node's configuration.
 
+use crate::addr::parse_addr;
 use crate::command::Limits;
 use crate::protocol::frame::DEFAULT_MAX_FRAME_BYTES;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -21,71 +32,263 @@ pub struct Peer {
     pub addr: SocketAddr,
 }
 
-/// A node's complete, validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeConfig {
-    /// This node's id, unique in the cluster and never reused. Default 1.
-    pub id: u64,
-    /// The one address the node serves clients (and, with replication, peers) on. Default
-    /// 127.0.0.1:7001.
-    pub listen: SocketAddr,
-    /// Where the node keeps its state. Default `data/node{id}`, relative to the working directory.
-    pub data_dir: PathBuf,
-    /// The other members of the cluster. Default none.
-    pub peers: Vec<Peer>,
-    /// Largest frame payload accepted from a connection; a larger one closes it. Default 4 MiB.
-    pub max_frame_bytes: usize,
-    /// Largest key accepted. Default 64 KiB.
-    pub max_key_bytes: usize,
-    /// Largest value accepted. Default 1 MiB.
-    pub max_value_bytes: usize,
-    /// Connections served at once; more are refused with a `BUSY` error. Default 1024.
-    pub max_connections: usize,
-    /// How often the leader sends heartbeats, in milliseconds. Default 100.
-    pub heartbeat_ms: u64,
-    /// A follower that hears nothing from a leader for a random time between this and twice this
-    /// (milliseconds) starts an election. At least three heartbeats. Default 500.
-    pub election_timeout_ms: u64,
-    /// How long a request may wait for a leader with a quorum before it fails with `NO_QUORUM`
-    /// (or, once handed to a leader, `OUTCOME_UNKNOWN`), in milliseconds. Default 5000.
-    pub request_timeout_ms: u64,
-    /// A member of a running cluster to join through, instead of forming one with `peers`. Only
-    /// used on first start (empty data dir). Default none.
-    pub join: Option<SocketAddr>,
-    /// With `join`: stay a non-voting learner instead of asking to become a voter once caught
-    /// up. Default false.
-    pub learner: bool,
-    /// Take a snapshot (and compact the log) after at least this many log entries since the last
-    /// one, and at least as many as the last one held keys. Default 10000.
-    pub snapshot_entries: u64,
-    /// Log entries kept behind the latest snapshot, so that a briefly lagging member can catch up
-    /// from the log instead of a snapshot. Default 1000.
-    pub keep_log_entries: u64,
-    /// The leader confirms linearizable reads (its own and followers' read-index requests) by its
-    /// leader lease while the lease holds, instead of by a heartbeat round to a quorum for each
-    /// check. Faster, but it relies on clocks advancing at nearly the same rate on every node
-    /// and on no node pausing mid-read for longer than the election timeout. Default false.
-    pub lease_reads: bool,
-    /// Threads that run the node's connections and its Raft core. Several nodes sharing a small
-    /// machine do better with fewer: on two cores, three nodes with one thread each answered a
-    /// third more lease reads at the leader than with two each, and with tokio's current-thread
-    /// scheduler (which 1 selects) a sixth more writes (docs/BENCHMARKS.md). Default: one per CPU.
-    pub worker_threads: usize,
+/// A type a setting can have: how a flag and the file spell its values.
+pub trait SettingValue: Sized {
+    /// What a flag parses into (for an optional setting, the value inside the `Option`).
+    type Flag: Clone + Send + Sync + 'static;
+    /// What the file holds.
+    type File: DeserializeOwned;
+    fn parse_flag(s: &str) -> Result<Self::Flag, String>;
+    fn from_flag(flag: Self::Flag) -> Self;
+    fn from_file(file: Self::File) -> Result<Self, String>;
 }
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7001";
-pub const DEFAULT_MAX_KEY_BYTES: usize = 64 * 1024;
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-pub const DEFAULT_HEARTBEAT_MS: usize = 100;
-pub const DEFAULT_ELECTION_TIMEOUT_MS: usize = 500;
-pub const DEFAULT_REQUEST_TIMEOUT_MS: usize = 5000;
-pub const DEFAULT_SNAPSHOT_ENTRIES: usize = 10_000;
-pub const DEFAULT_KEEP_LOG_ENTRIES: usize = 1000;
+/// Types that a flag and the file spell the same way.
+macro_rules! plain_setting_values {
+    ($($ty:ty),*) => {$(
+        impl SettingValue for $ty {
+            type Flag = $ty;
+            type File = $ty;
+            fn parse_flag(s: &str) -> Result<$ty, String> {
+                s.parse().map_err(|e| format!("bad value '{s}': {e}"))
+            }
+            fn from_flag(flag: $ty) -> $ty {
+                flag
+            }
+            fn from_file(file: $ty) -> Result<$ty, String> {
+                Ok(file)
+            }
+        }
+    )*};
+}
+plain_setting_values!(u64, usize, bool, PathBuf);
+
+/// Addresses are strings in the file, parsed as flags are.
+impl SettingValue for SocketAddr {
+    type Flag = SocketAddr;
+    type File = String;
+    fn parse_flag(s: &str) -> Result<SocketAddr, String> {
+        parse_addr(s)
+    }
+    fn from_flag(flag: SocketAddr) -> SocketAddr {
+        flag
+    }
+    fn from_file(file: String) -> Result<SocketAddr, String> {
+        parse_addr(&file)
+    }
+}
+
+/// A setting with no default value.
+impl<T> SettingValue for Option<T>
+where
+    T: SettingValue<Flag = T> + Clone + Send + Sync + 'static,
+{
+    type Flag = T;
+    type File = T::File;
+    fn parse_flag(s: &str) -> Result<T, String> {
+        T::parse_flag(s)
+    }
+    fn from_flag(flag: T) -> Option<T> {
+        Some(flag)
+    }
+    fn from_file(file: T::File) -> Result<Option<T>, String> {
+        T::from_file(file).map(Some)
+    }
+}
+
+/// A setting as documented: the README's table is made from these.
+#[derive(Debug, Clone, Copy)]
+pub struct SettingDoc {
+    /// The file's key; the flag is the same with dashes (`max_key_bytes`, `--max-key-bytes`).
+    pub key: &'static str,
+    /// What the flag's value is called; `None` for a switch, a flag that takes no value.
+    pub value_name: Option<&'static str>,
+    /// The default, as people read it.
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+impl SettingDoc {
+    /// The flag, as typed.
+    pub fn flag(&self) -> String {
+        flag_of(self.key)
+    }
+}
+
+fn flag_of(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
+}
+
+/// A value and where it came from.
+struct Picked<'a, T> {
+    value: T,
+    origin: Origin<'a>,
+}
+
+/// Declares every setting once. For each: its doc, then
+/// `name: Type = default, "the default as shown", "VALUE" [, at_least N]` or, for a switch (a flag
+/// that takes no value, `--learner` meaning true), `..., switch = true`. The default is an expression
+/// that may use the settings declared before it (`id.value`).
+macro_rules! node_settings {
+    ($(
+        $(#[doc = $doc:literal])+
+        $name:ident: $ty:ty = $default:expr, $shown:literal, $value_name:literal
+            $(, at_least $min:literal)? $(, switch = $switch:literal)?;
+    )*) => {
+        /// A node's complete, validated configuration.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct NodeConfig {
+            $( $(#[doc = $doc])+ pub $name: $ty, )*
+            /// The other members of the cluster.
+            pub peers: Vec<Peer>,
+        }
+
+        /// Command-line flags of `kv-node`. Each overrides the config file's key of the same name.
+        #[derive(Debug, Default, clap::Parser)]
+        #[command(name = "kv-node", version, about = "A member of a kv cluster")]
+        pub struct NodeArgs {
+            /// TOML config file; flags override its keys.
+            #[arg(long, value_name = "FILE")]
+            pub config: Option<PathBuf>,
+            $(
+                $(#[doc = $doc])+
+                #[arg(long, value_name = $value_name, value_parser = <$ty as SettingValue>::parse_flag
+                    $(, num_args = 0..=1, default_missing_value = { let _: bool = $switch; "true" })?)]
+                pub $name: Option<<$ty as SettingValue>::Flag>,
+            )*
+            /// Another cluster member, ID=IP:PORT; repeat for each. Replaces the file's list.
+            #[arg(long = "peer", value_name = "ID=IP:PORT", value_parser = parse_peer)]
+            pub peers: Vec<Peer>,
+        }
+
+        /// The config file's shape. Unknown keys are an error: a typo must not be silently ignored.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FileConfig {
+            $( $name: Option<Spanned<<$ty as SettingValue>::File>>, )*
+            #[serde(default)]
+            peers: Vec<FilePeer>,
+        }
+
+        /// Every setting but the peers, as documented.
+        pub const SETTINGS: &[SettingDoc] = &[$(
+            SettingDoc {
+                key: stringify!($name),
+                value_name: {
+                    let value_name = Some($value_name);
+                    $( let value_name = if $switch { None } else { value_name }; )?
+                    value_name
+                },
+                default: $shown,
+                doc: concat!($($doc),+),
+            },
+        )*];
+
+        /// Each setting's value, with where it came from.
+        struct PickedSettings<'a> {
+            $( $name: Picked<'a, $ty>, )*
+        }
+
+        /// Picks each setting's value (the flag, else the file, else the default) and checks the
+        /// bounds it has on its own.
+        fn pick<'a>(
+            args: &mut NodeArgs,
+            file: &mut FileConfig,
+            at: &impl Fn(Range<usize>) -> Origin<'a>,
+        ) -> Result<PickedSettings<'a>, ConfigError> {
+            $(
+                let $name: Picked<$ty> = match (args.$name.take(), file.$name.take()) {
+                    (Some(flag), _) => Picked {
+                        value: <$ty as SettingValue>::from_flag(flag),
+                        origin: Origin::Flag(flag_of(stringify!($name))),
+                    },
+                    (None, Some(spanned)) => {
+                        let origin = at(spanned.span());
+                        let value = <$ty as SettingValue>::from_file(spanned.into_inner())
+                            .map_err(|message| origin.error(message))?;
+                        Picked { value, origin }
+                    }
+                    (None, None) => Picked { value: $default, origin: Origin::Default },
+                };
+                $(
+                    if $name.value < $min {
+                        return Err($name.origin.error(format!(
+                            "{} must be at least {}", stringify!($name), $min
+                        )));
+                    }
+                )?
+            )*
+            Ok(PickedSettings { $($name,)* })
+        }
+    };
+}
+
+node_settings! {
+    /// This node's id, a positive integer unique in the cluster and never reused.
+    id: u64 = 1, "1", "ID";
+    /// The one address the node serves clients and peers on.
+    listen: SocketAddr = DEFAULT_LISTEN.parse().expect("the default address is valid"), "127.0.0.1:7001",
+        "IP:PORT";
+    /// Where the node keeps its state.
+    data_dir: PathBuf = PathBuf::from(format!("data/node{}", id.value)), "data/node<id>", "DIR";
+    /// The largest frame payload accepted from a connection; a larger one closes it.
+    max_frame_bytes: usize = DEFAULT_MAX_FRAME_BYTES, "4194304", "BYTES";
+    /// The largest key accepted.
+    max_key_bytes: usize = 64 * 1024, "65536", "BYTES", at_least 1;
+    /// The largest value accepted.
+    max_value_bytes: usize = 1024 * 1024, "1048576", "BYTES", at_least 1;
+    /// Connections served at once; more are refused with `BUSY`.
+    max_connections: usize = 1024, "1024", "N", at_least 1;
+    /// How often the leader sends heartbeats, in milliseconds.
+    heartbeat_ms: u64 = 100, "100", "MS", at_least 1;
+    /// A follower that hears no leader for a random time between this and twice this
+    /// (milliseconds) starts an election; at least three heartbeats.
+    election_timeout_ms: u64 = 500, "500", "MS";
+    /// How long a request waits for a leader with a quorum before `NO_QUORUM` (or, once handed to
+    /// a leader, `OUTCOME_UNKNOWN`), in milliseconds.
+    request_timeout_ms: u64 = 5000, "5000", "MS", at_least 1;
+    /// On first start (an empty data dir), join the running cluster through this member instead
+    /// of forming one with `peers`.
+    join: Option<SocketAddr> = None, "none", "IP:PORT";
+    /// With `join`: stay a non-voting learner (a read replica) instead of becoming a voter once
+    /// caught up.
+    learner: bool = false, "false", "BOOL", switch = true;
+    /// Snapshot and compact the log after at least this many entries since the last snapshot,
+    /// and at least as many as that snapshot held keys.
+    snapshot_entries: u64 = 10_000, "10000", "N", at_least 1;
+    /// Log entries kept behind the latest snapshot, so that a briefly lagging member catches up
+    /// from the log instead of a snapshot.
+    keep_log_entries: u64 = 1000, "1000", "N";
+    /// Confirm linearizable reads by the leader's lease instead of a quorum round per check:
+    /// faster, but it assumes clocks advance at nearly the same rate on every node and no node
+    /// pauses mid-read for longer than the election timeout (see Consistency in the README).
+    lease_reads: bool = false, "false", "BOOL", switch = true;
+    /// Threads that run connections and the Raft core (1: everything on one thread, tokio's
+    /// current-thread scheduler). Nodes sharing a machine do better with their share of its CPUs.
+    worker_threads: usize = available_cpus(), "one per CPU", "N", at_least 1;
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:7001";
 /// More worker threads than this is a mistake, not a tuning.
 const MAX_WORKER_THREADS: usize = 1024;
 /// Room in a frame for everything but the key and the value of a `SET`.
 const FRAME_OVERHEAD_BYTES: usize = 1024;
+
+impl NodeArgs {
+    /// Parses the process's arguments (exiting on a bad one, as clap does); `--help` shows each
+    /// setting's default.
+    pub fn parse_args() -> NodeArgs {
+        let mut command = <NodeArgs as clap::CommandFactory>::command();
+        for setting in SETTINGS {
+            command = command.mut_arg(setting.key, |arg| {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                arg.help(format!("{help} [default: {}]", setting.default))
+            });
+        }
+        let matches = command.get_matches();
+        <NodeArgs as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
 
 impl NodeConfig {
     pub fn limits(&self) -> Limits {
@@ -96,93 +299,6 @@ impl NodeConfig {
     pub fn members(&self) -> impl Iterator<Item = (u64, SocketAddr)> + '_ {
         std::iter::once((self.id, self.listen)).chain(self.peers.iter().map(|p| (p.id, p.addr)))
     }
-}
-
-/// Command-line flags of `kv-node`. Each overrides the config file's key of the same name.
-#[derive(Debug, Default, clap::Parser)]
-#[command(name = "kv-node", version, about = "A member of a kv cluster")]
-pub struct NodeArgs {
-    /// TOML config file; flags override its keys.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// This node's id (a positive integer, unique in the cluster) [default: 1].
-    #[arg(long, value_name = "ID")]
-    pub id: Option<u64>,
-    /// Address to serve on [default: 127.0.0.1:7001].
-    #[arg(long, value_name = "IP:PORT", value_parser = parse_addr)]
-    pub listen: Option<SocketAddr>,
-    /// Data directory [default: data/nodeID, e.g. data/node1].
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Another cluster member; repeat for each. Replaces the file's peer list.
-    #[arg(long = "peer", value_name = "ID=IP:PORT", value_parser = parse_peer)]
-    pub peers: Vec<Peer>,
-    /// Largest frame payload accepted, in bytes [default: 4194304].
-    #[arg(long, value_name = "BYTES")]
-    pub max_frame_bytes: Option<usize>,
-    /// Largest key accepted, in bytes [default: 65536].
-    #[arg(long, value_name = "BYTES")]
-    pub max_key_bytes: Option<usize>,
-    /// Largest value accepted, in bytes [default: 1048576].
-    #[arg(long, value_name = "BYTES")]
-    pub max_value_bytes: Option<usize>,
-    /// Connections served at once [default: 1024].
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<usize>,
-    /// Leader heartbeat interval in milliseconds [default: 100].
-    #[arg(long, value_name = "MS")]
-    pub heartbeat_ms: Option<usize>,
-    /// Election timeout in milliseconds; each node picks a random time between this and twice
-    /// this [default: 500].
-    #[arg(long, value_name = "MS")]
-    pub election_timeout_ms: Option<usize>,
-    /// How long a request waits for a leader with a quorum, in milliseconds [default: 5000].
-    #[arg(long, value_name = "MS")]
-    pub request_timeout_ms: Option<usize>,
-    /// Join the running cluster that this member belongs to (first start only; no --peer).
-    #[arg(long, value_name = "IP:PORT", value_parser = parse_addr)]
-    pub join: Option<SocketAddr>,
-    /// With --join: stay a non-voting learner (a read replica) instead of becoming a voter.
-    #[arg(long)]
-    pub learner: bool,
-    /// Snapshot and compact the log after at least this many entries, and at least as many as the last snapshot held keys [default: 10000].
-    #[arg(long, value_name = "N")]
-    pub snapshot_entries: Option<usize>,
-    /// Log entries kept behind the latest snapshot [default: 1000].
-    #[arg(long, value_name = "N")]
-    pub keep_log_entries: Option<usize>,
-    /// Confirm linearizable reads by the leader's lease instead of a quorum round per check
-    /// (faster; assumes bounded clock drift and no long pauses).
-    #[arg(long)]
-    pub lease_reads: bool,
-    /// Threads that run connections and the Raft core; give nodes that share a machine fewer
-    /// [default: one per CPU].
-    #[arg(long, value_name = "N")]
-    pub worker_threads: Option<usize>,
-}
-
-/// The config file's shape. Unknown keys are an error: a typo must not be silently ignored.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    id: Option<Spanned<u64>>,
-    listen: Option<Spanned<String>>,
-    data_dir: Option<PathBuf>,
-    #[serde(default)]
-    peers: Vec<FilePeer>,
-    max_frame_bytes: Option<Spanned<usize>>,
-    max_key_bytes: Option<Spanned<usize>>,
-    max_value_bytes: Option<Spanned<usize>>,
-    max_connections: Option<Spanned<usize>>,
-    heartbeat_ms: Option<Spanned<usize>>,
-    election_timeout_ms: Option<Spanned<usize>>,
-    request_timeout_ms: Option<Spanned<usize>>,
-    join: Option<Spanned<String>>,
-    learner: Option<Spanned<bool>>,
-    snapshot_entries: Option<Spanned<usize>>,
-    keep_log_entries: Option<Spanned<usize>>,
-    lease_reads: Option<bool>,
-    worker_threads: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,7 +321,7 @@ pub enum ConfigError {
 /// Where a value came from, for error messages.
 enum Origin<'a> {
     File { path: &'a Path, text: &'a str, span: Range<usize> },
-    Flag(&'static str),
+    Flag(String),
     Default,
 }
 
@@ -216,7 +332,7 @@ impl Origin<'_> {
                 let (line, column) = line_column(text, span.start);
                 format!("{}:{line}:{column}", path.display())
             }
-            Origin::Flag(flag) => flag.to_string(),
+            Origin::Flag(flag) => flag.clone(),
             Origin::Default => "default configuration".to_string(),
         };
         ConfigError::Invalid { place, message: message.into() }
@@ -231,8 +347,8 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Builds the configuration from the flags and the file they name (if any).
-pub fn load(args: NodeArgs) -> Result<NodeConfig, ConfigError> {
-    let (file, path, text) = match &args.config {
+pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
+    let (mut file, path, text) = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
@@ -245,30 +361,28 @@ pub fn load(args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         None => (FileConfig::default(), PathBuf::new(), String::new()),
     };
     let at = |span: Range<usize>| Origin::File { path: &path, text: &text, span };
-
-    // A flag wins over the file; the file wins over the default. Each value keeps its origin so
-    // that a bad one is reported where it was written.
-    let pick =
-        |flag: Option<usize>, name: &'static str, key: &Option<Spanned<usize>>, default| match (flag, key) {
-            (Some(v), _) => (v, Origin::Flag(name)),
-            (None, Some(v)) => (*v.get_ref(), at(v.span())),
-            (None, None) => (default, Origin::Default),
-        };
-
-    let (id, id_origin) = match (args.id, &file.id) {
-        (Some(id), _) => (id, Origin::Flag("--id")),
-        (None, Some(id)) => (*id.get_ref(), at(id.span())),
-        (None, None) => (1, Origin::Default),
-    };
-    if id == 0 {
-        return Err(id_origin.error("node id must be a positive integer"));
+    let settings = pick(&mut args, &mut file, &at)?;
+    let PickedSettings {
+        id,
+        listen,
+        data_dir,
+        max_frame_bytes,
+        max_key_bytes,
+        max_value_bytes,
+        max_connections,
+        heartbeat_ms,
+        election_timeout_ms,
+        request_timeout_ms,
+        join,
+        learner,
+        snapshot_entries,
+        keep_log_entries,
+        lease_reads,
+        worker_threads,
+    } = settings;
+    if id.value == 0 {
+        return Err(id.origin.error("node id must be a positive integer"));
     }
-    let listen = match (args.listen, &file.listen) {
-        (Some(addr), _) => addr,
-        (None, Some(s)) => parse_addr(s.get_ref()).map_err(|m| at(s.span()).error(m))?,
-        (None, None) => DEFAULT_LISTEN.parse().expect("default address is valid"),
-    };
-    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("data/node{id}")));
 
     let peers: Vec<(Peer, Origin)> = if args.peers.is_empty() {
         file.peers
@@ -279,140 +393,104 @@ pub fn load(args: NodeArgs) -> Result<NodeConfig, ConfigError> {
             })
             .collect::<Result<_, ConfigError>>()?
     } else {
-        args.peers.into_iter().map(|p| (p, Origin::Flag("--peer"))).collect()
+        std::mem::take(&mut args.peers).into_iter().map(|p| (p, Origin::Flag("--peer".into()))).collect()
     };
-    let mut ids = BTreeSet::from([id]);
+    let mut ids = BTreeSet::from([id.value]);
     for (peer, origin) in &peers {
         if peer.id == 0 {
             return Err(origin.error("peer id must be a positive integer"));
         }
         if !ids.insert(peer.id) {
-            let whose = if peer.id == id { "this node's own id" } else { "another peer's id" };
+            let whose = if peer.id == id.value { "this node's own id" } else { "another peer's id" };
             return Err(origin.error(format!("duplicate id {}: it is {whose}", peer.id)));
         }
-        if peer.addr == listen {
-            return Err(origin.error(format!("peer {} has this node's own address {listen}", peer.id)));
+        if peer.addr == listen.value {
+            return Err(
+                origin.error(format!("peer {} has this node's own address {}", peer.id, listen.value))
+            );
         }
     }
 
-    let (max_frame_bytes, frame_origin) =
-        pick(args.max_frame_bytes, "--max-frame-bytes", &file.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
-    let (max_key_bytes, key_origin) =
-        pick(args.max_key_bytes, "--max-key-bytes", &file.max_key_bytes, DEFAULT_MAX_KEY_BYTES);
-    let (max_value_bytes, value_origin) =
-        pick(args.max_value_bytes, "--max-value-bytes", &file.max_value_bytes, DEFAULT_MAX_VALUE_BYTES);
-    let (max_connections, conn_origin) =
-        pick(args.max_connections, "--max-connections", &file.max_connections, DEFAULT_MAX_CONNECTIONS);
-    let (heartbeat_ms, heartbeat_origin) =
-        pick(args.heartbeat_ms, "--heartbeat-ms", &file.heartbeat_ms, DEFAULT_HEARTBEAT_MS);
-    let (election_timeout_ms, election_origin) = pick(
-        args.election_timeout_ms,
-        "--election-timeout-ms",
-        &file.election_timeout_ms,
-        DEFAULT_ELECTION_TIMEOUT_MS,
-    );
-    let (request_timeout_ms, request_origin) = pick(
-        args.request_timeout_ms,
-        "--request-timeout-ms",
-        &file.request_timeout_ms,
-        DEFAULT_REQUEST_TIMEOUT_MS,
-    );
-    let (snapshot_entries, snapshot_origin) =
-        pick(args.snapshot_entries, "--snapshot-entries", &file.snapshot_entries, DEFAULT_SNAPSHOT_ENTRIES);
-    let (keep_log_entries, _) =
-        pick(args.keep_log_entries, "--keep-log-entries", &file.keep_log_entries, DEFAULT_KEEP_LOG_ENTRIES);
-    let (join, join_origin) = match (args.join, &file.join) {
-        (Some(addr), _) => (Some(addr), Origin::Flag("--join")),
-        (None, Some(s)) => (Some(parse_addr(s.get_ref()).map_err(|m| at(s.span()).error(m))?), at(s.span())),
-        (None, None) => (None, Origin::Default),
-    };
-    let (learner, learner_origin) = match (args.learner, &file.learner) {
-        (true, _) => (true, Origin::Flag("--learner")),
-        (false, Some(v)) => (*v.get_ref(), at(v.span())),
-        (false, None) => (false, Origin::Default),
-    };
-    let lease_reads = args.lease_reads || file.lease_reads.unwrap_or(false);
-    let (worker_threads, workers_origin) =
-        pick(args.worker_threads, "--worker-threads", &file.worker_threads, available_cpus());
-    if join.is_some() && !peers.is_empty() {
-        return Err(join_origin
+    if join.value.is_some() && !peers.is_empty() {
+        return Err(join
+            .origin
             .error("join and peers exclude each other: a joining node learns its peers from the cluster"));
     }
-    if join == Some(listen) {
-        return Err(join_origin.error(format!("cannot join through this node's own address {listen}")));
+    if join.value == Some(listen.value) {
+        return Err(join
+            .origin
+            .error(format!("cannot join through this node's own address {}", listen.value)));
     }
-    if learner && join.is_none() {
-        return Err(learner_origin.error("learner only applies to a node that joins (give join)"));
+    if learner.value && join.value.is_none() {
+        return Err(learner.origin.error("learner only applies to a node that joins (give join)"));
     }
-    for (value, origin, what) in [
-        (max_key_bytes, &key_origin, "max_key_bytes"),
-        (max_value_bytes, &value_origin, "max_value_bytes"),
-        (max_connections, &conn_origin, "max_connections"),
-        (heartbeat_ms, &heartbeat_origin, "heartbeat_ms"),
-        (request_timeout_ms, &request_origin, "request_timeout_ms"),
-        (snapshot_entries, &snapshot_origin, "snapshot_entries"),
-        (worker_threads, &workers_origin, "worker_threads"),
-    ] {
-        if value == 0 {
-            return Err(origin.error(format!("{what} must be at least 1")));
-        }
-    }
-    if election_timeout_ms < 3 * heartbeat_ms {
-        return Err(election_origin.error(format!(
-            "election_timeout_ms is {election_timeout_ms}, but must be at least three heartbeats \
+    if election_timeout_ms.value < 3 * heartbeat_ms.value {
+        return Err(election_timeout_ms.origin.error(format!(
+            "election_timeout_ms is {}, but must be at least three heartbeats \
              (3 x heartbeat_ms = {}), or followers would start elections against a healthy leader",
-            3 * heartbeat_ms
+            election_timeout_ms.value,
+            3 * heartbeat_ms.value
         )));
     }
-    if worker_threads > MAX_WORKER_THREADS {
-        return Err(workers_origin
-            .error(format!("worker_threads is {worker_threads}, more than {MAX_WORKER_THREADS}")));
+    if worker_threads.value > MAX_WORKER_THREADS {
+        return Err(worker_threads
+            .origin
+            .error(format!("worker_threads is {}, more than {MAX_WORKER_THREADS}", worker_threads.value)));
     }
-    if max_frame_bytes > u32::MAX as usize {
-        return Err(frame_origin.error("max_frame_bytes must fit a 32-bit length prefix"));
+    if max_frame_bytes.value > u32::MAX as usize {
+        return Err(max_frame_bytes.origin.error("max_frame_bytes must fit a 32-bit length prefix"));
     }
-    let needed = max_key_bytes + max_value_bytes + FRAME_OVERHEAD_BYTES;
-    if max_frame_bytes < needed {
-        return Err(frame_origin.error(format!(
-            "max_frame_bytes is {max_frame_bytes}, too small for the largest SET \
-             (max_key_bytes + max_value_bytes + {FRAME_OVERHEAD_BYTES} = {needed})"
+    let needed = max_key_bytes.value + max_value_bytes.value + FRAME_OVERHEAD_BYTES;
+    if max_frame_bytes.value < needed {
+        return Err(max_frame_bytes.origin.error(format!(
+            "max_frame_bytes is {}, too small for the largest SET \
+             (max_key_bytes + max_value_bytes + {FRAME_OVERHEAD_BYTES} = {needed})",
+            max_frame_bytes.value
         )));
     }
 
     Ok(NodeConfig {
-        id,
-        listen,
-        data_dir,
+        id: id.value,
+        listen: listen.value,
+        data_dir: data_dir.value,
         peers: peers.into_iter().map(|(p, _)| p).collect(),
-        max_frame_bytes,
-        max_key_bytes,
-        max_value_bytes,
-        max_connections,
-        heartbeat_ms: heartbeat_ms as u64,
-        election_timeout_ms: election_timeout_ms as u64,
-        request_timeout_ms: request_timeout_ms as u64,
-        join,
-        learner,
-        snapshot_entries: snapshot_entries as u64,
-        keep_log_entries: keep_log_entries as u64,
-        lease_reads,
-        worker_threads,
+        max_frame_bytes: max_frame_bytes.value,
+        max_key_bytes: max_key_bytes.value,
+        max_value_bytes: max_value_bytes.value,
+        max_connections: max_connections.value,
+        heartbeat_ms: heartbeat_ms.value,
+        election_timeout_ms: election_timeout_ms.value,
+        request_timeout_ms: request_timeout_ms.value,
+        join: join.value,
+        learner: learner.value,
+        snapshot_entries: snapshot_entries.value,
+        keep_log_entries: keep_log_entries.value,
+        lease_reads: lease_reads.value,
+        worker_threads: worker_threads.value,
     })
+}
+
+/// The README's table of settings, made from [`SETTINGS`] (with the peers' row by hand).
+pub fn settings_table() -> String {
+    let mut table = String::from("| key | flag | default | meaning |\n|---|---|---|---|\n");
+    for setting in SETTINGS {
+        let flag = match setting.value_name {
+            Some(value) => format!("{} {value}", setting.flag()),
+            None => setting.flag(),
+        };
+        table +=
+            &format!("| `{}` | `{flag}` | {} | {} |\n", setting.key, setting.default, setting.doc.trim());
+        if setting.key == "data_dir" {
+            table += "| `[[peers]]` `id`, `addr` | `--peer ID=IP:PORT` (repeatable; replaces the file's \
+                      list) | none | The other cluster members; every member must list the same cluster. |\n";
+        }
+    }
+    table
 }
 
 /// How many CPUs this process may run on: the default for `worker_threads`.
 pub fn available_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Parses `IP:PORT` (or `localhost:PORT`).
-pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    let bad = || format!("bad address '{s}': expected IP:PORT, such as 127.0.0.1:7001");
-    if let Some(port) = s.strip_prefix("localhost:") {
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
-    }
-    s.parse().map_err(|_| bad())
 }
 
 /// Parses `ID=IP:PORT`.
@@ -538,6 +616,15 @@ mod tests {
         assert_eq!(msg, "--peer: duplicate id 1: it is this node's own id");
         assert!(NodeArgs::try_parse_from(["kv-node", "--listen", "nowhere"]).is_err());
         assert!(NodeArgs::try_parse_from(["kv-node", "--peer", "2:127.0.0.1:1"]).is_err());
+    }
+
+    /// The README's table is the declarations': regenerate it from `settings_table()` (the
+    /// assertion prints it) when a setting changes.
+    #[test]
+    fn the_readme_lists_every_setting_as_declared() {
+        let readme = std::fs::read_to_string(format!("{}/README.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let table = settings_table();
+        assert!(readme.contains(&table), "README.md's settings table should read:\n{table}");
     }
 
     #[test]
