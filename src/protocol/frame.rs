@@ -9,8 +9,8 @@
 //! readers, and decodable by any MessagePack library.
 //!
 //! Raft's messages between nodes are the exception ([`encode_compact`]): they carry log entries
-//! by the thousand, for which field names were a third of the bytes and most of the encoding
-//! time, and they only ever pass between nodes of this crate. [`decode`] reads both forms.
+//! by the thousand, for which field names were much of the bytes and most of the encoding time
+//! (docs/BENCHMARKS.md), and they only ever pass between nodes of this crate. [`decode`] reads both forms.
 
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};

@@ -1,8 +1,8 @@
 //! The Raft log's entries, in an append-only file of checksummed records.
 //!
 //! Why not a redb table: a durable redb commit rewrites the B-tree pages, allocator state and
-//! header it touched, then syncs; here that took 0.5–1 ms per batch and bounded both write
-//! latency and throughput (docs/BENCHMARKS.md). Appending records and calling `fdatasync` costs
+//! header it touched, then syncs, and that bounded both write latency and throughput
+//! (docs/BENCHMARKS.md). Appending records and calling `fdatasync` costs
 //! one write and one sync. Everything else about the log (vote, purge point, committed index)
 //! stays in redb, where it is written rarely.
 //!
@@ -16,9 +16,8 @@
 //!
 //! The file is grown ahead of its records, [`GROW_BY`] at a time, with zeros written out: a sync
 //! after a write past the end of a file must also write the inode (its size changed), while a
-//! sync after a write over blocks already on disk flushes only the data. On this project's 2-core
-//! VM that made an append and its sync about 30% cheaper, in wall time and CPU
-//! (docs/BENCHMARKS.md). So the records end where the first all-zero header is; opening keeps the
+//! sync after a write over blocks already on disk flushes only the data, which makes an append
+//! and its sync cheaper in wall time and CPU (docs/BENCHMARKS.md). So the records end where the first all-zero header is; opening keeps the
 //! zeros after the records, and cuts anything else found there as a torn tail.
 
 use std::collections::BTreeMap;

@@ -200,7 +200,7 @@ fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
 }
 
 /// An entry's record in the entries file: MessagePack with structs as arrays, without field names
-/// (they were a third of an entry's bytes and most of its encoding time). `decode` reads these and
+/// (they were much of an entry's bytes and most of its encoding time). `decode` reads these and
 /// the named maps that files written before used alike.
 fn encode_entry(entry: &Entry) -> io::Result<Vec<u8>> {
     // Sized up front: growing from empty took four allocations for a typical write's record.

@@ -4,7 +4,7 @@
 //! reads them the moment `append` returns, before the writer thread has synced them. The most
 //! recent durable entries stay too, up to [`KEEP_DURABLE_ENTRIES`] and [`KEEP_DURABLE_BYTES`]:
 //! replication and apply read near the end of the log, and without them every such read cost a
-//! `pread` and a MessagePack decode, about a tenth of a busy leader's CPU (docs/BENCHMARKS.md).
+//! `pread` and a MessagePack decode, a visible share of a busy leader's CPU (docs/BENCHMARKS.md).
 //!
 //! The tail is always a run of consecutive indexes reaching to the last entry appended, so a
 //! reader takes everything from [`Tail::first_index`] on from here and only what lies before it

@@ -62,9 +62,9 @@ const MEMBERSHIP: &str = "membership";
 const MEMBERS_EVER: &str = "members_ever";
 
 /// Applied entries are flushed into the database once this many have gathered. The bigger the
-/// batch, the more of its keys share the B-tree pages that redb rewrites once per commit: 8192
-/// rather than 1024 cut the nodes' CPU per write by 10–15% under load (docs/BENCHMARKS.md).
-/// They hold about 1.5 MiB with 16-byte values, and a restart applies at most this many again.
+/// batch, the more of its keys share the B-tree pages that redb rewrites once per commit, which
+/// cuts the nodes' CPU per write under load (docs/BENCHMARKS.md has the A/B). The cost is memory
+/// until the flush, and a restart applies at most this many entries again.
 pub const FLUSH_EVERY_ENTRIES: u64 = 8192;
 
 /// ... or once their keys and values come to this many bytes, which bounds the memory they hold.
@@ -158,13 +158,13 @@ impl Progress {
     /// Applies `entries` (whose writes come to about `bytes`) to the store, flushing it when
     /// enough has gathered or a membership changed; returns each entry's reply, and whether a
     /// snapshot is now due.
-    fn apply(&mut self, store: &Store, entries: &[Entry], bytes: u64) -> Result<Applied, StoreError> {
-        let committed = store.committed();
+    fn apply(&mut self, store: &Store, entries: &[Entry], bytes: u64) -> Result<AppliedBatch, StoreError> {
+        let flushed = store.flushed();
         let mut replies = Vec::with_capacity(entries.len());
         let mut memberships = Vec::new();
         for entry in entries {
             replies.push(match &entry.payload {
-                EntryPayload::Normal(write) => store.apply_write(&committed, write)?,
+                EntryPayload::Normal(write) => store.apply_write(&flushed, write)?,
                 EntryPayload::Membership(membership) => {
                     memberships.push(StoredMembership::new(Some(entry.log_id()), membership.clone()));
                     Reply::ok()
@@ -172,7 +172,7 @@ impl Progress {
                 EntryPayload::Blank => Reply::ok(),
             });
         }
-        drop(committed);
+        drop(flushed);
         self.applied = entries.last().map(|e| e.log_id()).or(self.applied);
         self.unflushed += entries.len() as u64;
         self.unflushed_bytes += bytes;
@@ -181,7 +181,7 @@ impl Progress {
             self.flush(store, &memberships)?;
         }
         let snapshot_due = self.snapshots.applied(entries.len() as u64);
-        Ok(Applied { replies, snapshot_due })
+        Ok(AppliedBatch { replies, snapshot_due })
     }
 
     /// Flushes the store, recording the applied log id and `memberships` beside the data.
@@ -206,7 +206,7 @@ impl Progress {
 }
 
 /// What applying a batch gave.
-struct Applied {
+struct AppliedBatch {
     replies: Vec<Reply>,
     snapshot_due: bool,
 }
@@ -229,7 +229,7 @@ impl StateMachine {
             txn.open_table(RAFT_META)?;
             Ok(())
         })?;
-        let keys = store.committed().len().map_err(StoreError::storage)?;
+        let keys = store.flushed().len().map_err(StoreError::storage)?;
         let progress = Progress::new(SnapshotSchedule::new(snapshot_entries, keys));
         Ok(StateMachine {
             store,
@@ -347,7 +347,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Roughly what applying them puts in the store's memory until the next flush.
         let bytes = entries.iter().map(|e| written_bytes(e) as u64).sum::<u64>();
         // Applying runs here: most applies touch only memory, and a hop to another thread and
-        // back (about 0.2 ms) would cost every one of them. A flush waits for the disk, so an
+        // back would cost every one of them more than the apply. A flush waits for the disk, so an
         // apply that will make one leaves the async threads, and so does one that would wait
         // for a snapshot's flush to let go of the progress.
         let membership = entries.iter().any(|e| matches!(e.payload, EntryPayload::Membership(_)));
@@ -357,7 +357,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             _ => None,
         };
-        let Applied { replies, snapshot_due } = match applied_here {
+        let AppliedBatch { replies, snapshot_due } = match applied_here {
             Some(applied) => applied.map_err(io_error)?,
             None => {
                 let progress = self.progress.clone();
@@ -473,10 +473,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let pairs = [("a", "1"), ("b", ""), ("c\0", "\u{ff}")];
-        let committed = store.committed();
+        let flushed = store.flushed();
         for (k, v) in pairs {
             let write = Write::Set { key: Bytes::from(k), value: Bytes::from(v) };
-            store.apply_write(&committed, &write).unwrap();
+            store.apply_write(&flushed, &write).unwrap();
         }
         store.flush(|_| Ok(())).unwrap();
         let members_ever = BTreeSet::from([1, 2, 5]);

@@ -73,8 +73,8 @@ impl AckTracker {
         let (notify, updated) = watch::channel(0u64);
         // Two of openraft's three metrics channels, not the whole: a follower's data (its log,
         // its commit, its heartbeats) changes with every append and heartbeat, and waking on
-        // each cost a follower answering read-index heartbeats a tenth of its CPU. Only its
-        // role, its leader and the membership matter here, which the server metrics carry.
+        // each cost a follower answering read-index heartbeats much of its CPU. Only its role,
+        // its leader and the membership matter here, which the server metrics carry.
         let mut data = raft.data_metrics();
         let mut server = raft.server_metrics();
         let watched = state.clone();

@@ -138,8 +138,8 @@ async fn core_read_index(raft: &KvRaft, lease: bool) -> Option<u64> {
 /// The leader's lease as openraft last published it in its metrics.
 ///
 /// openraft's own lease check is a message to its core and an answer back, and every core turn
-/// republishes the metrics, waking their watchers: per read, that was about a sixth of the
-/// leader's work. The metrics carry what the check needs. When a quorum of voters acknowledged a
+/// republishes the metrics, waking their watchers: per read, that was a large share of the
+/// leader's work (docs/BENCHMARKS.md). The metrics carry what the check needs. When a quorum of voters acknowledged a
 /// heartbeat or append this node sent at time `t`, none of them votes for another candidate
 /// before `t` plus the lease (openraft's: the maximum election timeout), so until then no other
 /// leader can exist and commit anything. This node, leading, answers every acknowledged write

@@ -19,7 +19,7 @@
 //! Reads are called directly from async code: a read is a map lookup and a short B-tree walk or
 //! a page read, cheaper than a thread hop. Every reader shares one read-only view of the
 //! database, taken after each commit, rather than opening its own read transaction: opening one
-//! per read cost about 6% of a leader's CPU under a read load.
+//! per read showed in a leader's profile under a read load (docs/BENCHMARKS.md).
 //!
 //! Not here: replication, and anything about connections or the wire.
 
@@ -59,26 +59,26 @@ impl StoreError {
     }
 }
 
-/// Applied writes not yet in the database, by key: the value, or `None` for a deleted key.
+/// StoreState writes not yet in the database, by key: the value, or `None` for a deleted key.
 type Unflushed = BTreeMap<Bytes, Option<Bytes>>;
 
 /// A consistent view of the database's key-value table.
-pub(crate) type CommittedTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+pub(crate) type FlushedTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
 /// The node's durable key-value state.
 pub struct Store {
     db: Database,
     /// What reads see. A flush commits, then clears the unflushed writes and takes a new view
     /// under the write lock, so a reader holding the read lock sees every applied write once.
-    applied: RwLock<Applied>,
+    applied: RwLock<StoreState>,
 }
 
-/// The applied state: the database as last committed, and the writes applied since.
-struct Applied {
-    /// Applied writes that `flush` has not moved into the database yet.
+/// The applied state: the database as last flushed into, and the writes applied since.
+struct StoreState {
+    /// StoreState writes that `flush` has not moved into the database yet.
     unflushed: Unflushed,
     /// A view of the key-value table as of the last commit, shared by every reader.
-    committed: Arc<CommittedTable>,
+    flushed: Arc<FlushedTable>,
 }
 
 impl Store {
@@ -95,19 +95,19 @@ impl Store {
         let txn = db.begin_write().map_err(StoreError::storage)?;
         txn.open_table(KV).map_err(StoreError::storage)?;
         txn.commit().map_err(StoreError::storage)?;
-        let committed = view(&db)?;
-        Ok(Store { db, applied: RwLock::new(Applied { unflushed: Unflushed::new(), committed }) })
+        let flushed = view(&db)?;
+        Ok(Store { db, applied: RwLock::new(StoreState { unflushed: Unflushed::new(), flushed }) })
     }
 
-    fn applied(&self) -> RwLockReadGuard<'_, Applied> {
+    fn applied(&self) -> RwLockReadGuard<'_, StoreState> {
         self.applied.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn applied_mut(&self) -> RwLockWriteGuard<'_, Applied> {
+    fn applied_mut(&self) -> RwLockWriteGuard<'_, StoreState> {
         self.applied.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Answers a read from the latest committed state.
+    /// Answers a read from the latest flushed state.
     pub fn read(&self, read: &Read) -> Result<Reply, StoreError> {
         Ok(self.read_many([read])?.remove(0))
     }
@@ -117,19 +117,19 @@ impl Store {
         let applied = self.applied();
         reads
             .into_iter()
-            .map(|read| apply_read(&applied.unflushed, &applied.committed, read).map_err(StoreError::storage))
+            .map(|read| apply_read(&applied.unflushed, &applied.flushed, read).map_err(StoreError::storage))
             .collect()
     }
 
-    /// A view of the key-value table as last committed (without the unflushed writes).
-    pub(crate) fn committed(&self) -> Arc<CommittedTable> {
-        self.applied().committed.clone()
+    /// A view of the key-value table as last flushed (without the unflushed writes).
+    pub(crate) fn flushed(&self) -> Arc<FlushedTable> {
+        self.applied().flushed.clone()
     }
 
     /// Applies one write and returns its answer. Deterministic: both depend only on the write and
-    /// the state before it. `committed` is a view taken after the last flush; only the state
+    /// the state before it. `flushed` is a view taken after the last flush; only the state
     /// machine calls this and `flush`, one call at a time.
-    pub(crate) fn apply_write(&self, committed: &CommittedTable, write: &Write) -> Result<Reply, StoreError> {
+    pub(crate) fn apply_write(&self, flushed: &FlushedTable, write: &Write) -> Result<Reply, StoreError> {
         let unflushed = &mut self.applied_mut().unflushed;
         Ok(match write {
             Write::Set { key, value } => {
@@ -139,7 +139,7 @@ impl Store {
             Write::Del { keys } => {
                 let mut removed = 0;
                 for key in keys {
-                    if exists(unflushed, committed, key).map_err(StoreError::storage)? {
+                    if exists(unflushed, flushed, key).map_err(StoreError::storage)? {
                         unflushed.insert(key.clone(), None);
                         removed += 1;
                     }
@@ -178,8 +178,8 @@ impl Store {
         drop(applied);
         // Taken before the write lock: it holds what `unflushed` holds, so readers in between
         // see the same either way.
-        let committed = view(&self.db)?;
-        *self.applied_mut() = Applied { unflushed: Unflushed::new(), committed };
+        let flushed = view(&self.db)?;
+        *self.applied_mut() = StoreState { unflushed: Unflushed::new(), flushed };
         Ok(())
     }
 
@@ -194,11 +194,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         // Only the state machine writes, and it is the caller: nothing is applied meanwhile.
         self.transact(f)?;
-        let committed = view(&self.db);
+        let flushed = view(&self.db);
         let mut applied = self.applied_mut();
         // The new state supersedes the unflushed writes even if no view of it can be taken.
         applied.unflushed.clear();
-        applied.committed = committed?;
+        applied.flushed = flushed?;
         Ok(())
     }
 
@@ -221,7 +221,7 @@ impl Store {
 }
 
 /// A view of the key-value table as the last commit left it.
-fn view(db: &Database) -> Result<Arc<CommittedTable>, StoreError> {
+fn view(db: &Database) -> Result<Arc<FlushedTable>, StoreError> {
     let txn = db.begin_read().map_err(StoreError::storage)?;
     Ok(Arc::new(txn.open_table(KV).map_err(StoreError::storage)?))
 }
@@ -235,27 +235,23 @@ pub fn pong(message: Option<&[u8]>) -> Reply {
 }
 
 /// Whether `key` exists in the applied state.
-fn exists(
-    unflushed: &Unflushed,
-    committed: &CommittedTable,
-    key: &Bytes,
-) -> Result<bool, redb::StorageError> {
+fn exists(unflushed: &Unflushed, flushed: &FlushedTable, key: &Bytes) -> Result<bool, redb::StorageError> {
     Ok(match unflushed.get(key) {
         Some(value) => value.is_some(),
-        None => committed.get(key.as_ref())?.is_some(),
+        None => flushed.get(key.as_ref())?.is_some(),
     })
 }
 
 fn apply_read(
     unflushed: &Unflushed,
-    committed: &CommittedTable,
+    flushed: &FlushedTable,
     read: &Read,
 ) -> Result<Reply, redb::StorageError> {
     Ok(match read {
         Read::Get { key } => match unflushed.get(key) {
             Some(Some(value)) => Reply::Bulk { value: ByteBuf::from(value.as_ref()) },
             Some(None) => Reply::Nil,
-            None => match committed.get(key.as_ref())? {
+            None => match flushed.get(key.as_ref())? {
                 Some(value) => Reply::Bulk { value: ByteBuf::from(value.value()) },
                 None => Reply::Nil,
             },
@@ -263,7 +259,7 @@ fn apply_read(
         Read::Exists { keys } => {
             let mut found = 0;
             for key in keys {
-                if exists(unflushed, committed, key)? {
+                if exists(unflushed, flushed, key)? {
                     found += 1;
                 }
             }
@@ -287,8 +283,8 @@ mod tests {
         Write::Del { keys: ks.iter().map(|k| b(k)).collect() }
     }
     fn apply(store: &Store, writes: &[Write]) -> Vec<Reply> {
-        let committed = store.committed();
-        writes.iter().map(|w| store.apply_write(&committed, w).unwrap()).collect()
+        let flushed = store.flushed();
+        writes.iter().map(|w| store.apply_write(&flushed, w).unwrap()).collect()
     }
     fn flush(store: &Store) {
         store.flush(|_| Ok(())).unwrap();
