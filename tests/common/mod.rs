@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
+use kv::client::Client;
+use kv::protocol::message::{Cell, Reply, Response};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::io::Write;
@@ -12,6 +14,22 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// One command through the client library, to the first of `addrs` that answers; `None` if none
+/// did within [`CALL_DEADLINE`]. For learning a node's state without parsing kv-cli's output.
+pub fn call(addrs: &[String], args: &[&str]) -> Option<Response> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let attempt = async {
+            let (mut client, _) = Client::connect_any(addrs, CALL_DEADLINE).await.ok()?;
+            client.call(args.iter().map(|a| a.as_bytes().to_vec()).collect()).await.ok()
+        };
+        tokio::time::timeout(CALL_DEADLINE, attempt).await.ok().flatten()
+    })
+}
+
+/// How long [`call`] waits for a connection and for its answer.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(10);
 
 pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_kv-node");
 pub const CLI_BIN: &str = env!("CARGO_BIN_EXE_kv-cli");
@@ -154,20 +172,18 @@ impl TestNode {
 
     /// The `CLUSTER` table as this node sees it: one JSON object per member.
     pub fn status(&self) -> Vec<serde_json::Value> {
-        let out = self.cli(&["--json", "-c", "CLUSTER"]);
-        assert_eq!(out.code, 0, "{out:?}");
-        let table: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
-        let columns: Vec<&str> =
-            table["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
-        table["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|row| {
-                let cells = row.as_array().unwrap();
-                serde_json::Value::Object(
-                    columns.iter().map(|c| c.to_string()).zip(cells.iter().cloned()).collect(),
-                )
+        let response = call(&[self.addr.to_string()], &["CLUSTER"]).expect("the node answers CLUSTER");
+        let Reply::Table { columns, rows } = response.reply else {
+            panic!("CLUSTER answered {:?}", response.reply);
+        };
+        rows.into_iter()
+            .map(|cells| {
+                let cells = cells.into_iter().map(|cell| match cell {
+                    Cell::Integer(n) => serde_json::Value::from(n),
+                    Cell::Text(text) => serde_json::Value::from(text),
+                    Cell::Nil => serde_json::Value::Null,
+                });
+                serde_json::Value::Object(columns.iter().cloned().zip(cells).collect())
             })
             .collect()
     }
@@ -333,10 +349,10 @@ impl TestCluster {
     pub fn wait_for_a_leader(&self) -> u64 {
         let mut leader = None;
         let addrs = self.live_addrs();
+        let addrs: Vec<String> = addrs.split(',').map(String::from).collect();
         wait_until("the cluster to commit a write", FORM_DEADLINE, || {
-            let out = run_cli(&["--addr", &addrs, "--json", "-c", "SET cluster-ready yes"], None, &[]);
-            let answer: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap_or_default();
-            leader = answer["leader"].as_u64().filter(|_| out.code == 0);
+            let answer = call(&addrs, &["SET", "cluster-ready", "yes"]);
+            leader = answer.filter(|a| !matches!(a.reply, Reply::Error { .. })).and_then(|a| a.leader);
             leader.is_some()
         });
         leader.unwrap()
