@@ -20,8 +20,8 @@
 //!
 //! - `handler`: one connection: the hello, then client batches (or, for a peer, `control`).
 //! - `executor`: runs a batch, routing each request here, through the leader, or to it, and
-//!   deciding from each step's [`outcome::Outcome`] what is retried. It reaches the cluster only
-//!   through the `cluster::Cluster` trait, which [`Node`] implements.
+//!   deciding from each step's `outcome::Outcome` what is retried. It reaches the cluster only
+//!   through the `cluster::Cluster` trait, which `Node` implements.
 //! - `forward`: both halves of forwarding (the follower's link to the leader, and the leader's
 //!   proposing ahead on such a link); `reads`: read-index checks and lease reads; `acks`: who
 //!   acknowledged each write; `membership`: membership changes, joining, removal.
