@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Interleaved A/B of two kv builds with kv-cli bench: for each round, each build in turn (the
+# order alternating from round to round) gets a fresh 3-node cluster on loopback, a prefill, and
+# the same loads; prints one line per run, then each load's median per build.
+#
+#   tools/reference-bench/ab.sh DIR_A DIR_B [ROUNDS] [SECONDS]
+#
+# LOADS (default "writes reads pipelined") picks the loads: writes (50 clients), reads (50
+# clients, linearizable), pipelined (50 clients, 16 writes in flight each).
+# DIR_A and DIR_B hold release builds of kv-node and kv-cli (e.g. target/release of two
+# checkouts). Each run uses its build's own kv-cli. Uses ports 7201-7203 on 127.0.0.1.
+set -euo pipefail
+A=$1; B=$2; ROUNDS=${3:-5}; SECONDS_EACH=${4:-5}
+LOADS=${LOADS:-writes reads pipelined}
+WORK=$(mktemp -d)
+RESULTS=$WORK/results.tsv
+WORKERS=$(( $(nproc) / 3 )); [ "$WORKERS" -ge 1 ] || WORKERS=1
+PIDS=()
+trap 'stop_all; rm -rf "$WORK"' EXIT
+ALL=127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203
+
+stop_all() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done
+    PIDS=()
+}
+
+start() {
+    local dir=$1
+    for i in 1 2 3; do
+        local peers=()
+        for j in 1 2 3; do [ "$i" != "$j" ] && peers+=(--peer "$j=127.0.0.1:720$j"); done
+        RUST_LOG=warn "$dir/kv-node" --id "$i" --listen "127.0.0.1:720$i" --data-dir "$WORK/kv/n$i" \
+            "${peers[@]}" --worker-threads "$WORKERS" 2> "$WORK/kv-$i.log" &
+        PIDS+=($!)
+    done
+    for _ in $(seq 1 100); do "$dir/kv-cli" --addr "$ALL" -c "SET warm 1" > /dev/null 2>&1 && break; sleep 0.1; done
+}
+
+bench() {
+    local build=$1 dir=$2 label=$3; shift 3
+    "$dir/kv-cli" --addr "$ALL" bench --duration "$SECONDS_EACH" --json "$@" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print("\t".join([sys.argv[1], sys.argv[2], str(round(r["requests_per_second"])), str(r["latency_ms"]["p99"])]))
+if r["ok"] != r["requests"]: print("errors:", r["errors"], "unknown:", r["unknown"], file=sys.stderr)
+' "$build" "$label" | tee -a "$RESULTS"
+}
+
+run() {
+    local build=$1 dir=$2
+    start "$dir"
+    "$dir/kv-cli" --addr "$ALL" bench --prefill -n 1 --clients 1 > /dev/null
+    for load in $LOADS; do
+        case $load in
+            writes) bench "$build" "$dir" writes --clients 50 ;;
+            reads) bench "$build" "$dir" reads --clients 50 --reads 100 ;;
+            pipelined) bench "$build" "$dir" pipelined --clients 50 --pipeline 16 ;;
+            *) echo "unknown load $load" >&2; exit 2 ;;
+        esac
+    done
+    stop_all
+    rm -rf "$WORK/kv"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+    if [ $((round % 2)) = 1 ]; then run A "$A"; run B "$B"; else run B "$B"; run A "$A"; fi
+done
+
+echo "medians (requests/s, p99 ms) over $ROUNDS rounds:"
+python3 - "$RESULTS" <<'PY'
+import statistics, sys
+rows = [line.split("\t") for line in open(sys.argv[1]).read().split("\n") if line]
+for load in dict.fromkeys(r[1] for r in rows):
+    out = [load]
+    for build in "AB":
+        runs = [r for r in rows if r[0] == build and r[1] == load]
+        out.append(f"{build} {statistics.median(int(r[2]) for r in runs):.0f}/s p99 {statistics.median(float(r[3]) for r in runs):.2f}")
+    print("\t".join(out))
+PY
