@@ -92,6 +92,11 @@ pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
 pub struct Limits {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    /// The most keys one command may name.
+    pub max_keys: usize,
+    /// The largest a write may be, by [`Write::encoded_len_estimate`], so that its log entry fits
+    /// a frame between nodes ([`crate::protocol::frame::max_write_bytes`]).
+    pub max_write_bytes: usize,
 }
 
 /// A command that changes the store. This is what the replicated log carries, so its encoding
@@ -103,7 +108,8 @@ pub enum Write {
 }
 
 impl Write {
-    /// Roughly how many bytes the write takes encoded: its keys and value plus a little framing.
+    /// At most how many bytes the write takes encoded (MessagePack, named or compact): its keys
+    /// and value, plus room for their headers and the variant's.
     pub fn encoded_len_estimate(&self) -> usize {
         match self {
             Write::Set { key, value } => key.len() + value.len() + 16,
@@ -175,6 +181,13 @@ pub enum CommandError {
     WrongArity { name: &'static str, expected: String, got: usize },
     #[error("{what} is {len} bytes, over the limit of {max} bytes")]
     TooLarge { what: &'static str, len: usize, max: usize },
+    #[error("{name} names {count} keys, over the limit of {max} (max_keys_per_command)")]
+    TooManyKeys { name: &'static str, count: usize, max: usize },
+    #[error(
+        "the write would make a log entry of up to {len} bytes, over the {max} bytes a frame between \
+         nodes carries (max_frame_bytes); split it"
+    )]
+    EntryTooLarge { len: usize, max: usize },
     #[error("{0}")]
     BadArgument(String),
 }
@@ -185,7 +198,9 @@ impl CommandError {
             CommandError::Empty => ErrorCode::BadRequest,
             CommandError::Unknown(_) => ErrorCode::UnknownCommand,
             CommandError::WrongArity { .. } => ErrorCode::WrongArity,
-            CommandError::TooLarge { .. } => ErrorCode::TooLarge,
+            CommandError::TooLarge { .. }
+            | CommandError::TooManyKeys { .. }
+            | CommandError::EntryTooLarge { .. } => ErrorCode::TooLarge,
             CommandError::BadArgument(_) => ErrorCode::BadRequest,
         }
     }
@@ -208,9 +223,16 @@ impl Command {
             CommandError::Unknown(String::from_utf8_lossy(&name[..name.len().min(64)]).into_owned())
         })?;
         check_arity(spec, args.len())?;
+        if spec.arity.max.is_none() && args.len() > limits.max_keys {
+            return Err(CommandError::TooManyKeys {
+                name: spec.name,
+                count: args.len(),
+                max: limits.max_keys,
+            });
+        }
         let key = |k: &Bytes| check_size("key", k, limits.max_key_bytes);
         let keys = |ks: &[Bytes]| ks.iter().map(key).collect::<Result<Vec<_>, _>>();
-        Ok(match (spec.name, args.as_slice()) {
+        let command = match (spec.name, args.as_slice()) {
             ("SET", [k, v]) => Command::Write(Write::Set {
                 key: key(k)?,
                 value: check_size("value", v, limits.max_value_bytes)?,
@@ -225,7 +247,14 @@ impl Command {
             // Unreachable while the table and this match agree (a unit test checks that); answering
             // with an arity error rather than panicking keeps a client from ever crashing the node.
             (name, rest) => return Err(arity_error(spec, name, rest.len())),
-        })
+        };
+        if let Command::Write(write) = &command {
+            let len = write.encoded_len_estimate();
+            if len > limits.max_write_bytes {
+                return Err(CommandError::EntryTooLarge { len, max: limits.max_write_bytes });
+            }
+        }
+        Ok(command)
     }
 }
 
@@ -307,7 +336,7 @@ fn check_size(what: &'static str, bytes: &Bytes, max: usize) -> Result<Bytes, Co
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { max_key_bytes: 8, max_value_bytes: 16 };
+    const LIMITS: Limits = Limits { max_key_bytes: 8, max_value_bytes: 16, max_keys: 4, max_write_bytes: 64 };
 
     fn parse(words: &[&str]) -> Result<Command, CommandError> {
         Command::parse(words.iter().map(|w| ByteBuf::from(w.as_bytes())).collect(), &LIMITS)
@@ -352,6 +381,13 @@ mod tests {
             (&["SET", "123456789", "v"], ErrorCode::TooLarge, "key is 9 bytes, over the limit of 8"),
             (&["SET", "k", "0123456789abcdefg"], ErrorCode::TooLarge, "value is 17 bytes"),
             (&["DEL", "ok", "123456789"], ErrorCode::TooLarge, "key is 9 bytes"),
+            (&["DEL", "a", "b", "c", "d", "e"], ErrorCode::TooLarge, "DEL names 5 keys, over the limit of 4"),
+            (&["EXISTS", "a", "b", "c", "d", "e"], ErrorCode::TooLarge, "EXISTS names 5 keys"),
+            (
+                &["DEL", "12345678", "12345678", "12345678", "12345678"],
+                ErrorCode::TooLarge,
+                "a log entry of up to 80 bytes, over the 64 bytes",
+            ),
             (&["CLUSTER", "FLY"], ErrorCode::BadRequest, "unknown CLUSTER subcommand 'FLY'"),
             (&["CLUSTER", "REMOVE"], ErrorCode::WrongArity, "expected 2 (REMOVE id), got 1"),
             (&["CLUSTER", "ADD-VOTER", "0"], ErrorCode::BadRequest, "bad node id '0'"),

@@ -15,8 +15,9 @@
 //! running node's configuration.
 
 use crate::addr::parse_addr;
-use crate::command::Limits;
-use crate::protocol::frame::DEFAULT_MAX_FRAME_BYTES;
+use crate::command::{Limits, Write};
+use crate::protocol::frame::{DEFAULT_MAX_FRAME_BYTES, max_write_bytes};
+use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeSet;
@@ -126,14 +127,14 @@ struct Picked<'a, T> {
 }
 
 /// Declares every setting once. For each: its doc, then
-/// `name: Type = default, "the default as shown", "VALUE" [, at_least N]` or, for a switch (a flag
+/// `name: Type = default, "the default as shown", "VALUE" [, at_least N] [, at_most N]` or, for a switch (a flag
 /// that takes no value, `--learner` meaning true), `..., switch = true`. The default is an expression
 /// that may use the settings declared before it (`id.value`).
 macro_rules! node_settings {
     ($(
         $(#[doc = $doc:literal])+
         $name:ident: $ty:ty = $default:expr, $shown:literal, $value_name:literal
-            $(, at_least $min:literal)? $(, switch = $switch:literal)?;
+            $(, at_least $min:literal)? $(, at_most $max:literal)? $(, switch = $switch:literal)?;
     )*) => {
         /// A node's complete, validated configuration.
         #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,6 +218,13 @@ macro_rules! node_settings {
                         )));
                     }
                 )?
+                $(
+                    if $name.value > $max {
+                        return Err($name.origin.error(format!(
+                            "{} is {}, more than {}", stringify!($name), $name.value, $max
+                        )));
+                    }
+                )?
             )*
             Ok(PickedSettings { $($name,)* })
         }
@@ -237,16 +245,18 @@ node_settings! {
     max_key_bytes: usize = 64 * 1024, "65536", "BYTES", at_least 1;
     /// The largest value accepted.
     max_value_bytes: usize = 1024 * 1024, "1048576", "BYTES", at_least 1;
+    /// The most keys one command may name (`DEL`, `EXISTS`); more are refused with `TOO_LARGE`.
+    max_keys_per_command: usize = 10_000, "10000", "N", at_least 1, at_most 10_000_000;
     /// Connections served at once; more are refused with `BUSY`.
-    max_connections: usize = 1024, "1024", "N", at_least 1;
+    max_connections: usize = 1024, "1024", "N", at_least 1, at_most 1_000_000;
     /// How often the leader sends heartbeats, in milliseconds.
-    heartbeat_ms: u64 = 100, "100", "MS", at_least 1;
+    heartbeat_ms: u64 = 100, "100", "MS", at_least 1, at_most 60_000;
     /// A follower that hears no leader for a random time between this and twice this
     /// (milliseconds) starts an election; at least three heartbeats.
-    election_timeout_ms: u64 = 500, "500", "MS";
+    election_timeout_ms: u64 = 500, "500", "MS", at_most 600_000;
     /// How long a request waits for a leader with a quorum before `NO_QUORUM` (or, once handed to
     /// a leader, `OUTCOME_UNKNOWN`), in milliseconds.
-    request_timeout_ms: u64 = 5000, "5000", "MS", at_least 1;
+    request_timeout_ms: u64 = 5000, "5000", "MS", at_least 1, at_most 3_600_000;
     /// On first start (an empty data dir), join the running cluster through this member instead
     /// of forming one with `peers`.
     join: Option<SocketAddr> = None, "none", "IP:PORT";
@@ -265,14 +275,10 @@ node_settings! {
     lease_reads: bool = false, "false", "BOOL", switch = true;
     /// Threads that run connections and the Raft core (1: everything on one thread, tokio's
     /// current-thread scheduler). Nodes sharing a machine do better with their share of its CPUs.
-    worker_threads: usize = available_cpus(), "one per CPU", "N", at_least 1;
+    worker_threads: usize = available_cpus(), "one per CPU", "N", at_least 1, at_most 1024;
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:7001";
-/// More worker threads than this is a mistake, not a tuning.
-const MAX_WORKER_THREADS: usize = 1024;
-/// Room in a frame for everything but the key and the value of a `SET`.
-const FRAME_OVERHEAD_BYTES: usize = 1024;
 
 impl NodeArgs {
     /// Parses the process's arguments (exiting on a bad one, as clap does); `--help` shows each
@@ -292,7 +298,12 @@ impl NodeArgs {
 
 impl NodeConfig {
     pub fn limits(&self) -> Limits {
-        Limits { max_key_bytes: self.max_key_bytes, max_value_bytes: self.max_value_bytes }
+        Limits {
+            max_key_bytes: self.max_key_bytes,
+            max_value_bytes: self.max_value_bytes,
+            max_keys: self.max_keys_per_command,
+            max_write_bytes: max_write_bytes(self.max_frame_bytes),
+        }
     }
 
     /// The configured cluster: this node and its peers, by id and address.
@@ -369,6 +380,7 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         max_frame_bytes,
         max_key_bytes,
         max_value_bytes,
+        max_keys_per_command,
         max_connections,
         heartbeat_ms,
         election_timeout_ms,
@@ -432,19 +444,18 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
             3 * heartbeat_ms.value
         )));
     }
-    if worker_threads.value > MAX_WORKER_THREADS {
-        return Err(worker_threads
-            .origin
-            .error(format!("worker_threads is {}, more than {MAX_WORKER_THREADS}", worker_threads.value)));
-    }
     if max_frame_bytes.value > u32::MAX as usize {
         return Err(max_frame_bytes.origin.error("max_frame_bytes must fit a 32-bit length prefix"));
     }
-    let needed = max_key_bytes.value + max_value_bytes.value + FRAME_OVERHEAD_BYTES;
-    if max_frame_bytes.value < needed {
+    // The largest SET must fit a frame between nodes, with its log entry's envelope around it.
+    let largest_set = Write::Set { key: Bytes::new(), value: Bytes::new() }.encoded_len_estimate()
+        + max_key_bytes.value
+        + max_value_bytes.value;
+    if max_write_bytes(max_frame_bytes.value) < largest_set {
+        let needed = max_frame_bytes.value - max_write_bytes(max_frame_bytes.value) + largest_set;
         return Err(max_frame_bytes.origin.error(format!(
-            "max_frame_bytes is {}, too small for the largest SET \
-             (max_key_bytes + max_value_bytes + {FRAME_OVERHEAD_BYTES} = {needed})",
+            "max_frame_bytes is {}, too small for the largest SET and its log entry \
+             (max_key_bytes + max_value_bytes + overhead = {needed})",
             max_frame_bytes.value
         )));
     }
@@ -457,6 +468,7 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         max_frame_bytes: max_frame_bytes.value,
         max_key_bytes: max_key_bytes.value,
         max_value_bytes: max_value_bytes.value,
+        max_keys_per_command: max_keys_per_command.value,
         max_connections: max_connections.value,
         heartbeat_ms: heartbeat_ms.value,
         election_timeout_ms: election_timeout_ms.value,
@@ -595,6 +607,16 @@ mod tests {
             ("snapshot_entries = 0\n", "snapshot_entries must be at least 1"),
             ("worker_threads = 0\n", ":1:18: worker_threads must be at least 1"),
             ("worker_threads = 5000\n", ":1:18: worker_threads is 5000, more than 1024"),
+            (
+                "request_timeout_ms = 99999999999\n",
+                ":1:22: request_timeout_ms is 99999999999, more than 3600000",
+            ),
+            ("heartbeat_ms = 70000\n", ":1:16: heartbeat_ms is 70000, more than 60000"),
+            (
+                "election_timeout_ms = 18446744073709551615\n",
+                "election_timeout_ms is 18446744073709551615, more",
+            ),
+            ("max_keys_per_command = 0\n", "max_keys_per_command must be at least 1"),
             (
                 "join = \"127.0.0.1:7002\"\n[[peers]]\nid = 3\naddr = \"127.0.0.1:7003\"\n",
                 ":1:8: join and peers exclude each other",

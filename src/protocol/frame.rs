@@ -19,6 +19,19 @@ use tokio_util::codec::LengthDelimitedCodec;
 /// Default upper bound of one frame's payload, for both directions.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
+/// Room a frame between nodes keeps for everything around the log entries of an append, or the
+/// bytes of a snapshot chunk: the vote, log ids, the snapshot's membership, encoding overhead.
+pub const PEER_FRAME_MARGIN: usize = 16 * 1024;
+
+/// Room a log entry takes around its write: its log id and payload tag, encoded.
+pub const ENTRY_OVERHEAD: usize = 64;
+
+/// The largest write (by [`crate::command::Write::encoded_len_estimate`]) whose log entry still
+/// fits an append to a peer that accepts frames of `max_frame_bytes`.
+pub const fn max_write_bytes(max_frame_bytes: usize) -> usize {
+    max_frame_bytes.saturating_sub(PEER_FRAME_MARGIN + ENTRY_OVERHEAD)
+}
+
 /// Builds the length-delimited codec used on every connection.
 pub fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()

@@ -36,9 +36,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use std::future::Future;
 
-/// Room in a frame for everything around the entries of an `AppendEntries` or the bytes of a
-/// snapshot chunk: the vote, log ids, the snapshot's membership, encoding overhead.
-const FRAME_MARGIN: usize = 16 * 1024;
+use crate::protocol::frame::{ENTRY_OVERHEAD, PEER_FRAME_MARGIN as FRAME_MARGIN};
 
 type Error = RaftError<TypeConfig>;
 
@@ -156,16 +154,38 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
-        PeerClient { connection: PeerConnection::new(self.node_id, target, node.addr.clone()) }
+        PeerClient {
+            connection: PeerConnection::new(self.node_id, target, node.addr.clone()),
+            reported_unsendable: None,
+        }
     }
 }
 
 /// openraft's client for one peer.
 pub struct PeerClient {
     connection: PeerConnection,
+    /// The last entry found too big for the peer's frames, so that it is logged once.
+    reported_unsendable: Option<u64>,
 }
 
 impl PeerClient {
+    /// The error for an entry too big for the peer's frames: said loudly once per entry, then
+    /// reported to openraft as the peer being unreachable, so that it backs off instead of
+    /// sending it again and again.
+    fn unsendable(&mut self, entry: &EntryOf<TypeConfig>, max_frame: usize) -> RPCError<TypeConfig> {
+        let index = entry.log_id().index;
+        let why = format!(
+            "log entry {index} cannot be sent to node {}: it does not fit the {max_frame}-byte frames \
+             that node accepts (give every member the same max_frame_bytes)",
+            self.connection.target()
+        );
+        if self.reported_unsendable != Some(index) {
+            tracing::error!("{why}");
+            self.reported_unsendable = Some(index);
+        }
+        RPCError::Unreachable(Unreachable::from_string(why))
+    }
+
     /// Sends one RPC and reads its answer within `ttl`.
     async fn call(
         &mut self,
@@ -199,7 +219,7 @@ fn fitting_entries(entries: &[EntryOf<TypeConfig>], budget: usize) -> usize {
             EntryPayload::Normal(write) => write.encoded_len_estimate(),
             EntryPayload::Membership(membership) => 64 + 128 * membership.nodes().count(),
             EntryPayload::Blank => 0,
-        } + 64;
+        } + ENTRY_OVERHEAD;
         if used > budget {
             return n;
         }
@@ -234,8 +254,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let max_frame = self.connection.max_frame(option.hard_ttl()).await.map_err(rpc_error)?;
         let budget = max_frame.saturating_sub(FRAME_MARGIN);
-        // Always at least one entry: the node's own limits keep a single write within a frame.
-        let fits = fitting_entries(&rpc.entries, budget).max(1);
+        let fits = fitting_entries(&rpc.entries, budget);
+        if fits == 0 && !rpc.entries.is_empty() {
+            // Admission keeps every write within a frame of this node's own limit (see
+            // `Limits::max_write_bytes`); a peer configured with a smaller one cannot take it.
+            return Err(self.unsendable(&rpc.entries[0], max_frame));
+        }
         let sent_part = (fits < rpc.entries.len()).then(|| {
             rpc.entries.truncate(fits);
             rpc.entries.last().map(|e| e.log_id())

@@ -34,6 +34,10 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use test_each_file::test_each_path;
 
+/// The limits the scripts' commands are parsed with.
+const LIMITS: Limits =
+    Limits { max_key_bytes: 1024, max_value_bytes: 1024, max_keys: 100, max_write_bytes: 65536 };
+
 test_each_path! { in "src/server/testscripts/executor" as scripts => run_script }
 
 fn run_script(path: &std::path::Path) {
@@ -250,7 +254,7 @@ impl Cluster for FakeCluster {
     ) -> Vec<Outcome<Response>> {
         let step = self.step("forward");
         self.play(&step).await;
-        let limits = Limits { max_key_bytes: 1024, max_value_bytes: 1024 };
+        let limits = LIMITS;
         let outcomes: Vec<Outcome<Response>> = requests
             .iter()
             .enumerate()
@@ -434,7 +438,7 @@ impl goldenscript::Runner for Runner {
             }
             "run" => {
                 let (requests, forwarded_by) = Runner::requests(command)?;
-                let limits = Limits { max_key_bytes: 1024, max_value_bytes: 1024 };
+                let limits = LIMITS;
                 let cluster = &self.cluster;
                 let (answers, elapsed) = self.runtime.block_on(async {
                     let started = Instant::now();
@@ -452,7 +456,7 @@ impl goldenscript::Runner for Runner {
             }
             "ahead" => {
                 let (requests, forwarded_by) = Runner::requests(command)?;
-                let limits = Limits { max_key_bytes: 1024, max_value_bytes: 1024 };
+                let limits = LIMITS;
                 let cluster = &self.cluster;
                 let (proposed, answers) = self.runtime.block_on(async {
                     let mut executor = Executor::new(cluster, forwarded_by, limits);
