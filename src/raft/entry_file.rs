@@ -8,8 +8,12 @@
 //!
 //! A record is `u32 payload length | u32 CRC-32 of (index, payload) | u64 index | payload`,
 //! little-endian. Indexes increase along the file. Opening the file scans it and keeps an
-//! in-memory map from index to record; a record cut short or failing its checksum ends the log
-//! there (a crash during an append that was never acknowledged) and the file is cut back to it.
+//! in-memory map from index to record. A record cut short or failing its checksum with nothing
+//! valid after it ends the log there (a crash during an append that was never acknowledged), and
+//! the file is cut back to it. One with a valid record after it is damage, not a crash: opening
+//! fails and nothing is cut, since cutting would drop entries that were acknowledged. (A power
+//! loss that persisted a batch's later pages but not its earlier ones looks the same; the node
+//! then refuses to start rather than guess.)
 //!
 //! Truncating cuts the file. Purging only forgets records; the dead prefix is dropped by
 //! rewriting the live records into a new file, renamed over the old one, once it outweighs them.
@@ -52,7 +56,9 @@ pub struct EntryFile {
 }
 
 impl EntryFile {
-    /// Opens (or creates) the file, indexes its records and cuts off a torn tail.
+    /// Opens (or creates) the file, indexes its records and cuts off a torn tail. A record that
+    /// fails its checksum with a valid record after it is not a torn tail but damage: then the
+    /// file is left as it is and opening fails, naming the file and the record's offset.
     pub fn open(path: &Path) -> io::Result<EntryFile> {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         let len = file.metadata()?.len();
@@ -82,6 +88,20 @@ impl EntryFile {
         }
         let mut allocated = len;
         if offset < len && !zeros(&file, offset, len)? {
+            let last = index.last_key_value().map(|(last, _)| *last);
+            if let Some((found, entry)) = valid_record_after(&file, offset, len, last)? {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: the record at byte offset {offset} (after entry {}) is damaged, but a valid \
+                         record (entry {entry}) follows at offset {found}: the log is corrupt, not cut short \
+                         by a crash. Nothing was truncated. Restore this data dir from a backup, or remove the \
+                         node from the cluster and join a fresh one in its place",
+                        path.display(),
+                        last.map_or("none".to_string(), |l| l.to_string()),
+                    ),
+                ));
+            }
             tracing::warn!(
                 path = %path.display(),
                 kept = offset,
@@ -237,6 +257,30 @@ fn zeros(file: &File, from: u64, to: u64) -> io::Result<bool> {
     Ok(true)
 }
 
+/// The first valid record (its offset and entry index) after `from`, up to `len`: one whose
+/// checksum holds, for an entry after `last`. Looked for at every byte, since the damaged
+/// record's length cannot be trusted; only when the log does not end cleanly.
+fn valid_record_after(file: &File, from: u64, len: u64, last: Option<u64>) -> io::Result<Option<(u64, u64)>> {
+    let mut rest = vec![0; (len - from) as usize];
+    file.read_exact_at(&mut rest, from)?;
+    let last = last.unwrap_or(0);
+    for start in 1..rest.len().saturating_sub(HEADER) {
+        let header = &rest[start..start + HEADER];
+        let entry = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        // Entries are numbered upwards from the last good one: anything far off is not a header.
+        if entry <= last || entry - last > 1 << 40 {
+            continue;
+        }
+        let payload_len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+        let Some(payload) = rest.get(start + HEADER..start + HEADER + payload_len) else { continue };
+        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+        if checksum(entry, payload) == crc {
+            return Ok(Some((from + start as u64, entry)));
+        }
+    }
+    Ok(None)
+}
+
 fn checksum(index: u64, payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&index.to_le_bytes());
@@ -324,17 +368,36 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupted_record_ends_the_log_there() {
+    fn a_damaged_record_with_valid_records_after_it_is_corruption_and_nothing_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let mut file = EntryFile::open(&path).unwrap();
         file.append_now(&[(1, b"one"), (2, b"two"), (3, b"three")]).unwrap();
-        let second = file.index[&2].offset;
+        let (second, third) = (file.index[&2].offset, file.index[&3].offset);
         drop(file);
         let raw = OpenOptions::new().write(true).open(&path).unwrap();
         raw.write_all_at(b"TWO", second + HEADER as u64).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let error = EntryFile::open(&path).err().expect("opening fails").to_string();
+        assert!(error.contains(&format!("byte offset {second} (after entry 1)")), "{error}");
+        assert!(error.contains(&format!("(entry 3) follows at offset {third}")), "{error}");
+        assert!(error.contains(&path.display().to_string()), "{error}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was truncated");
+    }
+
+    #[test]
+    fn a_damaged_last_record_is_a_torn_tail_and_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut file = EntryFile::open(&path).unwrap();
+        file.append_now(&[(1, b"one"), (2, b"two"), (3, b"three")]).unwrap();
+        let third = file.index[&3].offset;
+        drop(file);
+        let raw = OpenOptions::new().write(true).open(&path).unwrap();
+        raw.write_all_at(b"THREE", third + HEADER as u64).unwrap();
         let file = EntryFile::open(&path).unwrap();
-        assert_eq!(payloads(&file), [(1, b"one".to_vec())]);
+        assert_eq!(payloads(&file), [(1, b"one".to_vec()), (2, b"two".to_vec())]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), third);
     }
 
     #[test]

@@ -31,6 +31,7 @@ use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Serialize, de::DeserializeOwned};
 use std::fmt::Debug;
+use std::fs::File;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
@@ -112,16 +113,35 @@ pub struct LogStore {
 impl LogStore {
     /// Opens (or creates) the log in `data_dir` and starts its writer thread, which ends when the
     /// last handle is dropped.
+    ///
+    /// Refuses a log that lost one of its two files while the other remains: without the vote
+    /// the node could vote twice in a term, and without the entries it would acknowledge and
+    /// vote as if it had never held entries it acknowledged.
     pub fn open(data_dir: &Path) -> io::Result<LogStore> {
         std::fs::create_dir_all(data_dir)?;
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(data_dir.join(LOG_FILE))
-            .map_err(io_error)?;
+        let (vote_path, entries_path) = (data_dir.join(LOG_FILE), data_dir.join(ENTRIES_FILE));
+        let (had_vote_file, had_entries_file) = (vote_path.exists(), entries_path.exists());
+        if had_entries_file && !had_vote_file {
+            return Err(missing(&vote_path, "the node's vote", &entries_path));
+        }
+        let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(&vote_path).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", vote_path.display()))
+        })?;
         let txn = db.begin_write().map_err(io_error)?;
         txn.open_table(META).map_err(io_error)?;
         txn.commit().map_err(io_error)?;
-        let mut file = EntryFile::open(&data_dir.join(ENTRIES_FILE))?;
+        if had_vote_file
+            && !had_entries_file
+            && read_meta::<VoteOf<TypeConfig>>(&db, VOTE)?.is_some()
+            && !has_old_entries(&db)?
+        {
+            return Err(missing(&entries_path, "the node's log entries", &vote_path));
+        }
+        let mut file = EntryFile::open(&entries_path)?;
+        if !had_vote_file || !had_entries_file {
+            // New files are durable only once the directory that names them is.
+            File::open(data_dir)?.sync_all()?;
+        }
         move_old_entries(&db, &mut file)?;
         let purged: Option<LogId> = read_meta(&db, PURGED)?;
         if let Some(purged) = purged {
@@ -149,6 +169,30 @@ impl LogStore {
         let (done, result) = oneshot::channel();
         self.ops.send(op(done)).map_err(|_| writer_gone())?;
         result.await.map_err(|_| writer_gone())?
+    }
+}
+
+/// The error for a data dir that lost the log file at `lost` (holding `what`) but kept `kept`.
+fn missing(lost: &Path, what: &str, kept: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "{} ({what}) is missing but {} exists: refusing to start, since a node that lost part of \
+             its Raft state could vote twice in a term or lose acknowledged writes. Restore the file, \
+             or remove the node from the cluster and join a fresh one in its place",
+            lost.display(),
+            kept.display()
+        ),
+    )
+}
+
+/// Whether an earlier version's log, kept in redb before the entries file existed, holds entries.
+fn has_old_entries(db: &Database) -> io::Result<bool> {
+    let txn = db.begin_read().map_err(io_error)?;
+    match txn.open_table(OLD_LOG) {
+        Ok(table) => Ok(!redb::ReadableTableMetadata::is_empty(&table).map_err(io_error)?),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(io_error(e)),
     }
 }
 
@@ -282,25 +326,30 @@ fn write_loop(shared: &Weak<Shared>, mut queue: mpsc::UnboundedReceiver<Op>) {
     // The writer's own handle on the entries file; a rewrite (purge) replaces the file.
     let mut handle: Option<std::fs::File> = None;
     while let Some(first) = queue.blocking_recv() {
-        let mut batch = vec![first];
-        while let Ok(op) = queue.try_recv() {
-            batch.push(op);
-        }
         let Some(shared) = shared.upgrade() else {
             // Every handle is gone; whoever queued these is no longer there to care.
             return;
         };
-        let committed = {
+        // The committed index is taken before the batch is gathered: openraft queues the append
+        // of every entry it commits before it saves the commit, so each entry this index covers
+        // is in this batch or an earlier one, and the index never reaches the disk ahead of them.
+        let (committed, dirty) = shared.committed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut batch = vec![first];
+        while let Ok(op) = queue.try_recv() {
+            batch.push(op);
+        }
+        let due = committed_written.elapsed() >= COMMITTED_EVERY;
+        let unwritten =
+            dirty && (due || batch.iter().any(|op| matches!(op, Op::Meta { .. } | Op::Purge { .. })));
+        let committed = committed.filter(|_| unwritten);
+        if unwritten {
+            committed_written = Instant::now();
             let mut slot = shared.committed.lock().unwrap_or_else(|p| p.into_inner());
-            let due = slot.1 && committed_written.elapsed() >= COMMITTED_EVERY;
-            let unwritten =
-                slot.1 && (due || batch.iter().any(|op| matches!(op, Op::Meta { .. } | Op::Purge { .. })));
-            if unwritten {
+            // Still to write only if a newer index came meanwhile.
+            if slot.0 == committed {
                 slot.1 = false;
-                committed_written = Instant::now();
             }
-            slot.0.clone().filter(|_| unwritten)
-        };
+        }
         let appends_only = batch.iter().all(|op| matches!(op, Op::Append { .. } | Op::Meta { .. }));
         let result = if appends_only {
             write_appends(&shared, &mut handle, &batch, committed.as_deref())

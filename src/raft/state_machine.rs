@@ -84,6 +84,17 @@ pub fn members_ever(store: &Store) -> Result<BTreeSet<u64>, StoreError> {
     Ok(read_members_ever(&table)?)
 }
 
+/// Whether the store holds applied entries (a fresh one has none). Before the state machine has
+/// created its table, it holds none.
+pub fn has_applied(store: &Store) -> Result<bool, StoreError> {
+    let txn = store.begin_read()?;
+    match txn.open_table(RAFT_META) {
+        Ok(table) => Ok(read_state(&table)?.0.is_some()),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(StoreError::storage(e)),
+    }
+}
+
 fn read_members_ever(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
 ) -> Result<BTreeSet<u64>, redb::Error> {

@@ -120,12 +120,22 @@ pub(super) fn removed(node: &Node, notice: RemovalNotice) -> bool {
         notice.by,
         notice.membership.log_id().map_or(0, |l| l.index),
     );
-    if let Err(e) = std::fs::write(node.config.data_dir.join(REMOVED_FILE), format!("{reason}\n")) {
+    if let Err(e) = write_durably(&node.config.data_dir, REMOVED_FILE, format!("{reason}\n").as_bytes()) {
         tracing::warn!(error = %e, "cannot record the removal in the data dir");
     }
     tracing::error!("{reason}; it stops serving now");
     node.stop.cancel();
     true
+}
+
+/// Writes `name` in `dir` and makes it durable: the file's data, then the directory entry that
+/// names it, so that a crash right after cannot lose the marker.
+fn write_durably(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(dir.join(name))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Executes a membership change on this node as the leader. Not applied when this node turned
@@ -432,8 +442,7 @@ pub(super) async fn join(node: std::sync::Arc<Node>, through: SocketAddr) {
     if let Err(why) = ask_until_done(&node, through, &add_learner).await {
         let refusal = Refusal::Join { through, why };
         tracing::error!("{refusal}; stopping");
-        *node.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(refusal);
-        node.stop.cancel();
+        node.fail(refusal.into());
         return;
     }
     tracing::info!(through = %through, "joined the cluster as a learner");

@@ -79,6 +79,10 @@ pub enum ServerError {
     Raft(String),
     #[error(transparent)]
     Refused(#[from] membership::Refusal),
+    #[error("{0}")]
+    DataDir(String),
+    #[error("the Raft core stopped: {0}")]
+    RaftFailed(String),
 }
 
 /// What every connection of a node shares.
@@ -106,7 +110,7 @@ struct Node {
     /// Cancelled when the node must stop by itself (it was removed, or could not join).
     stop: CancellationToken,
     /// Why the node stopped by itself, when that is a failure.
-    failure: std::sync::Mutex<Option<membership::Refusal>>,
+    failure: std::sync::Mutex<Option<ServerError>>,
 }
 
 impl Node {
@@ -118,6 +122,12 @@ impl Node {
         let leader = metrics.current_leader?;
         let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
         Some((leader, addr))
+    }
+
+    /// Stops the node by itself because of `failure`, which `run` then returns.
+    fn fail(&self, failure: ServerError) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
+        self.stop.cancel();
     }
 
     /// Asks openraft to hand this node's leadership to `successor`; false if it refused. Lease
@@ -134,6 +144,7 @@ impl Node {
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     membership::check_not_removed(&config.data_dir)?;
     let store = Arc::new(Store::open(&config.data_dir)?);
+    check_state_has_its_log(&config.data_dir, &store)?;
     let log = LogStore::open(&config.data_dir)?;
     let state_machine = StateMachine::open(store.clone(), config.snapshot_entries)?;
     let snapshot_due = state_machine.snapshot_due();
@@ -195,6 +206,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             () = &mut accepting => {}
             () = shutdown => tracing::info!("shutting down"),
             () = node.stop.cancelled() => tracing::info!("stopping"),
+            why = raft_core_failed(&node.raft) => {
+                // Serving on would answer every request with errors it cannot recover from.
+                tracing::error!(error = %why, "the Raft core stopped; the node exits");
+                node.fail(ServerError::RaftFailed(why));
+            }
         }
         // Still accepting: the successor's vote request and heartbeats must reach this node, or
         // it would go on believing it leads.
@@ -215,8 +231,39 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     tracing::info!("stopped");
     match node.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        Some(refusal) => Err(refusal.into()),
+        Some(failure) => Err(failure),
         None => Ok(()),
+    }
+}
+
+/// Refuses a data dir whose applied state survived but whose Raft log (with the vote) did not:
+/// the node could vote twice in a term. (A first start cut short after creating the store and
+/// before the log has applied nothing, and starts.)
+fn check_state_has_its_log(data_dir: &std::path::Path, store: &Store) -> Result<(), ServerError> {
+    let log = data_dir.join(crate::raft::log_store::LOG_FILE);
+    if !log.exists() && crate::raft::state_machine::has_applied(store)? {
+        return Err(ServerError::DataDir(format!(
+            "{} is missing but {} holds applied entries: refusing to start, since without its vote the \
+             node could vote twice in a term. Restore the file, or remove the node from the cluster and \
+             join a fresh one in its place",
+            log.display(),
+            data_dir.join(crate::store::STATE_FILE).display()
+        )));
+    }
+    Ok(())
+}
+
+/// Completes, with why, when openraft's core has stopped on a fatal error (a storage failure,
+/// for instance).
+async fn raft_core_failed(raft: &KvRaft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_watched().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "its metrics ended".to_string();
+        }
     }
 }
 
