@@ -210,7 +210,7 @@ impl<'n, C: Cluster> Executor<'n, C> {
                 }
                 (Part::Writes, _) => {
                     let writes = head.iter().filter_map(|i| i.write().cloned()).collect();
-                    let proposed = self.cluster.propose(writes, ack_wait(head), deadline).await;
+                    let proposed = self.cluster.propose(writes, ack_wait(head, timeout), deadline).await;
                     written_answers(self.cluster.id(), head, proposed.await)
                 }
                 (Part::Reads, _) => self.read(head, leader, deadline).await,
@@ -259,14 +259,15 @@ impl<'n, C: Cluster> Executor<'n, C> {
 }
 
 /// How long the answers to `run`'s writes wait for acknowledgements: as long as the most
-/// demanding request asks.
-pub(super) fn ack_wait(run: &[&Item]) -> AckWait {
+/// demanding request asks, and never past `bound` (the request timeout), whatever a client asks.
+pub(super) fn ack_wait(run: &[&Item], bound: Duration) -> AckWait {
     let min_acks = run.iter().filter_map(|i| i.request.min_acks).max();
     let ack_timeout = run
         .iter()
         .filter_map(|i| i.request.ack_timeout_ms)
         .max()
-        .map_or(DEFAULT_ACK_TIMEOUT, Duration::from_millis);
+        .map_or(DEFAULT_ACK_TIMEOUT, Duration::from_millis)
+        .min(bound);
     match min_acks {
         Some(n) => AckWait::AtLeast(n, ack_timeout),
         None if run.iter().any(|i| i.request.wait_acks) => AckWait::Healthy,

@@ -440,7 +440,7 @@ impl<'n> Ahead<'n> {
         let deadline = Instant::now() + cluster.request_timeout();
         let writes = items.iter().filter_map(|i| i.write().cloned()).collect();
         let run: Vec<&Item> = items.iter().collect();
-        let acks = executor::ack_wait(&run);
+        let acks = executor::ack_wait(&run, cluster.request_timeout());
         let proposed: Proposed<'n> = match cluster.propose_now(writes, acks, deadline).await {
             Some(proposed) => proposed,
             None => return Err(items),

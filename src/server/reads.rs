@@ -121,7 +121,12 @@ impl ReadBarrier {
 /// otherwise by a check shared through the barrier.
 pub(super) async fn leader_read_index(node: &Node) -> Option<u64> {
     if let Some(index) = node.lease.read_index(&node.raft) {
-        return Some(index);
+        // The read happens once this node has applied through the index; the lease must still
+        // hold then, or the read falls back to a quorum round.
+        let applied = applied_through(&node.raft, index, Instant::now() + node.lease.duration).await;
+        if applied && node.lease.read_index(&node.raft).is_some() {
+            return Some(index);
+        }
     }
     node.reads.read_index(|| core_read_index(&node.raft, node.lease.enabled)).await
 }
@@ -161,8 +166,14 @@ pub(super) struct LeaderLease {
     handing_over: AtomicBool,
 }
 
+/// The share of openraft's lease that lease reads trust: the rest is a margin for clocks that
+/// run at slightly different rates on the leader and its followers.
+const TRUSTED_LEASE: (u32, u32) = (4, 5);
+
 impl LeaderLease {
-    pub fn new(me: u64, enabled: bool, duration: Duration) -> LeaderLease {
+    /// Lease reads for node `me`, if `enabled`, trusting [`TRUSTED_LEASE`] of openraft's `lease`.
+    pub fn new(me: u64, enabled: bool, lease: Duration) -> LeaderLease {
+        let duration = lease * TRUSTED_LEASE.0 / TRUSTED_LEASE.1;
         LeaderLease { me, enabled, duration, handing_over: AtomicBool::new(false) }
     }
 
@@ -389,6 +400,8 @@ mod tests {
         let lease = LeaderLease::new(1, true, LEASE);
         assert_eq!(lease.judge(false, &leader_metrics(Duration::ZERO, 3)), Some(10));
         assert_eq!(lease.judge(false, &leader_metrics(LEASE, 3)), None, "lapsed");
+        assert_eq!(lease.judge(false, &leader_metrics(LEASE * 9 / 10, 3)), None, "within the drift margin");
+        assert_eq!(lease.judge(false, &leader_metrics(LEASE * 7 / 10, 3)), Some(10));
         assert_eq!(lease.judge(false, &leader_metrics(Duration::ZERO, 2)), None, "term not committed yet");
         let mut follower = leader_metrics(Duration::ZERO, 3);
         follower.state = ServerState::Follower;

@@ -14,7 +14,7 @@
 //!   `read-index`, `change` or `news` (a wait for leadership news). Outcomes: `ok`,
 //!   `not-leader`, `unreachable`, `stopping`, `unknown`, `refused` (a change), `none` (no read
 //!   index). An `OP` with nothing scripted succeeds at once.
-//! - `run [forwarded-by=N] [local] [min-acks=N] "CMD ARGS" ...`: executes one batch; prints each
+//! - `run [forwarded-by=N] [local] [min-acks=N] [ack-timeout=MS] "CMD ARGS" ...`: executes one batch; prints each
 //!   call the executor made of the cluster, then each answer, and the (paused) time it took.
 //! - `ahead [forwarded-by=N] "CMD ARGS" ...`: offers the batch to a forwarding connection's
 //!   propose-ahead window (the leader's half of forwarding); prints whether it was proposed
@@ -358,12 +358,14 @@ impl Runner {
         let mut forwarded_by = None;
         let mut local = false;
         let mut min_acks = None;
+        let mut ack_timeout_ms = None;
         let mut requests = Vec::new();
         for arg in &command.args {
             match arg {
                 goldenscript::Argument::KeyValue(key, value) => match key.as_str() {
                     "forwarded-by" => forwarded_by = Some(value.parse()?),
                     "min-acks" => min_acks = Some(value.parse()?),
+                    "ack-timeout" => ack_timeout_ms = Some(value.parse()?),
                     other => return Err(format!("unknown key {other}").into()),
                 },
                 goldenscript::Argument::Positional(word) if word == "local" => local = true,
@@ -378,6 +380,7 @@ impl Runner {
         for request in &mut requests {
             request.local = local;
             request.min_acks = min_acks;
+            request.ack_timeout_ms = ack_timeout_ms;
         }
         Ok((requests, forwarded_by))
     }
