@@ -247,8 +247,21 @@ node_settings! {
     max_value_bytes: usize = 1024 * 1024, "1048576", "BYTES", at_least 1;
     /// The most keys one command may name (`DEL`, `EXISTS`); more are refused with `TOO_LARGE`.
     max_keys_per_command: usize = 10_000, "10000", "N", at_least 1, at_most 10_000_000;
-    /// Connections served at once; more are refused with `BUSY`.
+    /// Client connections served at once; more are refused with `BUSY`. Other members'
+    /// connections are counted apart, so clients can never crowd them out.
     max_connections: usize = 1024, "1024", "N", at_least 1, at_most 1_000_000;
+    /// A client connection that sends nothing for this long is closed, in milliseconds (0:
+    /// never).
+    idle_timeout_ms: u64 = 300_000, "300000", "MS", at_most 86_400_000;
+    /// A client that does not read its answers for this long is disconnected, in milliseconds.
+    write_timeout_ms: u64 = 30_000, "30000", "MS", at_least 1, at_most 3_600_000;
+    /// What one connection may hold, in bytes: requests read and not yet executed, and answers
+    /// produced and not yet sent. A client that stops reading stops the node reading its
+    /// requests once this much waits for it.
+    connection_buffer_bytes: usize = 8 * 1024 * 1024, "8388608", "BYTES", at_least 1;
+    /// Request bytes all connections together may have read and not yet answered; past it, the
+    /// node reads no more requests until answers go out.
+    max_inflight_request_bytes: usize = 256 * 1024 * 1024, "268435456", "BYTES", at_least 1;
     /// How often the leader sends heartbeats, in milliseconds.
     heartbeat_ms: u64 = 100, "100", "MS", at_least 1, at_most 60_000;
     /// A follower that hears no leader for a random time between this and twice this
@@ -382,6 +395,10 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         max_value_bytes,
         max_keys_per_command,
         max_connections,
+        idle_timeout_ms,
+        write_timeout_ms,
+        connection_buffer_bytes,
+        max_inflight_request_bytes,
         heartbeat_ms,
         election_timeout_ms,
         request_timeout_ms,
@@ -444,6 +461,12 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
             3 * heartbeat_ms.value
         )));
     }
+    if max_inflight_request_bytes.value < max_frame_bytes.value {
+        return Err(max_inflight_request_bytes.origin.error(format!(
+            "max_inflight_request_bytes is {}, less than one frame (max_frame_bytes = {})",
+            max_inflight_request_bytes.value, max_frame_bytes.value
+        )));
+    }
     if max_frame_bytes.value > u32::MAX as usize {
         return Err(max_frame_bytes.origin.error("max_frame_bytes must fit a 32-bit length prefix"));
     }
@@ -470,6 +493,10 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         max_value_bytes: max_value_bytes.value,
         max_keys_per_command: max_keys_per_command.value,
         max_connections: max_connections.value,
+        idle_timeout_ms: idle_timeout_ms.value,
+        write_timeout_ms: write_timeout_ms.value,
+        connection_buffer_bytes: connection_buffer_bytes.value,
+        max_inflight_request_bytes: max_inflight_request_bytes.value,
         heartbeat_ms: heartbeat_ms.value,
         election_timeout_ms: election_timeout_ms.value,
         request_timeout_ms: request_timeout_ms.value,

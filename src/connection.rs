@@ -41,8 +41,11 @@ pub struct FrameReader {
 }
 
 /// Sends messages. `feed` buffers, `flush` writes what is buffered in as few syscalls as it can.
+/// `feed` also writes once enough is buffered, so it waits while the peer is not reading.
 pub struct FrameWriter {
     inner: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    /// How long one write may wait for the peer to read before it fails; `None`: forever.
+    write_timeout: Option<std::time::Duration>,
 }
 
 /// Splits a stream into typed frame halves, with `max_frame_bytes` as the limit for reading.
@@ -53,24 +56,29 @@ pub fn split(stream: TcpStream, max_frame_bytes: usize) -> (FrameReader, FrameWr
     (
         FrameReader { inner: FramedRead::new(read, frame::codec(max_frame_bytes)) },
         // Our own writes are bounded by what we choose to send, not by the peer's limit.
-        FrameWriter { inner: FramedWrite::new(write, frame::codec(u32::MAX as usize)) },
+        FrameWriter { inner: FramedWrite::new(write, frame::codec(u32::MAX as usize)), write_timeout: None },
     )
 }
 
 impl FrameReader {
     /// Reads the next message: `Ok(None)` at a clean end of stream.
     pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ReadError> {
+        Ok(self.read_sized().await?.map(|(message, _)| message))
+    }
+
+    /// Reads the next message and the size of its frame's payload.
+    pub async fn read_sized<T: DeserializeOwned>(&mut self) -> Result<Option<(T, usize)>, ReadError> {
         match self.inner.next().await {
             None => Ok(None),
-            Some(Ok(payload)) => Ok(Some(frame::decode(&payload)?)),
+            Some(Ok(payload)) => Ok(Some((frame::decode(&payload)?, payload.len()))),
             Some(Err(e)) => Err(classify(e, self.inner.decoder().max_frame_length())),
         }
     }
 
-    /// Reads a message only if one can be had without waiting: `None` if not. Used to gather the
-    /// requests a client has pipelined into one batch.
-    pub fn read_ready<T: DeserializeOwned>(&mut self) -> Option<Result<Option<T>, ReadError>> {
-        self.read().now_or_never()
+    /// Reads a message (and its size) only if one can be had without waiting: `None` if not.
+    /// Used to gather the requests a client has pipelined into one batch.
+    pub fn read_ready<T: DeserializeOwned>(&mut self) -> Option<Result<Option<(T, usize)>, ReadError>> {
+        self.read_sized().now_or_never()
     }
 
     /// On a request/response connection with nothing outstanding, whether the other side has
@@ -98,23 +106,55 @@ fn classify(e: io::Error, max: usize) -> ReadError {
 }
 
 impl FrameWriter {
-    /// Queues a message without writing it yet.
+    /// Fails every later write that waits longer than `timeout` for the peer to read.
+    pub fn set_write_timeout(&mut self, timeout: std::time::Duration) {
+        self.write_timeout = Some(timeout);
+    }
+
+    /// Queues a message, writing what is buffered once there is enough of it.
     pub async fn feed<T: Serialize>(&mut self, message: &T) -> io::Result<()> {
-        self.inner.feed(frame::encode(message)).await
+        let payload = frame::encode(message);
+        self.bounded(|inner| inner.feed(payload)).await
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {
-        SinkExt::<bytes::Bytes>::flush(&mut self.inner).await
+        self.bounded(|inner| SinkExt::<bytes::Bytes>::flush(inner)).await
     }
 
     /// Sends one message now.
     pub async fn send<T: Serialize>(&mut self, message: &T) -> io::Result<()> {
-        self.inner.send(frame::encode(message)).await
+        let payload = frame::encode(message);
+        self.bounded(|inner| inner.send(payload)).await
     }
 
     /// Sends one message now, without field names ([`frame::encode_compact`]).
     pub async fn send_compact<T: Serialize>(&mut self, message: &T) -> io::Result<()> {
-        self.inner.send(frame::encode_compact(message)).await
+        let payload = frame::encode_compact(message);
+        self.bounded(|inner| inner.send(payload)).await
+    }
+
+    /// Runs a write within the write timeout, if there is one. A write that completes at once
+    /// (the usual case) sets no timer.
+    async fn bounded<'a, F, Fut>(&'a mut self, write: F) -> io::Result<()>
+    where
+        F: FnOnce(&'a mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>) -> Fut,
+        Fut: std::future::Future<Output = io::Result<()>> + 'a,
+    {
+        let timeout = self.write_timeout;
+        let write = write(&mut self.inner);
+        tokio::pin!(write);
+        if let Some(done) = (&mut write).now_or_never() {
+            return done;
+        }
+        match timeout {
+            None => write.await,
+            Some(timeout) => tokio::time::timeout(timeout, write).await.unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the peer read nothing for {} ms", timeout.as_millis()),
+                ))
+            }),
+        }
     }
 
     /// The socket under this half.

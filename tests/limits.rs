@@ -75,3 +75,129 @@ fn oversized_deletes_are_refused_before_the_log_and_other_writes_go_on() {
     let after = cluster.cli(&["-c", "SET after yes", "-c", "GET after"]);
     assert_eq!(after.stdout, "OK\nyes\n", "{after:?}");
 }
+
+/// The resident memory of process `pid`, in bytes.
+fn rss(pid: nix::unistd::Pid) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// One frame: a 4-byte big-endian length, then the payload.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// A connection that says hello, then sends `count` pipelined `GET key` and never reads an
+/// answer. Returns once the node stops taking its requests (its socket stays full for a
+/// second) or all are sent.
+fn greedy_reader(addr: std::net::SocketAddr, key: &str, count: usize) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let hello = Hello { version: PROTOCOL_VERSION, client: "greedy".into(), peer: None, forwarded_by: None };
+    stream.write_all(&frame(&kv::protocol::frame::encode(&hello))).unwrap();
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).unwrap();
+    let mut welcome = vec![0; u32::from_be_bytes(length) as usize];
+    stream.read_exact(&mut welcome).unwrap();
+    let mut requests = Vec::new();
+    for id in 1..=count as u64 {
+        let request = kv::protocol::message::Request::new(
+            id,
+            vec![serde_bytes::ByteBuf::from("GET"), serde_bytes::ByteBuf::from(key)],
+        );
+        requests.extend(frame(&kv::protocol::frame::encode(&request)));
+    }
+    stream.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    // A full socket that stays full is the node no longer reading: backpressure.
+    let _ = stream.write_all(&requests);
+    stream
+}
+
+/// The measurement: 20 connections that each pipelined 3,000 `GET`s of a 1 MiB value
+/// and never read took a node to 5.5 GB. Here 10 connections pipeline 3,000 `GET`s of a 256 KiB
+/// value (unbounded, 2.5 GB of answers): the node stops reading them once each has its answer
+/// budget waiting, stays under a stated bound, serves another client throughout, and drops
+/// them once they have read nothing for the write timeout.
+#[test]
+fn clients_that_never_read_their_answers_are_bounded_and_then_disconnected() {
+    const BOUND: u64 = 400 * 1024 * 1024;
+    let node = common::TestNode::start(&["--write-timeout-ms", "3000"]);
+    let addrs = vec![node.addr.to_string()];
+    let value = "v".repeat(256 * 1024);
+    let set = common::call(&addrs, &["SET", "big", &value]).expect("an answer");
+    assert_eq!(set.reply, Reply::ok());
+    let readers: Vec<_> = (0..10).map(|_| greedy_reader(node.addr, "big", 3000)).collect();
+    let mut peak = 0;
+    common::wait_until("every greedy reader to be disconnected", Duration::from_secs(60), || {
+        peak = peak.max(rss(node.pid()));
+        let served = common::call(&addrs, &["SET", "other", "yes"]).expect("another client is served");
+        assert_eq!(served.reply, Reply::ok());
+        node.log_text().matches("read nothing for 3000 ms").count() >= readers.len()
+    });
+    assert!(peak < BOUND, "the node's RSS peaked at {} MiB", peak / 1024 / 1024);
+    drop(readers);
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Clients fill every node's `max_connections` and sit idle; the leader dies. Members'
+/// connections are counted apart from clients', so the others still reach each other, elect a
+/// leader and commit.
+#[test]
+fn clients_filling_every_slot_cannot_keep_the_cluster_from_electing_and_committing() {
+    let mut cluster = TestCluster::start(3, &["--max-connections", "4"]);
+    let leader = cluster.wait_for_a_leader();
+    let runtime = runtime();
+    let mut held = Vec::new();
+    for node in &cluster.nodes {
+        let addr = node.addr.to_string();
+        // The harness's own probes may hold a slot for a moment.
+        common::wait_until("every client slot to be taken", Duration::from_secs(20), || {
+            if let Ok((client, _)) =
+                runtime.block_on(kv::client::Client::connect(&addr, Duration::from_secs(5)))
+            {
+                held.push((node.addr, client));
+            }
+            held.iter().filter(|(a, _)| *a == node.addr).count() == 4
+        });
+    }
+    let busy = cluster.nodes[0].cli(&["-c", "PING"]);
+    assert!(busy.stderr.contains("BUSY"), "every slot is taken: {busy:?}");
+    let leader_addr = cluster.nodes[leader as usize - 1].addr;
+    cluster.node(leader).kill9();
+    // Write through a connection already held on a survivor: its node must find the new leader.
+    let (_, client) = held.iter_mut().find(|(addr, _)| *addr != leader_addr).unwrap();
+    let mut committed = false;
+    for _ in 0..5 {
+        let answer =
+            runtime.block_on(client.call(vec![b"SET".to_vec(), b"after".to_vec(), b"kill".to_vec()]));
+        if answer.is_ok_and(|a| a.reply == Reply::ok()) {
+            committed = true;
+            break;
+        }
+    }
+    assert!(committed, "the survivors elected a leader and committed");
+}
+
+/// A client that sends nothing for `idle_timeout_ms` is disconnected; one that keeps talking is
+/// not.
+#[test]
+fn idle_clients_are_disconnected() {
+    let node = common::TestNode::start(&["--idle-timeout-ms", "300"]);
+    let runtime = runtime();
+    let addr = node.addr.to_string();
+    let (mut idle, _) = runtime.block_on(kv::client::Client::connect(&addr, Duration::from_secs(5))).unwrap();
+    let (mut busy, _) = runtime.block_on(kv::client::Client::connect(&addr, Duration::from_secs(5))).unwrap();
+    let started = std::time::Instant::now();
+    common::wait_until("the idle connection to be closed", Duration::from_secs(10), || {
+        let ping = runtime.block_on(busy.call(vec![b"PING".to_vec()]));
+        assert!(ping.is_ok(), "a client that keeps talking stays connected: {ping:?}");
+        idle.gone_while_idle()
+    });
+    assert!(started.elapsed() >= Duration::from_millis(300), "not before the timeout");
+}

@@ -78,7 +78,23 @@ impl Item {
     pub fn answer(&self, reply: Reply) -> Response {
         Response::new(self.request.id, reply)
     }
+
+    /// The most bytes this request's answer can take: a value for a `GET`, a table for `CLUSTER`,
+    /// a short status, count or error for anything else.
+    pub fn answer_bound(&self, limits: &Limits) -> usize {
+        match &self.command {
+            Ok(Command::Read(Read::Get { .. })) => limits.max_value_bytes + SMALL_ANSWER_BYTES,
+            Ok(Command::Cluster) => TABLE_ANSWER_BYTES,
+            _ => SMALL_ANSWER_BYTES,
+        }
+    }
 }
+
+/// The most an answer that carries no value takes (a status, a count, an error message, a write's
+/// replication picture).
+const SMALL_ANSWER_BYTES: usize = 1024;
+/// The most the `CLUSTER` table takes.
+const TABLE_ANSWER_BYTES: usize = 64 * 1024;
 
 /// Executes the batches of one client connection.
 pub(super) struct Executor<'n, C> {
@@ -87,11 +103,15 @@ pub(super) struct Executor<'n, C> {
     /// leader, we answer `NOT_LEADER` and let that node re-route.
     forwarded_by: Option<u64>,
     limits: Limits,
+    /// A read index obtained for the batch being executed, and the leader that confirmed it.
+    /// Every request of the batch arrived before it was asked for, so the batch's later reads
+    /// may use it too, until a change goes through (a read after a write must see it).
+    batch_read_index: Option<(u64, u64)>,
 }
 
 impl<'n, C: Cluster> Executor<'n, C> {
     pub fn new(cluster: &'n C, forwarded_by: Option<u64>, limits: Limits) -> Executor<'n, C> {
-        Executor { cluster, forwarded_by, limits }
+        Executor { cluster, forwarded_by, limits, batch_read_index: None }
     }
 
     pub fn cluster(&self) -> &'n C {
@@ -100,6 +120,12 @@ impl<'n, C: Cluster> Executor<'n, C> {
 
     pub fn forwarded_by(&self) -> Option<u64> {
         self.forwarded_by
+    }
+
+    /// Starts a new batch: the requests about to be executed arrived after any read index
+    /// obtained so far.
+    pub fn new_batch(&mut self) {
+        self.batch_read_index = None;
     }
 
     /// Parses a batch of requests; a request that does not parse is answered with why.
@@ -202,6 +228,9 @@ impl<'n, C: Cluster> Executor<'n, C> {
             let deadline = Instant::now() + timeout;
             let (part, len) = Part::at_head(rest, leading);
             let head = &rest[..len];
+            if !matches!(part, Part::Reads) {
+                self.batch_read_index = None;
+            }
             let done = match (part, leader) {
                 (Part::MembershipChange, _) => {
                     let admin = head[0].admin().expect("a membership part holds one change");
@@ -234,19 +263,24 @@ impl<'n, C: Cluster> Executor<'n, C> {
     /// Answers consecutive reads from this node's state once it has applied through a read index
     /// obtained after they arrived (this node's own as the leader, or the leader's), or not at
     /// all.
-    async fn read(&self, run: &[&Item], leader: &Leader, deadline: Instant) -> Vec<Outcome<Response>> {
-        let ready = match self.cluster.read_index(leader, deadline).await {
-            Some(index) => self.cluster.applied_through(index, deadline).await,
-            None => false,
-        };
-        if !ready {
-            return run.iter().map(|_| Outcome::NotApplied(NotApplied::NoReadIndex)).collect();
-        }
-        let reads: Vec<&Read> = run.iter().filter_map(|i| i.read()).collect();
+    async fn read(&mut self, run: &[&Item], leader: &Leader, deadline: Instant) -> Vec<Outcome<Response>> {
         let confirmed_by = match leader {
             Leader::Other { id, .. } => *id,
             _ => self.cluster.id(),
         };
+        let index = match self.batch_read_index {
+            Some((by, index)) if by == confirmed_by => Some(index),
+            _ => self.cluster.read_index(leader, deadline).await,
+        };
+        let ready = match index {
+            Some(index) => self.cluster.applied_through(index, deadline).await,
+            None => false,
+        };
+        let Some(index) = index.filter(|_| ready) else {
+            return run.iter().map(|_| Outcome::NotApplied(NotApplied::NoReadIndex)).collect();
+        };
+        self.batch_read_index = Some((confirmed_by, index));
+        let reads: Vec<&Read> = run.iter().filter_map(|i| i.read()).collect();
         run.iter()
             .zip(self.cluster.read(&reads))
             .map(|(item, reply)| {

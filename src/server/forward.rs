@@ -427,10 +427,13 @@ impl<'n> Ahead<'n> {
     /// and keeps the future of its answers. Gives the batch back when it must run the usual way,
     /// after everything proposed ahead is answered: it holds anything but writes, the client is
     /// not a forwarding node, this node does not lead, or a leadership handover is under way.
-    pub async fn propose<C: Cluster>(
+    ///
+    /// `held` (what the batch holds of the node's capacity) is kept until its answers are known.
+    pub async fn propose<C: Cluster, H: Send + 'n>(
         &mut self,
         executor: &Executor<'n, C>,
         items: Vec<Item>,
+        held: H,
     ) -> Result<(), Vec<Item>> {
         let cluster = executor.cluster();
         let Some(by) = executor.forwarded_by() else { return Err(items) };
@@ -449,6 +452,7 @@ impl<'n> Ahead<'n> {
         self.batches.push_back(Box::pin(async move {
             let run: Vec<&Item> = items.iter().collect();
             let outcomes = executor::written_answers(me, &run, proposed.await);
+            drop(held);
             let not_leader = executor::not_leader(me, by);
             outcomes
                 .into_iter()

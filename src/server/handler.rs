@@ -11,6 +11,16 @@
 //! while it commits (the leader's half of forwarding, [`super::forward::Ahead`]). Anything else
 //! waits until those are answered.
 //!
+//! What a connection can make the node hold is bounded. Before its hello it holds one of a
+//! few handshake slots, for [`HELLO_TIMEOUT`] at most; after it, a client holds one of
+//! `max_connections` slots and another member one of [`MAX_MEMBER_CONNECTIONS`], so clients can
+//! never crowd out the cluster's own traffic. A batch stops growing at `connection_buffer_bytes`
+//! of requests, and holds its bytes of the node-wide `max_inflight_request_bytes` until it is
+//! answered; its answers are produced in slices of at most that budget ([`answer_slices`]) and
+//! written as they come, so a client that does not read stops the node reading its requests,
+//! and one that reads nothing for `write_timeout_ms` is disconnected. A client that sends nothing
+//! for `idle_timeout_ms` is disconnected too.
+//!
 //! Errors in a command are answers (the connection stays usable). Errors in the byte stream are
 //! not: a frame over the limit, an undecodable payload, or a stream cut inside a frame closes this
 //! connection, after an error frame where the peer can still read one. Nothing a client sends
@@ -19,34 +29,49 @@
 use super::Node;
 use super::cluster::Cluster;
 use super::control::serve_peer;
-use super::executor::Executor;
+use super::executor::{Executor, Item};
 use super::forward::Ahead;
+use crate::command::Limits;
 use crate::connection::{self, FrameReader, FrameWriter, ReadError};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::message::{ErrorCode, Hello, HelloReply, Reply, Request, Response};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// A client must say hello this soon after connecting, so that silent sockets cannot hold one of
 /// the node's connection slots forever.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most requests executed as one batch; more stay buffered for the next one.
 const MAX_BATCH: usize = 1024;
+/// Connections from other members (Raft, control, forwarding) served at once, apart from
+/// clients' `max_connections`.
+pub(super) const MAX_MEMBER_CONNECTIONS: usize = 256;
 /// After telling a client the node is going away, how long to wait for it to hang up before
 /// closing (closing on unread data would reset the connection and could destroy the notice).
 const LINGER: Duration = Duration::from_secs(1);
 
-pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, node: &Node, token: &CancellationToken) {
+/// Serves one accepted connection. `handshaking` is its handshake slot, given back once it has
+/// said what it is.
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    node: &Node,
+    token: &CancellationToken,
+    handshaking: OwnedSemaphorePermit,
+) {
     let (mut reader, mut writer) = connection::split(stream, node.config.max_frame_bytes);
-    let hello = match handshake(&mut reader, &mut writer, node).await {
-        Ok(hello) => hello,
+    let (hello, _slot) = match handshake(&mut reader, &mut writer, node).await {
+        Ok(admitted) => admitted,
         Err(reason) => {
             tracing::debug!(%peer, reason, "connection refused at hello");
             return;
         }
     };
+    drop(handshaking);
     if let Some(member) = hello.peer {
         tracing::debug!(%peer, member, "peer connected");
         // Raft traffic ends with the connection or the node, whichever comes first.
@@ -61,8 +86,19 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, node: &Node, toke
         return;
     }
     tracing::debug!(%peer, client = hello.client, forwarded_by = hello.forwarded_by, "client connected");
+    writer.set_write_timeout(Duration::from_millis(node.config.write_timeout_ms));
+    // A follower's forwarding link is idle whenever its clients are; it is never closed for it.
+    let idle = (hello.forwarded_by.is_none() && node.config.idle_timeout_ms > 0)
+        .then(|| Duration::from_millis(node.config.idle_timeout_ms));
+    let budget = Budget {
+        connection_bytes: node.config.connection_buffer_bytes,
+        inflight: node.inflight.clone(),
+        inflight_kib: node.inflight_kib,
+        limits: node.config.limits(),
+        idle,
+    };
     let mut executor = Executor::new(node, hello.forwarded_by, node.config.limits());
-    let outcome = serve_requests(&mut reader, &mut writer, &mut executor, token).await;
+    let outcome = serve_requests(&mut reader, &mut writer, &mut executor, &budget, token).await;
     match outcome {
         Ok(()) => tracing::debug!(%peer, "client disconnected"),
         Err(e) if e.is_protocol_violation() => {
@@ -74,31 +110,71 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, node: &Node, toke
     }
 }
 
-/// Reads the hello and answers it. `Err` carries why the connection is being dropped.
-async fn handshake(reader: &mut FrameReader, writer: &mut FrameWriter, node: &Node) -> Result<Hello, String> {
+/// What bounds one client connection.
+struct Budget {
+    /// Requests gathered into a batch, and answers in a slice, at most (see [`answer_slices`]).
+    connection_bytes: usize,
+    /// The node's request bytes in flight, in KiB, and how many there are in all.
+    inflight: Arc<Semaphore>,
+    inflight_kib: u32,
+    limits: Limits,
+    /// How long the client may send nothing; `None`: forever.
+    idle: Option<Duration>,
+}
+
+impl Budget {
+    /// Takes `bytes` of the node's in-flight request bytes (all of them at most), waiting for
+    /// other connections' answers to free them.
+    async fn hold(&self, bytes: usize) -> OwnedSemaphorePermit {
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, self.inflight_kib);
+        self.inflight.clone().acquire_many_owned(kib).await.expect("the node never closes it")
+    }
+}
+
+/// Reads the hello, takes a slot for what the connection says it is, and answers. `Err` carries
+/// why the connection is being dropped.
+async fn handshake(
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+    node: &Node,
+) -> Result<(Hello, OwnedSemaphorePermit), String> {
     let refusal = match tokio::time::timeout(HELLO_TIMEOUT, reader.read::<Hello>()).await {
-        Err(_) => Some((ErrorCode::Protocol, format!("no hello within {HELLO_TIMEOUT:?}"))),
+        Err(_) => (ErrorCode::Protocol, format!("no hello within {HELLO_TIMEOUT:?}")),
         Ok(Ok(None)) => return Err("closed before hello".into()),
         Ok(Err(e)) if !e.is_protocol_violation() => return Err(e.to_string()),
-        Ok(Err(e)) => Some((ErrorCode::Protocol, format!("expected a hello frame: {e}"))),
-        Ok(Ok(Some(hello))) if hello.version != PROTOCOL_VERSION => Some((
+        Ok(Err(e)) => (ErrorCode::Protocol, format!("expected a hello frame: {e}")),
+        Ok(Ok(Some(hello))) if hello.version != PROTOCOL_VERSION => (
             ErrorCode::VersionMismatch,
             format!(
                 "this node speaks protocol version {PROTOCOL_VERSION}, the client asked for {}",
                 hello.version
             ),
-        )),
+        ),
         Ok(Ok(Some(hello))) => {
-            let welcome = HelloReply::Welcome {
-                version: PROTOCOL_VERSION,
-                node_id: node.config.id,
-                max_frame_bytes: node.config.max_frame_bytes as u64,
+            let member = hello.peer.is_some() || hello.forwarded_by.is_some();
+            let (slots, max, whose) = if member {
+                (&node.member_slots, MAX_MEMBER_CONNECTIONS, "connections from other members")
+            } else {
+                (&node.client_slots, node.config.max_connections, "connections")
             };
-            writer.send(&welcome).await.map_err(|e| e.to_string())?;
-            return Ok(hello);
+            match slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    let welcome = HelloReply::Welcome {
+                        version: PROTOCOL_VERSION,
+                        node_id: node.config.id,
+                        max_frame_bytes: node.config.max_frame_bytes as u64,
+                    };
+                    writer.send(&welcome).await.map_err(|e| e.to_string())?;
+                    return Ok((hello, slot));
+                }
+                Err(_) => (
+                    ErrorCode::Busy,
+                    format!("the node is serving its maximum of {max} {whose}; try again later"),
+                ),
+            }
         }
     };
-    let (code, message) = refusal.expect("every other arm returns");
+    let (code, message) = refusal;
     let _ = writer.send(&HelloReply::Refused { code, message: message.clone() }).await;
     Err(message)
 }
@@ -126,6 +202,7 @@ async fn serve_requests<C: Cluster>(
     reader: &mut FrameReader,
     writer: &mut FrameWriter,
     executor: &mut Executor<'_, C>,
+    budget: &Budget,
     token: &CancellationToken,
 ) -> Result<(), ReadError> {
     let mut ahead = Ahead::new();
@@ -139,18 +216,21 @@ async fn serve_requests<C: Cluster>(
                 ahead.send(answers, writer).await?;
                 continue;
             }
-            read = reader.read::<Request>(), if ahead.has_room() => read,
+            read = read_within(reader, budget.idle), if ahead.has_room() => read,
         };
-        let Some(first) = first? else {
+        let Some((first, mut bytes)) = first? else {
             ahead.answer_all(writer).await?;
             return Ok(());
         };
         let mut batch = vec![first];
         // A protocol error behind good requests still lets those be answered first.
         let mut broken = None;
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes < budget.connection_bytes {
             match reader.read_ready::<Request>() {
-                Some(Ok(Some(request))) => batch.push(request),
+                Some(Ok(Some((request, size)))) => {
+                    batch.push(request);
+                    bytes += size;
+                }
                 Some(Err(e)) => {
                     broken = Some(e);
                     break;
@@ -158,12 +238,16 @@ async fn serve_requests<C: Cluster>(
                 Some(Ok(None)) | None => break,
             }
         }
+        let held = budget.hold(bytes).await;
         let items = executor.parse(batch);
-        if let Err(items) = ahead.propose(executor, items).await {
+        executor.new_batch();
+        if let Err(items) = ahead.propose(executor, items, held).await {
             // Everything else runs after what was proposed ahead, as the client sent it.
             ahead.answer_all(writer).await?;
-            for response in executor.execute(items).await {
-                writer.feed(&response).await.map_err(ReadError::Io)?;
+            for slice in answer_slices(items, budget.connection_bytes, &budget.limits) {
+                for response in executor.execute(slice).await {
+                    writer.feed(&response).await.map_err(ReadError::Io)?;
+                }
             }
             writer.flush().await.map_err(ReadError::Io)?;
         }
@@ -172,4 +256,43 @@ async fn serve_requests<C: Cluster>(
             return Err(e);
         }
     }
+}
+
+/// The next request and its size, or the end of the stream; an idle client is treated as gone.
+async fn read_within(
+    reader: &mut FrameReader,
+    idle: Option<Duration>,
+) -> Result<Option<(Request, usize)>, ReadError> {
+    match idle {
+        None => reader.read_sized().await,
+        Some(idle) => match tokio::time::timeout(idle, reader.read_sized()).await {
+            Ok(read) => read,
+            Err(_) => {
+                tracing::debug!("closing a connection idle for {idle:?}");
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// Cuts a batch into slices whose answers, each at its largest, fit `budget` bytes together, so
+/// that a batch of large reads is answered a slice at a time; a slice takes at least one
+/// request.
+fn answer_slices(items: Vec<Item>, budget: usize, limits: &Limits) -> Vec<Vec<Item>> {
+    let mut slices = Vec::new();
+    let mut slice = Vec::new();
+    let mut used = 0;
+    for item in items {
+        let bound = item.answer_bound(limits);
+        if !slice.is_empty() && used + bound > budget {
+            slices.push(std::mem::take(&mut slice));
+            used = 0;
+        }
+        used += bound;
+        slice.push(item);
+    }
+    if !slice.is_empty() {
+        slices.push(slice);
+    }
+    slices
 }

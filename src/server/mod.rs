@@ -42,8 +42,6 @@ mod seen;
 mod status;
 
 use crate::config::NodeConfig;
-use crate::connection;
-use crate::protocol::message::{ErrorCode, HelloReply};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::PeerNetwork;
 use crate::raft::state_machine::{StateMachine, request_snapshots};
@@ -57,7 +55,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -107,6 +105,14 @@ struct Node {
     /// over, so that no write is appended to a log the successor has not seen (it would be
     /// discarded, and its client told its outcome is unknown).
     proposing: tokio::sync::RwLock<()>,
+    /// Client connections' slots (`max_connections`).
+    client_slots: Arc<Semaphore>,
+    /// Other members' connections' slots, apart from clients'.
+    member_slots: Arc<Semaphore>,
+    /// Request bytes read and not yet answered, over all connections, in KiB; and how many KiB
+    /// there are in all.
+    inflight: Arc<Semaphore>,
+    inflight_kib: u32,
     /// Cancelled when the node must stop by itself (it was removed, or could not join).
     stop: CancellationToken,
     /// Why the node stopped by itself, when that is a failure.
@@ -177,6 +183,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 
     let id = config.id;
     let lease = reads::LeaderLease::new(id, config.lease_reads, leader_lease(&config));
+    let config_max_connections = config.max_connections;
+    let inflight_kib = u32::try_from(config.max_inflight_request_bytes / 1024).unwrap_or(u32::MAX).max(1);
     let node = Arc::new(Node {
         config,
         store,
@@ -189,6 +197,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         forwarding: forward::Forwarding::new(id),
         membership_lock: tokio::sync::Mutex::new(()),
         proposing: tokio::sync::RwLock::new(()),
+        client_slots: Arc::new(Semaphore::new(config_max_connections)),
+        member_slots: Arc::new(Semaphore::new(handler::MAX_MEMBER_CONNECTIONS)),
+        inflight: Arc::new(Semaphore::new(inflight_kib as usize)),
+        inflight_kib,
         stop: CancellationToken::new(),
         failure: std::sync::Mutex::new(None),
     });
@@ -327,13 +339,17 @@ async fn hand_over_leadership(node: &Node) -> Option<tokio::sync::RwLockWriteGua
     None
 }
 
+/// Connections accepted that have not said what they are yet, at most: each holds a slot for
+/// [`handler::HELLO_TIMEOUT`] at the longest.
+const MAX_HANDSHAKES: usize = 256;
+
 async fn accept_loop(
     listener: &TcpListener,
     node: &Arc<Node>,
     token: &CancellationToken,
     tracker: &TaskTracker,
 ) {
-    let permits = Arc::new(Semaphore::new(node.config.max_connections));
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let mut backoff = Duration::from_millis(10);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -350,25 +366,13 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracker.spawn(refuse_busy(stream, node.config.max_connections));
+        let Ok(handshaking) = handshakes.clone().try_acquire_owned() else {
+            // Closed at once: a flood of silent connections costs no task and no memory.
+            tracing::debug!(%peer, "too many connections saying hello at once; closed");
             continue;
         };
         let node = node.clone();
         let token = token.clone();
-        tracker.spawn(async move {
-            handler::serve(stream, peer, &node, &token).await;
-            drop(permit);
-        });
+        tracker.spawn(async move { handler::serve(stream, peer, &node, &token, handshaking).await });
     }
-}
-
-/// Tells a client over the connection cap why it is turned away, then closes.
-async fn refuse_busy(stream: TcpStream, max: usize) {
-    let (_, mut writer) = connection::split(stream, 0);
-    let reply = HelloReply::Refused {
-        code: ErrorCode::Busy,
-        message: format!("the node is serving its maximum of {max} connections; try again later"),
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer.send(&reply)).await;
 }

@@ -465,7 +465,7 @@ impl goldenscript::Runner for Runner {
                     let mut executor = Executor::new(cluster, forwarded_by, limits);
                     let mut ahead = Ahead::new();
                     let items = executor.parse(requests);
-                    match ahead.propose(&executor, items).await {
+                    match ahead.propose(&executor, items, ()).await {
                         Ok(()) => (true, ahead.next().await),
                         Err(items) => (false, executor.execute(items).await),
                     }
