@@ -429,4 +429,24 @@ mod tests {
             assert!(matches!(parse(&words), Ok(Command::Admin(_))), "{words:?}");
         }
     }
+
+    proptest::proptest! {
+        /// Any arguments, under any command name the table knows or none, parse into a command
+        /// within the limits or into an error; never a panic.
+        #[test]
+        fn parsing_arbitrary_arguments_never_panics_and_respects_the_limits(
+            name in proptest::sample::select(vec!["SET", "GET", "DEL", "EXISTS", "PING", "CLUSTER", "cluster", "NOPE", ""]),
+            sub in proptest::sample::select(vec!["ADD-LEARNER", "ADD-VOTER", "REMOVE", "TRANSFER-LEADER", "x", ""]),
+            args in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..20), 0..8),
+        ) {
+            let mut words = vec![ByteBuf::from(name.as_bytes().to_vec())];
+            if name.eq_ignore_ascii_case("CLUSTER") {
+                words.push(ByteBuf::from(sub.as_bytes().to_vec()));
+            }
+            words.extend(args.into_iter().map(ByteBuf::from));
+            if let Ok(Command::Write(write)) = Command::parse(words, &LIMITS) {
+                proptest::prop_assert!(write.encoded_len_estimate() <= LIMITS.max_write_bytes);
+            }
+        }
+    }
 }

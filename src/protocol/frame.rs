@@ -131,6 +131,21 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Whatever bytes arrive, the codec yields frames within its limit or an error, never a
+        /// panic and never a frame over the limit.
+        #[test]
+        fn arbitrary_bytes_never_yield_a_frame_over_the_limit(
+            wire in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            max in 1usize..64,
+        ) {
+            use tokio_util::codec::Decoder;
+            let mut c = codec(max);
+            let mut buf = bytes::BytesMut::from(wire.as_slice());
+            while let Ok(Some(frame)) = c.decode(&mut buf) {
+                proptest::prop_assert!(frame.len() <= max);
+            }
+        }
+
         #[test]
         fn any_payloads_round_trip_through_any_chunking(
             payloads in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..80), 0..8),

@@ -338,4 +338,31 @@ mod tests {
         let response: Response = decode(&payload).unwrap();
         assert_eq!(response.reply, Reply::error(ErrorCode::Unknown, "m"));
     }
+
+    proptest::proptest! {
+        /// Whatever bytes a connection sends as a payload, decoding them is an answer or an
+        /// error, never a panic.
+        #[test]
+        fn decoding_arbitrary_payloads_never_panics(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = decode::<Hello>(&payload);
+            let _ = decode::<HelloReply>(&payload);
+            let _ = decode::<Request>(&payload);
+            let _ = decode::<Response>(&payload);
+        }
+
+        /// A valid request with bytes flipped decodes to something or fails, never panics.
+        #[test]
+        fn decoding_mutated_requests_never_panics(
+            args in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..16), 0..6),
+            flips in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 1..8),
+        ) {
+            let request = Request::new(7, args.into_iter().map(ByteBuf::from).collect());
+            let mut payload = encode(&request).to_vec();
+            for (at, byte) in flips {
+                let len = payload.len();
+                payload[at % len] ^= byte;
+            }
+            let _ = decode::<Request>(&payload);
+        }
+    }
 }

@@ -216,3 +216,17 @@ impl ControlClient {
         PeerError::Unexpected { target: self.target(), what: format!("{response:?}") }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::decode;
+
+    proptest::proptest! {
+        /// Whatever a peer connection sends as a payload decodes or fails; it never panics.
+        #[test]
+        fn decoding_arbitrary_peer_payloads_never_panics(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = decode::<Incoming>(&payload);
+        }
+    }
+}
