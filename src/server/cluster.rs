@@ -176,7 +176,12 @@ impl Cluster for Node {
             match leader {
                 Leader::Me => reads::leader_read_index(self).await,
                 Leader::Other { id, addr } => {
-                    self.reads.read_index(|| self.leader_link.read_index(*id, addr, deadline)).await
+                    let asked = self.reads.read_index(|| self.leader_link.read_index(*id, addr, deadline));
+                    // A read is never applied: once another leader is on the way, ask it instead.
+                    tokio::select! {
+                        index = asked => index,
+                        () = self.leader_replaced(*id) => None,
+                    }
                 }
                 Leader::Unknown => None,
             }
@@ -202,7 +207,15 @@ impl Cluster for Node {
         requests: &[&Request],
         deadline: Instant,
     ) -> Vec<Outcome<Response>> {
-        self.forwarding.forward(id, addr, requests, deadline).await
+        // Once another leader is on the way, the old one gets a moment to answer what it was
+        // sent (a leader handing over does at once); one that cannot, cut off or stopped, has
+        // its link failed then instead of at the request timeout.
+        let grace = Duration::from_millis(self.config.election_timeout_ms / 2);
+        let replaced = async {
+            self.leader_replaced(id).await;
+            tokio::time::sleep(grace).await;
+        };
+        self.forwarding.forward(id, addr, requests, deadline, replaced).await
     }
 
     async fn change_membership(&self, admin: &Admin, deadline: Instant) -> Outcome<Reply> {
@@ -215,6 +228,24 @@ impl Cluster for Node {
 }
 
 type Metrics = openraft::RaftMetrics<crate::raft::TypeConfig>;
+
+impl Node {
+    /// Completes once this node no longer takes `leader` for the leader: another was elected, or
+    /// an election is under way. Watches the server metrics, which change with the role and the
+    /// leader only, not with every append.
+    async fn leader_replaced(&self, leader: u64) {
+        let mut server = self.raft.server_metrics();
+        loop {
+            if server.borrow_watched().current_leader != Some(leader) {
+                return;
+            }
+            if server.changed().await.is_err() {
+                // Raft has stopped: nothing will change any more.
+                return std::future::pending().await;
+            }
+        }
+    }
+}
 
 /// Hands `writes` to Raft as one batch, and returns the future of their outcomes, which keeps
 /// `proposing` held until they are known (see `Node::proposing`).

@@ -82,12 +82,15 @@ impl Forwarding {
     }
 
     /// Forwards `requests` in order to node `leader` at `addr`, and returns the outcome of each.
+    /// If `replaced` completes first (another leader took over), the link is failed at once:
+    /// what was sent is unknown, what was not is left to retry at the new leader.
     pub async fn forward(
         &self,
         leader: u64,
         addr: &str,
         requests: &[&Request],
         deadline: Instant,
+        replaced: impl Future<Output = ()>,
     ) -> Vec<Outcome<Response>> {
         let Some(link) = self.link_to(leader, addr, deadline).await else {
             return not_sent_outcomes(requests.len());
@@ -98,17 +101,21 @@ impl Forwarding {
             // The link has stopped taking jobs: this one was never sent.
             return not_sent_outcomes(requests.len());
         }
-        match tokio::time::timeout_at(deadline + ANSWER_MARGIN, &mut answers).await {
+        let waited = tokio::select! {
+            waited = tokio::time::timeout_at(deadline + ANSWER_MARGIN, &mut answers) => {
+                // The leader answers within its request timeout; a link this late is broken.
+                waited.map_err(|_| "no answer in time")
+            }
+            () = replaced => Err("another leader took over"),
+        };
+        match waited {
             Ok(Ok(answers)) => answers,
             // The link ended without a word for this job; it may have been sent.
             Ok(Err(_)) => unknown_for(requests.len(), leader, "the link to the leader ended"),
-            Err(_) => {
-                // The leader answers within its request timeout; a link this late is broken.
-                link.shared.fail(leader, "no answer in time", false);
+            Err(why) => {
+                link.shared.fail(leader, why, false);
                 // Failing the link answered the job: its answers so far, the rest unknown.
-                answers
-                    .try_recv()
-                    .unwrap_or_else(|_| unknown_for(requests.len(), leader, "no answer in time"))
+                answers.try_recv().unwrap_or_else(|_| unknown_for(requests.len(), leader, why))
             }
         }
     }
@@ -562,8 +569,8 @@ mod tests {
     async fn forward(forwarding: &Forwarding, addr: &str, requests: &[Request]) -> Vec<Option<Response>> {
         let refs: Vec<&Request> = requests.iter().collect();
         let deadline = Instant::now() + Duration::from_secs(5);
-        let outcomes =
-            tokio::time::timeout(BOUND, forwarding.forward(2, addr, &refs, deadline)).await.expect("in time");
+        let forwarded = forwarding.forward(2, addr, &refs, deadline, std::future::pending());
+        let outcomes = tokio::time::timeout(BOUND, forwarded).await.expect("in time");
         outcomes.into_iter().zip(requests).map(|(outcome, request)| outcome.settled(request.id)).collect()
     }
 
@@ -684,6 +691,29 @@ mod tests {
         assert_eq!(again, vec![Some((3, value("c")))]);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         other.shutdown_background();
+    }
+
+    /// A leader that takes requests and never answers (cut off, or stopped) while another one
+    /// is elected: the link fails as soon as the replacement is known, not at the timeout. What
+    /// was sent may have been applied.
+    #[tokio::test]
+    async fn a_link_to_a_replaced_leader_is_failed_at_once() {
+        let (addr, _) = leader(|_, mut reader, writer| async move {
+            let _silent = writer;
+            while let Ok(Some(_)) = reader.read::<Request>().await {}
+        })
+        .await;
+        let forwarding = Forwarding::new(1);
+        let requests = [request(1, "a")];
+        let refs: Vec<&Request> = requests.iter().collect();
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(20);
+        let replaced = tokio::time::sleep(Duration::from_millis(100));
+        let outcomes = tokio::time::timeout(BOUND, forwarding.forward(2, &addr, &refs, deadline, replaced))
+            .await
+            .expect("in time");
+        assert!(started.elapsed() < Duration::from_secs(5), "failed at once: {:?}", started.elapsed());
+        assert!(matches!(&outcomes[..], [Outcome::Unknown(why)] if why.contains("another leader took over")));
     }
 
     #[tokio::test]
