@@ -201,3 +201,46 @@ fn idle_clients_are_disconnected() {
     });
     assert!(started.elapsed() >= Duration::from_millis(300), "not before the timeout");
 }
+
+/// The leader's term, as the leader reports it in `CLUSTER`.
+fn leader_term(cluster: &TestCluster, via: u64) -> u64 {
+    let rows = cluster.status(via);
+    let leader = rows.iter().find(|row| row["role"] == "leader").expect("a leader");
+    leader["term"].as_u64().unwrap()
+}
+
+/// With one worker thread per node, nothing a request or the log's upkeep does may hold the
+/// thread long enough to miss heartbeats: `DEL`s of the most keys allowed, and snapshots with log
+/// compaction under a steady write load, cause no election.
+#[test]
+fn big_deletes_and_compaction_under_load_cause_no_election() {
+    let flags = ["--worker-threads", "1", "--snapshot-entries", "2000", "--keep-log-entries", "100"];
+    let cluster = TestCluster::start(3, &flags);
+    let leader = cluster.wait_for_a_leader();
+    let term = leader_term(&cluster, leader);
+    let addrs = cluster.addrs();
+    let load = {
+        let addrs = addrs.clone();
+        std::thread::spawn(move || {
+            let args =
+                ["--addr", &addrs, "bench", "--duration", "6", "--clients", "4", "--value-size", "1024"];
+            common::run_cli(&args, None, &[])
+        })
+    };
+    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
+    for round in 0..6 {
+        // The bench's own keys: `key:` and five digits for its default keyspace of 100,000.
+        let keys: Vec<String> = (0..10_000).map(|i| format!("key:{:05}", round * 10_000 + i)).collect();
+        let mut args = vec!["DEL"];
+        args.extend(keys.iter().map(String::as_str));
+        let answer =
+            common::call(&nodes[round % nodes.len()..=round % nodes.len()], &args).expect("an answer");
+        assert!(matches!(answer.reply, Reply::Integer { .. }), "{:?}", answer.reply);
+    }
+    let load = load.join().unwrap();
+    assert_eq!(load.code, 0, "{load:?}");
+    let purged =
+        cluster.status(leader).iter().filter(|row| row["purged"].as_u64().is_some_and(|p| p > 0)).count();
+    assert!(purged > 0, "the log was compacted during the load");
+    assert_eq!(leader_term(&cluster, leader), term, "no election happened");
+}

@@ -44,6 +44,13 @@ pub struct Location {
     payload_len: u32,
 }
 
+/// A rewrite of the file without its purged prefix, ready to switch to.
+pub struct Rewritten {
+    file: File,
+    placed: Vec<(u64, Location)>,
+    len: u64,
+}
+
 /// The entries file and its index.
 pub struct EntryFile {
     path: PathBuf,
@@ -207,16 +214,22 @@ impl EntryFile {
 
     /// Forgets every record up to and including `upto`, and rewrites the file once the dead
     /// prefix outweighs the live records. The rewrite is durable when this returns.
-    pub fn purge_upto(&mut self, upto: u64) -> io::Result<()> {
+    pub fn purge_upto(&mut self, upto: u64) {
         self.index = self.index.split_off(&(upto + 1));
-        let dead = self.index.first_key_value().map_or(self.end, |(_, at)| at.offset);
-        if dead >= MIN_DEAD_TO_COMPACT && dead >= self.end - dead {
-            self.compact()?;
-        }
-        Ok(())
     }
 
-    fn compact(&mut self) -> io::Result<()> {
+    /// Whether the purged prefix now outweighs the live records enough to rewrite the file
+    /// without it ([`Self::rewrite`], then [`Self::install`]).
+    pub fn compaction_due(&self) -> bool {
+        let dead = self.index.first_key_value().map_or(self.end, |(_, at)| at.offset);
+        dead >= MIN_DEAD_TO_COMPACT && dead >= self.end - dead
+    }
+
+    /// Writes the live records into a new file and renames it over this one. Takes `&self`, so
+    /// that readers may go on meanwhile (they read the old file through its open handle, at the
+    /// offsets of the old index); only the writer changes the file, so nothing is appended
+    /// in between. Nothing changes for readers until [`Self::install`].
+    pub fn rewrite(&self) -> io::Result<Rewritten> {
         let live = self.read(..)?;
         let records: Vec<(u64, &[u8])> = live.iter().map(|(i, p)| (*i, p.as_slice())).collect();
         let mut buf = Vec::new();
@@ -230,11 +243,15 @@ impl EntryFile {
         if let Some(dir) = self.path.parent() {
             File::open(dir)?.sync_all()?;
         }
-        self.file = fresh;
-        self.index = placed.into_iter().collect();
-        self.end = buf.len() as u64;
+        Ok(Rewritten { file: fresh, placed, len: buf.len() as u64 })
+    }
+
+    /// Switches to a rewritten file.
+    pub fn install(&mut self, rewritten: Rewritten) {
+        self.file = rewritten.file;
+        self.index = rewritten.placed.into_iter().collect();
+        self.end = rewritten.len;
         self.allocated = self.end;
-        Ok(())
     }
 
     pub fn sync(&self) -> io::Result<()> {
@@ -423,9 +440,14 @@ mod tests {
         let big = vec![7u8; 64 * 1024];
         let records: Vec<(u64, &[u8])> = (1..=40).map(|i| (i, big.as_slice())).collect();
         file.append_now(&records).unwrap();
-        file.purge_upto(5).unwrap();
-        assert_eq!(file.end(), 40 * (64 * 1024 + HEADER as u64), "not worth it yet");
-        file.purge_upto(30).unwrap();
+        file.purge_upto(5);
+        assert!(!file.compaction_due(), "not worth it yet");
+        assert_eq!(file.end(), 40 * (64 * 1024 + HEADER as u64));
+        file.purge_upto(30);
+        assert!(file.compaction_due());
+        let rewritten = file.rewrite().unwrap();
+        assert_eq!(file.read(31..=31).unwrap()[0].1, big, "the old file still reads until the switch");
+        file.install(rewritten);
         assert_eq!(file.end(), 10 * (64 * 1024 + HEADER as u64), "rewritten");
         assert_eq!(
             std::fs::metadata(&path).unwrap().len(),

@@ -146,7 +146,7 @@ impl LogStore {
         let purged: Option<LogId> = read_meta(&db, PURGED)?;
         if let Some(purged) = purged {
             // Purged records may still sit in the file's prefix until it is rewritten.
-            file.purge_upto(purged.index())?;
+            file.purge_upto(purged.index());
         }
         let shared = Arc::new(Shared {
             db,
@@ -419,27 +419,48 @@ fn write_appends(
     write_meta(&shared.db, batch, committed)
 }
 
-/// Truncations and purges change what readers may see, so the batch runs in order under both
-/// locks.
+/// Truncations and purges change what readers may see, so the batch runs in order, each step
+/// under both locks. A purge's slow parts, syncing the file, recording the purge point and
+/// rewriting the file without its purged prefix, hold no lock that readers wait on: readers go
+/// on from the old file until the rewritten one is switched to.
 fn write_in_order(shared: &Shared, batch: &[Op], committed: Option<&[u8]>) -> io::Result<()> {
-    let mut tail = shared.tail();
-    let mut file = shared.file_write();
     for op in batch {
         match op {
-            Op::Append { entries, .. } => file.append_now(&records(entries).collect::<Vec<_>>())?,
-            Op::Truncate { from, .. } => file.truncate_from(*from)?,
+            Op::Append { entries, .. } => {
+                let _tail = shared.tail();
+                shared.file_write().append_now(&records(entries).collect::<Vec<_>>())?;
+            }
+            Op::Truncate { from, .. } => {
+                let _tail = shared.tail();
+                shared.file_write().truncate_from(*from)?;
+            }
             Op::Purge { upto, encoded, .. } => {
                 // Remembered before the records go, so that a crash cannot leave a log that
                 // starts later than its recorded purge point says.
-                file.sync()?;
+                shared.file_read().sync()?;
                 commit_meta(&shared.db, [(PURGED, encoded.as_slice())])?;
-                file.purge_upto(upto.index())?;
+                {
+                    let _tail = shared.tail();
+                    shared.file_write().purge_upto(upto.index());
+                }
+                let rewritten = {
+                    let file = shared.file_read();
+                    if file.compaction_due() { Some(file.rewrite()?) } else { None }
+                };
+                if let Some(rewritten) = rewritten {
+                    let _tail = shared.tail();
+                    shared.file_write().install(rewritten);
+                }
             }
             Op::Meta { .. } => {}
         }
     }
-    file.sync()?;
-    tail.mark_durable(appended(batch));
+    shared.file_read().sync()?;
+    {
+        let mut tail = shared.tail();
+        let _file = shared.file_write();
+        tail.mark_durable(appended(batch));
+    }
     write_meta(&shared.db, batch, committed)
 }
 
