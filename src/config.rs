@@ -282,6 +282,9 @@ node_settings! {
     /// Log entries kept behind the latest snapshot, so that a briefly lagging member catches up
     /// from the log instead of a snapshot.
     keep_log_entries: u64 = 1000, "1000", "N";
+    /// The largest snapshot this node takes from the leader, in bytes; a transfer growing past it
+    /// is refused. Received snapshots are written to a file in the data dir, not kept in memory.
+    max_snapshot_bytes: u64 = 16 * 1024 * 1024 * 1024, "17179869184", "BYTES", at_least 1;
     /// Confirm linearizable reads by the leader's lease instead of a quorum round per check:
     /// faster, but it assumes clocks advance at nearly the same rate on every node and no node
     /// pauses mid-read for longer than the election timeout (see Consistency in the README).
@@ -406,6 +409,7 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         learner,
         snapshot_entries,
         keep_log_entries,
+        max_snapshot_bytes,
         lease_reads,
         worker_threads,
     } = settings;
@@ -504,6 +508,7 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         learner: learner.value,
         snapshot_entries: snapshot_entries.value,
         keep_log_entries: keep_log_entries.value,
+        max_snapshot_bytes: max_snapshot_bytes.value,
         lease_reads: lease_reads.value,
         worker_threads: worker_threads.value,
     })

@@ -191,9 +191,9 @@ fn idle_clients_are_disconnected() {
     let node = common::TestNode::start(&["--idle-timeout-ms", "300"]);
     let runtime = runtime();
     let addr = node.addr.to_string();
+    let started = std::time::Instant::now();
     let (mut idle, _) = runtime.block_on(kv::client::Client::connect(&addr, Duration::from_secs(5))).unwrap();
     let (mut busy, _) = runtime.block_on(kv::client::Client::connect(&addr, Duration::from_secs(5))).unwrap();
-    let started = std::time::Instant::now();
     common::wait_until("the idle connection to be closed", Duration::from_secs(10), || {
         let ping = runtime.block_on(busy.call(vec![b"PING".to_vec()]));
         assert!(ping.is_ok(), "a client that keeps talking stays connected: {ping:?}");

@@ -23,6 +23,7 @@
 use super::{KvRaft, TypeConfig};
 use crate::peer::{PeerConnection, PeerError, PeerMessage};
 use bytes::Bytes;
+use openraft::async_runtime::WatchReceiver;
 use openraft::entry::RaftEntry;
 use openraft::error::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
@@ -35,6 +36,8 @@ use openraft::{BasicNode, EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::protocol::frame::{ENTRY_OVERHEAD, PEER_FRAME_MARGIN as FRAME_MARGIN};
 
@@ -77,20 +80,41 @@ pub enum Never {}
 /// Answers the Raft RPCs of one peer connection.
 pub struct RaftService<'a> {
     raft: &'a KvRaft,
+    /// The member the connection's hello named.
+    peer: u64,
+    /// Where snapshots being received are written, and how big one may be.
+    snapshots: &'a SnapshotInbox,
     /// A snapshot being received on this connection.
     incoming: Option<IncomingSnapshot>,
 }
 
-/// A snapshot being received on one connection.
+/// Where and how big the snapshots a node receives may be.
+#[derive(Debug, Clone)]
+pub struct SnapshotInbox {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+/// A snapshot being received on one connection: its chunks go to a file, never to memory.
 struct IncomingSnapshot {
     meta: SnapshotMetaOf<TypeConfig>,
-    data: Vec<u8>,
+    file: Arc<std::fs::File>,
+    path: PathBuf,
+    len: u64,
     chunks: usize,
 }
 
+impl Drop for IncomingSnapshot {
+    fn drop(&mut self) {
+        // Installed or abandoned, the file has served; a mapping of it keeps its data meanwhile.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl<'a> RaftService<'a> {
-    pub fn new(raft: &'a KvRaft) -> RaftService<'a> {
-        RaftService { raft, incoming: None }
+    /// The Raft side of a connection from member `peer`.
+    pub fn new(raft: &'a KvRaft, peer: u64, snapshots: &'a SnapshotInbox) -> RaftService<'a> {
+        RaftService { raft, peer, snapshots, incoming: None }
     }
 
     /// Hands one RPC to openraft and returns its answer.
@@ -101,7 +125,11 @@ impl<'a> RaftService<'a> {
             RaftRequest::Vote(rpc) => RaftResponse::Vote(raft.vote(rpc).await),
             RaftRequest::PreVote(rpc) => RaftResponse::Vote(raft.pre_vote(rpc).await),
             RaftRequest::SnapshotChunk { vote, meta, offset, data, done } => {
-                RaftResponse::SnapshotChunk(self.receive_chunk(vote, meta, offset, data, done).await)
+                let received = self.receive_chunk(vote, meta, offset, data, done).await;
+                if received.is_err() {
+                    self.incoming = None;
+                }
+                RaftResponse::SnapshotChunk(received)
             }
             RaftRequest::TransferLeader(rpc) => {
                 RaftResponse::TransferLeader(raft.handle_transfer_leader(rpc).await.map_err(RaftError::Fatal))
@@ -109,7 +137,9 @@ impl<'a> RaftService<'a> {
         }
     }
 
-    /// Adds one chunk to the snapshot being received, and installs it after the last one.
+    /// Adds one chunk to the snapshot being received, and installs it after the last one. A
+    /// transfer is taken only from the member this node follows as the leader of its current
+    /// term, sending with that leader's vote, and only up to the inbox's size.
     async fn receive_chunk(
         &mut self,
         vote: VoteOf<TypeConfig>,
@@ -118,26 +148,68 @@ impl<'a> RaftService<'a> {
         data: ByteBuf,
         done: bool,
     ) -> Result<Option<SnapshotResponse<TypeConfig>>, String> {
-        let incoming = &mut self.incoming;
-        if offset == 0 {
-            *incoming = Some(IncomingSnapshot { meta: meta.clone(), data: Vec::new(), chunks: 0 });
+        let leader = vote.leader_id();
+        let (term, current_leader) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            (metrics.current_term, metrics.current_leader)
+        };
+        if !vote.is_committed()
+            || leader.node_id != self.peer
+            || leader.term != term
+            || current_leader != Some(self.peer)
+        {
+            return Err(format!(
+                "refused a snapshot from node {} with the vote of node {} in term {} (this node is in term \
+                 {term}): only the leader of the current term may send one",
+                self.peer, leader.node_id, leader.term
+            ));
         }
-        let Some(snapshot) = incoming.as_mut().filter(|s| s.meta == meta && s.data.len() as u64 == offset)
-        else {
-            *incoming = None;
+        if offset == 0 {
+            let path = self.snapshots.dir.join(format!("snapshot-from-{}.incoming", self.peer));
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            self.incoming =
+                Some(IncomingSnapshot { meta: meta.clone(), file: Arc::new(file), path, len: 0, chunks: 0 });
+        }
+        let Some(snapshot) = self.incoming.as_mut().filter(|s| s.meta == meta && s.len == offset) else {
             return Err(format!(
                 "snapshot chunk at offset {offset} does not continue a transfer; start over"
             ));
         };
-        snapshot.data.extend_from_slice(&data);
+        let len = snapshot.len + data.len() as u64;
+        if len > self.snapshots.max_bytes {
+            return Err(format!(
+                "the snapshot is over the {} bytes this node takes (max_snapshot_bytes)",
+                self.snapshots.max_bytes
+            ));
+        }
+        let file = snapshot.file.clone();
+        tokio::task::spawn_blocking(move || std::os::unix::fs::FileExt::write_all_at(&*file, &data, offset))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot write the snapshot: {e}"))?;
+        snapshot.len = len;
         snapshot.chunks += 1;
         if !done {
             return Ok(None);
         }
-        let IncomingSnapshot { meta, data, chunks } = incoming.take().expect("checked above");
-        let bytes = data.len();
-        let last = meta.last_log_id.map(|l| l.index);
-        let snapshot = SnapshotOf::<TypeConfig, _> { meta, snapshot: Bytes::from(data) };
+        let incoming = self.incoming.take().expect("checked above");
+        let bytes = incoming.len;
+        let chunks = incoming.chunks;
+        let last = incoming.meta.last_log_id.map(|l| l.index);
+        // SAFETY: the file is this connection's own, in the node's data dir, and nothing writes
+        // to it or truncates it while it is mapped: the transfer has ended, and the next one on
+        // this connection starts only after this install returns.
+        let mapped = unsafe { memmap2::Mmap::map(&*incoming.file) }
+            .map_err(|e| format!("cannot map the snapshot: {e}"))?;
+        let snapshot =
+            SnapshotOf::<TypeConfig, _> { meta: incoming.meta.clone(), snapshot: Bytes::from_owner(mapped) };
         let response = self.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?;
         tracing::info!(last_index = ?last, bytes, chunks, "installed a snapshot from the leader");
         Ok(Some(response))
@@ -417,16 +489,19 @@ mod tests {
         .await
         .unwrap();
         let served = raft.clone();
+        let inbox = SnapshotInbox { dir: dir.path().to_path_buf(), max_bytes: 1 << 30 };
         let server = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let raft = served.clone();
+                let (raft, inbox) = (served.clone(), inbox.clone());
                 tokio::spawn(async move {
                     let (mut reader, mut writer) = connection::split(stream, max_frame);
-                    let Ok(Some(Hello { peer: Some(_), .. })) = reader.read::<Hello>().await else { return };
+                    let Ok(Some(Hello { peer: Some(peer), .. })) = reader.read::<Hello>().await else {
+                        return;
+                    };
                     let welcome =
                         HelloReply::Welcome { version: 1, node_id: id, max_frame_bytes: max_frame as u64 };
                     if writer.send(&welcome).await.is_ok() {
-                        let mut service = RaftService::new(&raft);
+                        let mut service = RaftService::new(&raft, peer, &inbox);
                         while let Ok(Some(Envelope::Raft(rpc))) = reader.read::<Envelope<RaftRequest>>().await
                         {
                             let answer: Envelope<RaftResponse> = PeerMessage::Raft(service.answer(rpc).await);
@@ -489,6 +564,57 @@ mod tests {
             .await
             .unwrap();
         metrics.current_leader.unwrap()
+    }
+
+    /// A snapshot is taken only from the leader this node follows in its current term, and
+    /// only up to the inbox's size; its chunks go to a file in the inbox, removed once the
+    /// transfer ends either way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshot_chunks_from_anyone_but_the_leader_or_past_the_bound_are_refused() {
+        let (mut listeners, members) = bind_members(1).await;
+        let node = start(1, listeners.pop().unwrap().1, config()).await;
+        node.raft.initialize(members).await.unwrap();
+        node.raft.wait(Some(DEADLINE)).current_leader(1, "leading").await.unwrap();
+        let term = node.raft.metrics().borrow_watched().current_term;
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = SnapshotInbox { dir: dir.path().to_path_buf(), max_bytes: 1000 };
+        let chunk = |vote, bytes: usize, offset: u64| RaftRequest::SnapshotChunk {
+            vote,
+            meta: Default::default(),
+            offset,
+            data: ByteBuf::from(vec![7u8; bytes]),
+            done: false,
+        };
+        let refused = |answer: RaftResponse, why: &str| match answer {
+            RaftResponse::SnapshotChunk(Err(e)) => assert!(e.contains(why), "{e}"),
+            other => panic!("expected a refusal ({why}), got {other:?}"),
+        };
+        let files = || std::fs::read_dir(dir.path()).unwrap().count();
+
+        // A stranger claiming to be node 9, with node 9's vote in the current term.
+        let mut stranger = RaftService::new(&node.raft, 9, &inbox);
+        let forged = openraft::Vote::new_committed(term, 9);
+        refused(stranger.answer(chunk(forged, 10, 0)).await, "only the leader of the current term");
+        // The leader's vote, sent by someone else.
+        let leaders = openraft::Vote::new_committed(term, 1);
+        refused(stranger.answer(chunk(leaders, 10, 0)).await, "only the leader of the current term");
+        // An old term's leader.
+        let mut old = RaftService::new(&node.raft, 1, &inbox);
+        refused(
+            old.answer(chunk(openraft::Vote::new_committed(term - 1, 1), 10, 0)).await,
+            "only the leader",
+        );
+        assert_eq!(files(), 0, "nothing was written");
+
+        // The leader itself, within the bound, then past it.
+        let mut leader = RaftService::new(&node.raft, 1, &inbox);
+        let answer = leader.answer(chunk(leaders, 600, 0)).await;
+        assert!(matches!(answer, RaftResponse::SnapshotChunk(Ok(None))), "{answer:?}");
+        assert_eq!(files(), 1, "the chunk went to a file");
+        refused(leader.answer(chunk(leaders, 600, 600)).await, "over the 1000 bytes");
+        assert_eq!(files(), 0, "the abandoned transfer's file is gone");
+        node.server.abort();
+        node.raft.shutdown().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

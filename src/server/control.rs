@@ -123,13 +123,14 @@ impl NodeStatus {
 type Incoming = PeerMessage<RaftRequest, ControlRequest>;
 type Outgoing = PeerMessage<RaftResponse, ControlResponse>;
 
-/// Answers what arrives on a peer connection (after its hello) until it closes.
+/// Answers what arrives on a connection from member `peer` (after its hello) until it closes.
 pub(super) async fn serve_peer(
     mut reader: FrameReader,
     mut writer: FrameWriter,
     node: &Node,
+    peer: u64,
 ) -> Result<(), ReadError> {
-    let mut raft = RaftService::new(&node.raft);
+    let mut raft = RaftService::new(&node.raft, peer, &node.snapshots);
     while let Some(message) = reader.read::<Incoming>().await? {
         let answer: Outgoing = match message {
             PeerMessage::Raft(rpc) => PeerMessage::Raft(raft.answer(rpc).await),

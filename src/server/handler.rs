@@ -77,7 +77,7 @@ pub(super) async fn serve(
         // Raft traffic ends with the connection or the node, whichever comes first.
         tokio::select! {
             () = token.cancelled() => {}
-            outcome = serve_peer(reader, writer, node) => {
+            outcome = serve_peer(reader, writer, node, member) => {
                 if let Err(e) = outcome {
                     tracing::debug!(%peer, member, error = %e, "peer connection ended");
                 }

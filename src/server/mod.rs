@@ -43,7 +43,7 @@ mod status;
 
 use crate::config::NodeConfig;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::PeerNetwork;
+use crate::raft::network::{PeerNetwork, SnapshotInbox};
 use crate::raft::state_machine::{StateMachine, request_snapshots};
 use crate::raft::{KvRaft, leader_lease, raft_config};
 use crate::store::{Store, StoreError};
@@ -105,6 +105,8 @@ struct Node {
     /// over, so that no write is appended to a log the successor has not seen (it would be
     /// discarded, and its client told its outcome is unknown).
     proposing: tokio::sync::RwLock<()>,
+    /// Where snapshots sent by the leader are received.
+    snapshots: SnapshotInbox,
     /// Client connections' slots (`max_connections`).
     client_slots: Arc<Semaphore>,
     /// Other members' connections' slots, apart from clients'.
@@ -184,6 +186,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let id = config.id;
     let lease = reads::LeaderLease::new(id, config.lease_reads, leader_lease(&config));
     let config_max_connections = config.max_connections;
+    let snapshots = SnapshotInbox { dir: config.data_dir.clone(), max_bytes: config.max_snapshot_bytes };
     let inflight_kib = u32::try_from(config.max_inflight_request_bytes / 1024).unwrap_or(u32::MAX).max(1);
     let node = Arc::new(Node {
         config,
@@ -197,6 +200,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         forwarding: forward::Forwarding::new(id),
         membership_lock: tokio::sync::Mutex::new(()),
         proposing: tokio::sync::RwLock::new(()),
+        snapshots,
         client_slots: Arc::new(Semaphore::new(config_max_connections)),
         member_slots: Arc::new(Semaphore::new(handler::MAX_MEMBER_CONNECTIONS)),
         inflight: Arc::new(Semaphore::new(inflight_kib as usize)),

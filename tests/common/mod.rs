@@ -293,8 +293,14 @@ impl TestCluster {
     /// commits a write.
     pub fn start(size: u64, flags: &[&str]) -> TestCluster {
         for _ in 0..5 {
-            let addrs: Vec<SocketAddr> =
-                (0..size).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
+            // Distinct ports: a port freed a moment ago can be handed out twice.
+            let mut addrs: Vec<SocketAddr> = Vec::new();
+            while addrs.len() < size as usize {
+                let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                if !addrs.contains(&addr) {
+                    addrs.push(addr);
+                }
+            }
             let mut nodes = Vec::new();
             for id in 1..=size {
                 let mut node_flags: Vec<String> = vec!["--id".into(), id.to_string()];
