@@ -176,12 +176,15 @@ impl Cluster for Node {
             match leader {
                 Leader::Me => reads::leader_read_index(self).await,
                 Leader::Other { id, addr } => {
-                    let asked = self.reads.read_index(|| self.leader_link.read_index(*id, addr, deadline));
-                    // A read is never applied: once another leader is on the way, ask it instead.
-                    tokio::select! {
-                        index = asked => index,
-                        () = self.leader_replaced(*id) => None,
-                    }
+                    let check = || async {
+                        // A read is never applied: once another leader is on the way, the check
+                        // (and every read sharing it) gives up, to ask the new one.
+                        tokio::select! {
+                            index = self.leader_link.read_index(*id, addr, deadline) => index,
+                            () = self.leader_replaced(*id) => None,
+                        }
+                    };
+                    self.reads.read_index(check).await
                 }
                 Leader::Unknown => None,
             }

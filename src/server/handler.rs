@@ -206,6 +206,7 @@ async fn serve_requests<C: Cluster>(
     token: &CancellationToken,
 ) -> Result<(), ReadError> {
     let mut ahead = Ahead::new();
+    let mut idle = budget.idle.map(IdleClock::new);
     loop {
         let first = tokio::select! {
             () = token.cancelled() => {
@@ -216,8 +217,15 @@ async fn serve_requests<C: Cluster>(
                 ahead.send(answers, writer).await?;
                 continue;
             }
-            read = read_within(reader, budget.idle), if ahead.has_room() => read,
+            read = reader.read_sized(), if ahead.has_room() => read,
+            () = IdleClock::expired(&mut idle) => {
+                tracing::debug!("closing a connection idle for {:?}", budget.idle.unwrap_or_default());
+                Ok(None)
+            }
         };
+        if let Some(idle) = &mut idle {
+            idle.heard();
+        }
         let Some((first, mut bytes)) = first? else {
             ahead.answer_all(writer).await?;
             return Ok(());
@@ -258,20 +266,36 @@ async fn serve_requests<C: Cluster>(
     }
 }
 
-/// The next request and its size, or the end of the stream; an idle client is treated as gone.
-async fn read_within(
-    reader: &mut FrameReader,
-    idle: Option<Duration>,
-) -> Result<Option<(Request, usize)>, ReadError> {
-    match idle {
-        None => reader.read_sized().await,
-        Some(idle) => match tokio::time::timeout(idle, reader.read_sized()).await {
-            Ok(read) => read,
-            Err(_) => {
-                tracing::debug!("closing a connection idle for {idle:?}");
-                Ok(None)
+/// When a client was last heard from, and a timer for when it will have been idle too long.
+/// Hearing from it only notes the time; the one timer is moved on when it fires early, so that
+/// a busy connection sets no timer per request.
+struct IdleClock {
+    idle: Duration,
+    heard: tokio::time::Instant,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleClock {
+    fn new(idle: Duration) -> IdleClock {
+        let now = tokio::time::Instant::now();
+        IdleClock { idle, heard: now, timer: Box::pin(tokio::time::sleep_until(now + idle)) }
+    }
+
+    fn heard(&mut self) {
+        self.heard = tokio::time::Instant::now();
+    }
+
+    /// Completes once the client has been idle too long; never without a clock.
+    async fn expired(clock: &mut Option<IdleClock>) {
+        let Some(clock) = clock else { return std::future::pending().await };
+        loop {
+            (&mut clock.timer).await;
+            let due = clock.heard + clock.idle;
+            if tokio::time::Instant::now() >= due {
+                return;
             }
-        },
+            clock.timer.as_mut().reset(due);
+        }
     }
 }
 
