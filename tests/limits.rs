@@ -244,3 +244,55 @@ fn big_deletes_and_compaction_under_load_cause_no_election() {
     assert!(purged > 0, "the log was compacted during the load");
     assert_eq!(leader_term(&cluster, leader), term, "no election happened");
 }
+
+/// Two clients of one follower share its link to the leader. One asks each write to wait for
+/// two peers' acknowledgements, which cannot come with a node down, so the leader holds its
+/// answer up to its ack timeout; the other client's writes are answered meanwhile.
+#[test]
+fn one_clients_acknowledgement_wait_delays_no_other_client_on_a_shared_link() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_for_a_leader();
+    let mut others = (1..=3).filter(|id| *id != leader);
+    let (follower, down) = (others.next().unwrap(), others.next().unwrap());
+    cluster.node(down).kill9();
+    let addr = cluster.nodes[follower as usize - 1].addr.to_string();
+    let waiting = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let runtime = runtime();
+            let (mut client, _) =
+                runtime.block_on(kv::client::Client::connect(&addr, Duration::from_secs(30))).unwrap();
+            client.set_options(kv::client::RequestOptions {
+                min_acks: Some(2),
+                ack_timeout: Some(Duration::from_secs(4)),
+                ..Default::default()
+            });
+            let started = std::time::Instant::now();
+            let answer =
+                runtime.block_on(client.call(vec![b"SET".to_vec(), b"patient".to_vec(), b"1".to_vec()]));
+            (answer.map(|a| a.reply), started.elapsed())
+        })
+    };
+    let runtime = runtime();
+    let (mut client, _) =
+        runtime.block_on(kv::client::Client::connect(&addr, Duration::from_secs(30))).unwrap();
+    // Give the patient write time to reach the leader first.
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    for i in 0..5 {
+        let answer = runtime.block_on(client.call(vec![
+            b"SET".to_vec(),
+            format!("quick{i}").into_bytes(),
+            b"1".to_vec(),
+        ]));
+        assert_eq!(answer.unwrap().reply, Reply::ok());
+    }
+    let quick = started.elapsed();
+    let (patient, waited) = waiting.join().unwrap();
+    assert_eq!(patient.unwrap(), Reply::ok());
+    assert!(
+        waited >= Duration::from_secs(3),
+        "the patient write waited for its acknowledgements: {waited:?}"
+    );
+    assert!(quick < Duration::from_secs(2), "the other client's writes took {quick:?}");
+}

@@ -138,8 +138,8 @@ impl<'a> RaftService<'a> {
     }
 
     /// Adds one chunk to the snapshot being received, and installs it after the last one. A
-    /// transfer is taken only from the member this node follows as the leader of its current
-    /// term, sending with that leader's vote, and only up to the inbox's size.
+    /// transfer is taken only from the leader of this node's current term (or a newer one),
+    /// sending with that leader's vote, and only up to the inbox's size.
     async fn receive_chunk(
         &mut self,
         vote: VoteOf<TypeConfig>,
@@ -154,11 +154,11 @@ impl<'a> RaftService<'a> {
             let metrics = metrics.borrow_watched();
             (metrics.current_term, metrics.current_leader)
         };
-        if !vote.is_committed()
-            || leader.node_id != self.peer
-            || leader.term != term
-            || current_leader != Some(self.peer)
-        {
+        // A newer term's leader is one this node has not heard from yet (a new member is sent
+        // a snapshot before anything else); in the current term, only the leader it follows.
+        let current =
+            leader.term > term || (leader.term == term && current_leader.is_none_or(|l| l == self.peer));
+        if !vote.is_committed() || leader.node_id != self.peer || !current {
             return Err(format!(
                 "refused a snapshot from node {} with the vote of node {} in term {} (this node is in term \
                  {term}): only the leader of the current term may send one",

@@ -10,8 +10,8 @@
 //! write, so the leader reads many clients' writes at once and proposes them together, and its
 //! answers come back the same way. (One connection per client made every forwarded write cost
 //! the leader a read, a proposal and a write of its own, and the follower two more syscalls.)
-//! The leader answers in the order the requests came, which is how the link matches answers to
-//! requests.
+//! The link numbers the requests it writes and matches each answer to its request by that
+//! number, so the leader may answer one client's batch before another's.
 //!
 //! A client's own requests keep their order: its connection hands the link one batch at a time
 //! and waits for the answers before the next. The leader knows the link for a forwarding one
@@ -36,19 +36,21 @@
 //! A link carries many clients' writes, and running its batches one at a time would make each
 //! wait for the commit of the one before. So on a forwarding connection the leader proposes a
 //! batch of nothing but writes as soon as it has read it, and goes on reading the next while
-//! it commits ([`Ahead`], up to [`MAX_AHEAD`] batches). Raft applies proposals in the order they
-//! were made, so their answers complete in request order. Anything else (a read, a membership
-//! change, or any batch while this node does not lead or hands its leadership over) waits until
-//! what was proposed ahead is answered, and then runs the usual way.
+//! it commits ([`Ahead`], up to [`MAX_AHEAD`] batches). Each batch is answered as soon as its
+//! outcomes are known, and requests that wait for acknowledgements differently (`min_acks`,
+//! `ack_timeout_ms`, `wait_acks`) are proposed apart, so one client's wait for acknowledgements
+//! delays no other client's answers. Anything else (a read, a membership change, or any batch
+//! while this node does not lead or hands its leadership over) waits until what was proposed
+//! ahead is answered, and then runs the usual way.
 
-use super::cluster::{Cluster, Proposed};
+use super::cluster::Cluster;
 use super::executor::{self, Executor, Item};
 use super::outcome::{NotApplied, Outcome};
 use crate::client::{Client, ClientError, NodeInfo, RequestSender, ResponseReceiver, expect_id};
 use crate::connection::{FrameWriter, ReadError};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::message::{ErrorCode, Hello, Reply, Request, Response};
-use futures::stream::FuturesOrdered;
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -185,7 +187,7 @@ struct Shared {
 }
 
 struct State {
-    /// Jobs written (or being written), oldest first: answers arrive in this order.
+    /// Jobs written (or being written), oldest first.
     sent: VecDeque<Sent>,
     /// The id the leader will answer the next request written with.
     next_id: u64,
@@ -199,8 +201,9 @@ struct Sent {
     first_id: u64,
     /// The client's ids, which its answers must carry.
     client_ids: Vec<u64>,
-    /// The outcomes so far: the first `received` are the leader's answers.
+    /// The outcomes so far; `answered` says which are the leader's answers.
     outcomes: Vec<Outcome<Response>>,
+    answered: Vec<bool>,
     received: usize,
     answer: oneshot::Sender<Vec<Outcome<Response>>>,
 }
@@ -226,8 +229,8 @@ impl Shared {
         state.closed = true;
         self.stop.cancel();
         for sent in state.sent.drain(..) {
-            let Sent { mut outcomes, received, answer, .. } = sent;
-            for outcome in &mut outcomes[received..] {
+            let Sent { mut outcomes, answered, answer, .. } = sent;
+            for (outcome, _) in outcomes.iter_mut().zip(answered).filter(|(_, answered)| !answered) {
                 *outcome = if not_applied {
                     Outcome::NotApplied(NotApplied::Stopping)
                 } else {
@@ -241,21 +244,31 @@ impl Shared {
     /// Hands an answer to the job it belongs to. `Err` says why the link must end, and whether
     /// what is unanswered is certainly not applied.
     fn deliver(&self, response: Response) -> Result<(), (String, bool)> {
+        if response.id == 0 {
+            // The leader speaks for the whole connection: it is going away, or saw garbage.
+            let refusal = expect_id(response, u64::MAX).err();
+            return Err(refusal.map_or(("an answer to request 0".to_string(), false), link_ended));
+        }
         let mut state = self.lock();
-        // With nothing sent, the next id is one no answer may carry yet.
-        let expected = state.sent.front().map_or(state.next_id, |sent| sent.first_id + sent.received as u64);
-        let response = expect_id(response, expected).map_err(link_ended)?;
-        let Some(sent) = state.sent.front_mut() else {
-            return Err((format!("an answer to request {expected}, which was never sent"), false));
+        let id = response.id;
+        // The leader answers each batch in order, but batches as they complete: one waiting for
+        // acknowledgements holds up no other.
+        let in_flight = |s: &Sent| (s.first_id..s.first_id + s.outcomes.len() as u64).contains(&id);
+        let Some(at) = state.sent.iter().position(in_flight) else {
+            return Err((format!("an answer to request {id}, which is not in flight"), false));
         };
-        let slot = sent.received;
+        let sent = &mut state.sent[at];
+        let slot = (id - sent.first_id) as usize;
+        if std::mem::replace(&mut sent.answered[slot], true) {
+            return Err((format!("a second answer to request {id}"), false));
+        }
         sent.received += 1;
         sent.outcomes[slot] = match response.reply {
             Reply::Error { code: ErrorCode::NotLeader, .. } => Outcome::NotApplied(NotApplied::NotLeader),
             _ => Outcome::Done(Response { id: sent.client_ids[slot], ..response }),
         };
         if sent.received == sent.outcomes.len() {
-            let done = state.sent.pop_front().expect("the front job");
+            let done = state.sent.remove(at).expect("the job just answered");
             let _ = done.answer.send(done.outcomes);
             if state.closed && state.sent.is_empty() {
                 self.stop.cancel();
@@ -316,10 +329,12 @@ async fn send_jobs(
                 state.next_id += job.requests.len() as u64;
                 let client_ids = job.requests.iter().map(|r| r.id).collect();
                 let outcomes = not_sent_outcomes(job.requests.len());
+                let answered = vec![false; job.requests.len()];
                 state.sent.push_back(Sent {
                     first_id,
                     client_ids,
                     outcomes,
+                    answered,
                     received: 0,
                     answer: job.answer,
                 });
@@ -407,14 +422,15 @@ fn unknown_for(count: usize, leader: u64, why: &str) -> Vec<Outcome<Response>> {
 /// The answers to a batch proposed ahead, once they are known.
 type AnswersAhead<'n> = Pin<Box<dyn Future<Output = Vec<Response>> + Send + 'n>>;
 
-/// The leader's side of a forwarding connection: the batches proposed ahead, oldest first.
+/// The leader's side of a forwarding connection: the batches proposed ahead, answered as each
+/// completes.
 pub(super) struct Ahead<'n> {
-    batches: FuturesOrdered<AnswersAhead<'n>>,
+    batches: FuturesUnordered<AnswersAhead<'n>>,
 }
 
 impl<'n> Ahead<'n> {
     pub fn new() -> Ahead<'n> {
-        Ahead { batches: FuturesOrdered::new() }
+        Ahead { batches: FuturesUnordered::new() }
     }
 
     /// Whether another batch may be proposed ahead; when not, the connection stops reading.
@@ -436,7 +452,7 @@ impl<'n> Ahead<'n> {
     /// not a forwarding node, this node does not lead, or a leadership handover is under way.
     ///
     /// `held` (what the batch holds of the node's capacity) is kept until its answers are known.
-    pub async fn propose<C: Cluster, H: Send + 'n>(
+    pub async fn propose<C: Cluster, H: Send + Sync + 'n>(
         &mut self,
         executor: &Executor<'n, C>,
         items: Vec<Item>,
@@ -447,28 +463,55 @@ impl<'n> Ahead<'n> {
         if !items.iter().all(|i| i.write().is_some()) {
             return Err(items);
         }
-        let deadline = Instant::now() + cluster.request_timeout();
-        let writes = items.iter().filter_map(|i| i.write().cloned()).collect();
-        let run: Vec<&Item> = items.iter().collect();
-        let acks = executor::ack_wait(&run, cluster.request_timeout());
-        let proposed: Proposed<'n> = match cluster.propose_now(writes, acks, deadline).await {
-            Some(proposed) => proposed,
-            None => return Err(items),
-        };
+        let timeout = cluster.request_timeout();
+        let deadline = Instant::now() + timeout;
+        // Requests that wait for acknowledgements differently are proposed apart, so that one
+        // client's wait for its acknowledgements holds up no other client's answers.
+        let demand = |i: &Item| (i.request.min_acks, i.request.ack_timeout_ms, i.request.wait_acks);
+        let mut groups: Vec<Vec<Item>> = Vec::new();
+        for item in items {
+            match groups.iter_mut().find(|g| demand(&g[0]) == demand(&item)) {
+                Some(group) => group.push(item),
+                None => groups.push(vec![item]),
+            }
+        }
         let me = cluster.id();
-        self.batches.push_back(Box::pin(async move {
-            let run: Vec<&Item> = items.iter().collect();
-            let outcomes = executor::written_answers(me, &run, proposed.await);
-            drop(held);
-            let not_leader = executor::not_leader(me, by);
-            outcomes
-                .into_iter()
-                .zip(&items)
-                .map(|(outcome, item)| {
-                    outcome.settled(item.request.id).unwrap_or_else(|| item.answer(not_leader.clone()))
-                })
-                .collect()
-        }));
+        let held = Arc::new(held);
+        let mut proposed_any = false;
+        let mut groups = groups.into_iter();
+        while let Some(group) = groups.next() {
+            let writes = group.iter().filter_map(|i| i.write().cloned()).collect();
+            let run: Vec<&Item> = group.iter().collect();
+            let acks = executor::ack_wait(&run, timeout);
+            let Some(proposed) = cluster.propose_now(writes, acks, deadline).await else {
+                if !proposed_any {
+                    // Nothing proposed: the batch runs the usual way. (Its groups' order differs
+                    // from the batch's only between different clients' requests.)
+                    return Err(group.into_iter().chain(groups.flatten()).collect());
+                }
+                // Leadership went while proposing: the rest was not proposed, for the follower
+                // to retry at the next leader.
+                let not_leader = executor::not_leader(me, by);
+                let answers = group.iter().map(|i| i.answer(not_leader.clone())).collect();
+                self.batches.push(Box::pin(std::future::ready(answers)));
+                continue;
+            };
+            proposed_any = true;
+            let held = held.clone();
+            self.batches.push(Box::pin(async move {
+                let run: Vec<&Item> = group.iter().collect();
+                let outcomes = executor::written_answers(me, &run, proposed.await);
+                drop(held);
+                let not_leader = executor::not_leader(me, by);
+                outcomes
+                    .into_iter()
+                    .zip(&group)
+                    .map(|(outcome, item)| {
+                        outcome.settled(item.request.id).unwrap_or_else(|| item.answer(not_leader.clone()))
+                    })
+                    .collect()
+            }));
+        }
         Ok(())
     }
 
@@ -691,6 +734,33 @@ mod tests {
         assert_eq!(again, vec![Some((3, value("c")))]);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         other.shutdown_background();
+    }
+
+    /// The leader may answer one client's batch before another's: the link matches answers to
+    /// requests by their numbers, not their order.
+    #[tokio::test]
+    async fn answers_out_of_order_reach_their_own_clients() {
+        let (addr, _) = leader(|_, mut reader, mut writer| async move {
+            let mut requests = Vec::new();
+            while requests.len() < 3 {
+                requests.push(reader.read::<Request>().await.unwrap().unwrap());
+            }
+            // The last first, then the others.
+            for request in [&requests[2], &requests[0], &requests[1]] {
+                writer.send(&Response::new(request.id, value(&word(request)))).await.unwrap();
+            }
+            while let Ok(Some(_)) = reader.read::<Request>().await {}
+        })
+        .await;
+        let forwarding = Forwarding::new(1);
+        let (a, b) = ([request(1, "a1"), request(2, "a2")], [request(1, "b1")]);
+        let (first, second) = tokio::join!(forward(&forwarding, &addr, &a), async {
+            // Written after the first client's batch.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            forward(&forwarding, &addr, &b).await
+        });
+        assert_eq!(replies(first), vec![Some((1, value("a1"))), Some((2, value("a2")))]);
+        assert_eq!(replies(second), vec![Some((1, value("b1")))]);
     }
 
     /// A leader that takes requests and never answers (cut off, or stopped) while another one
