@@ -2,7 +2,6 @@
 //! SIGTERM. Exit status: 0 after a clean shutdown, 1 if the node could not start or failed.
 
 use kv::config::{self, NodeArgs};
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 /// mimalloc instead of glibc's malloc: per-thread free lists without locks. glibc's, limited to
@@ -13,14 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = NodeArgs::parse_args();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    kv::log::init_node_logging();
     let config = match config::load(args) {
         Ok(config) => config,
         Err(e) => {

@@ -28,6 +28,7 @@ pub mod client;
 pub mod command;
 pub mod config;
 pub mod connection;
+pub mod log;
 pub mod peer;
 pub mod protocol;
 pub mod raft;

@@ -62,3 +62,23 @@ fn a_followers_clients_are_served_again_soon_after_the_leader_goes_silent() {
     // The old leader rejoins as a follower, and the cluster still commits.
     cluster.wait_for_a_leader();
 }
+
+/// A node cut off from the others campaigns on and on; it says so once in a while, not on every
+/// tick (openraft logs its election timeout every few milliseconds while a pre-vote is out).
+#[test]
+fn a_cut_off_node_does_not_flood_its_log() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_for_a_leader();
+    let survivor = if leader == 1 { 2 } else { 1 };
+    for id in (1..=3).filter(|id| *id != survivor) {
+        cluster.node(id).kill9();
+    }
+    let node = &cluster.nodes[survivor as usize - 1];
+    let campaigns = || node.log_text().matches("election timeout expired").count();
+    common::wait_until("the survivor to campaign", Duration::from_secs(20), || campaigns() > 0);
+    // A window to count in: without the limit, hundreds of lines.
+    let before = campaigns();
+    std::thread::sleep(Duration::from_secs(3));
+    let during = campaigns() - before;
+    assert!(during <= 1, "{during} election timeout lines in 3 s");
+}

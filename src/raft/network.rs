@@ -95,20 +95,14 @@ pub struct SnapshotInbox {
     pub max_bytes: u64,
 }
 
-/// A snapshot being received on one connection: its chunks go to a file, never to memory.
+/// A snapshot being received on one connection: its chunks go to a file, never to memory. The
+/// file has no name (it is unlinked as it is made), so no other transfer can open or truncate it,
+/// and it is gone once the transfer and any mapping of it are.
 struct IncomingSnapshot {
     meta: SnapshotMetaOf<TypeConfig>,
     file: Arc<std::fs::File>,
-    path: PathBuf,
     len: u64,
     chunks: usize,
-}
-
-impl Drop for IncomingSnapshot {
-    fn drop(&mut self) {
-        // Installed or abandoned, the file has served; a mapping of it keeps its data meanwhile.
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 impl<'a> RaftService<'a> {
@@ -166,16 +160,11 @@ impl<'a> RaftService<'a> {
             ));
         }
         if offset == 0 {
-            let path = self.snapshots.dir.join(format!("snapshot-from-{}.incoming", self.peer));
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            let file = tempfile::tempfile_in(&self.snapshots.dir).map_err(|e| {
+                format!("cannot make a file for the snapshot in {}: {e}", self.snapshots.dir.display())
+            })?;
             self.incoming =
-                Some(IncomingSnapshot { meta: meta.clone(), file: Arc::new(file), path, len: 0, chunks: 0 });
+                Some(IncomingSnapshot { meta: meta.clone(), file: Arc::new(file), len: 0, chunks: 0 });
         }
         let Some(snapshot) = self.incoming.as_mut().filter(|s| s.meta == meta && s.len == offset) else {
             return Err(format!(
@@ -203,9 +192,8 @@ impl<'a> RaftService<'a> {
         let bytes = incoming.len;
         let chunks = incoming.chunks;
         let last = incoming.meta.last_log_id.map(|l| l.index);
-        // SAFETY: the file is this connection's own, in the node's data dir, and nothing writes
-        // to it or truncates it while it is mapped: the transfer has ended, and the next one on
-        // this connection starts only after this install returns.
+        // SAFETY: the file has no name, so nothing but this transfer can reach it, and the
+        // transfer has ended: nothing writes to it or truncates it while it is mapped.
         let mapped = unsafe { memmap2::Mmap::map(&*incoming.file) }
             .map_err(|e| format!("cannot map the snapshot: {e}"))?;
         let snapshot =
@@ -566,9 +554,8 @@ mod tests {
         metrics.current_leader.unwrap()
     }
 
-    /// A snapshot is taken only from the leader this node follows in its current term, and
-    /// only up to the inbox's size; its chunks go to a file in the inbox, removed once the
-    /// transfer ends either way.
+    /// A snapshot is taken only from the leader of this node's current term, and only up to the
+    /// inbox's size.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn snapshot_chunks_from_anyone_but_the_leader_or_past_the_bound_are_refused() {
         let (mut listeners, members) = bind_members(1).await;
@@ -589,7 +576,6 @@ mod tests {
             RaftResponse::SnapshotChunk(Err(e)) => assert!(e.contains(why), "{e}"),
             other => panic!("expected a refusal ({why}), got {other:?}"),
         };
-        let files = || std::fs::read_dir(dir.path()).unwrap().count();
 
         // A stranger claiming to be node 9, with node 9's vote in the current term.
         let mut stranger = RaftService::new(&node.raft, 9, &inbox);
@@ -604,15 +590,12 @@ mod tests {
             old.answer(chunk(openraft::Vote::new_committed(term - 1, 1), 10, 0)).await,
             "only the leader",
         );
-        assert_eq!(files(), 0, "nothing was written");
 
         // The leader itself, within the bound, then past it.
         let mut leader = RaftService::new(&node.raft, 1, &inbox);
         let answer = leader.answer(chunk(leaders, 600, 0)).await;
         assert!(matches!(answer, RaftResponse::SnapshotChunk(Ok(None))), "{answer:?}");
-        assert_eq!(files(), 1, "the chunk went to a file");
         refused(leader.answer(chunk(leaders, 600, 600)).await, "over the 1000 bytes");
-        assert_eq!(files(), 0, "the abandoned transfer's file is gone");
         node.server.abort();
         node.raft.shutdown().await.unwrap();
     }
