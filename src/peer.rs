@@ -89,6 +89,11 @@ impl PeerConnection {
         self.target
     }
 
+    /// Where it reaches that node.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// The largest frame the peer accepts, connecting first if needed.
     pub async fn max_frame(&mut self, timeout: Duration) -> Result<usize, PeerError> {
         if self.open.is_none() {

@@ -296,3 +296,37 @@ fn one_clients_acknowledgement_wait_delays_no_other_client_on_a_shared_link() {
     );
     assert!(quick < Duration::from_secs(2), "the other client's writes took {quick:?}");
 }
+
+/// A member given smaller frames than the leader cannot take an entry the leader admitted: the
+/// leader does not send it again and again, and `CLUSTER` says which member is stuck and why.
+/// `CLUSTER` itself opens no new connections to the members once it has one to each.
+#[test]
+fn an_entry_a_member_cannot_take_shows_in_cluster_and_cluster_reuses_its_links() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let small = ["--max-frame-bytes", "262144", "--max-value-bytes", "131072"];
+    let node3 = cluster.node(3);
+    assert!(node3.terminate().success());
+    node3.flags.extend(small.iter().map(|f| f.to_string()));
+    node3.restart();
+    let mut leader = cluster.wait_for_a_leader();
+    if leader == 3 {
+        assert_eq!(cluster.nodes[0].cli(&["-c", "CLUSTER TRANSFER-LEADER 1"]).code, 0);
+        leader = 1;
+    }
+    let value = "v".repeat(300 * 1024);
+    let set = common::call(&[cluster.nodes[leader as usize - 1].addr.to_string()], &["SET", "big", &value]);
+    assert_eq!(set.expect("an answer").reply, Reply::ok(), "a quorum of large-frame members commits it");
+    common::wait_until("CLUSTER to name the stuck member", Duration::from_secs(30), || {
+        cluster.status(leader).iter().any(|row| {
+            row["id"] == 3 && row["problem"].as_str().is_some_and(|p| p.contains("cannot be sent to node 3"))
+        })
+    });
+    // Ten more tables through the leader: no new connection reaches another member.
+    let follower = if leader == 1 { 2 } else { 1 };
+    let connects = || cluster.nodes[follower as usize - 1].log_text().matches("peer connected").count();
+    let before = connects();
+    for _ in 0..10 {
+        cluster.status(leader);
+    }
+    assert_eq!(connects(), before, "CLUSTER reused its connections");
+}

@@ -208,6 +208,24 @@ impl<'a> RaftService<'a> {
 pub struct PeerNetwork {
     /// This node's id, announced in the hello.
     pub node_id: u64,
+    /// Where entries that a peer's frames cannot carry are reported, for `CLUSTER`.
+    pub unsendable: Arc<Unsendable>,
+}
+
+/// The peers this node holds an entry for that their frames cannot carry, with why: shown in
+/// `CLUSTER` until the entry goes through.
+#[derive(Debug, Default)]
+pub struct Unsendable(std::sync::Mutex<std::collections::BTreeMap<u64, String>>);
+
+impl Unsendable {
+    /// Every peer stuck on an entry, with why.
+    pub fn all(&self) -> std::collections::BTreeMap<u64, String> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -216,6 +234,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
         PeerClient {
             connection: PeerConnection::new(self.node_id, target, node.addr.clone()),
+            unsendable: self.unsendable.clone(),
             reported_unsendable: None,
         }
     }
@@ -224,7 +243,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 /// openraft's client for one peer.
 pub struct PeerClient {
     connection: PeerConnection,
-    /// The last entry found too big for the peer's frames, so that it is logged once.
+    unsendable: Arc<Unsendable>,
+    /// The last entry found too big for the peer's frames, so that it is reported once.
     reported_unsendable: Option<u64>,
 }
 
@@ -241,6 +261,7 @@ impl PeerClient {
         );
         if self.reported_unsendable != Some(index) {
             tracing::error!("{why}");
+            self.unsendable.lock().insert(self.connection.target(), why.clone());
             self.reported_unsendable = Some(index);
         }
         RPCError::Unreachable(Unreachable::from_string(why))
@@ -328,6 +349,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             self.call(RaftRequest::AppendEntries(rpc), option.hard_ttl()).await?,
             AppendEntries
         )?;
+        if self.reported_unsendable.take().is_some() {
+            self.unsendable.lock().remove(&self.connection.target());
+        }
         Ok(match (response, sent_part) {
             (AppendEntriesResponse::Success, Some(last)) => AppendEntriesResponse::PartialSuccess(last),
             (response, _) => response,
@@ -470,7 +494,7 @@ mod tests {
         let raft = Raft::new(
             id,
             Arc::new(config.validate().unwrap()),
-            PeerNetwork { node_id: id },
+            PeerNetwork { node_id: id, unsendable: Default::default() },
             LogStore::open(dir.path()).unwrap(),
             StateMachine::open(store.clone(), 10_000).unwrap(),
         )

@@ -13,8 +13,7 @@
 //! - [`ControlRequest::Removed`]: the leader tells a node it removed that it was removed, since
 //!   openraft never tells it; the node records it and stops (`membership`).
 //!
-//! Deliberately not here: who may send these (any peer hello is trusted today), and reusing
-//! connections for `CLUSTER` (each table opens one per member).
+//! Deliberately not here: who may send these (any peer hello is trusted today).
 
 use super::{Node, membership, reads};
 use crate::connection::{FrameReader, FrameWriter, ReadError};
@@ -82,9 +81,18 @@ pub struct NodeStatus {
     /// The last log index deleted from its log by compaction.
     #[serde(default)]
     pub purged_index: Option<u64>,
+    /// Only on the leader: the members it holds an entry for that their frames cannot carry,
+    /// with why.
+    #[serde(default)]
+    pub unsendable: BTreeMap<u64, String>,
 }
 
 impl NodeStatus {
+    /// `node`'s view of itself.
+    pub fn of_node(node: &Node) -> NodeStatus {
+        NodeStatus { unsendable: node.unsendable.all(), ..NodeStatus::of(&node.raft, node.seen.get()) }
+    }
+
     /// `raft`'s view of itself, with the peers it has seen.
     pub fn of(raft: &KvRaft, seen_members: BTreeSet<u64>) -> NodeStatus {
         // Clone at once: holding the watch guard can block the Raft core.
@@ -116,6 +124,7 @@ impl NodeStatus {
             seen_members,
             snapshot_index: metrics.snapshot.map(|l| l.index),
             purged_index: metrics.purged.map(|l| l.index),
+            unsendable: BTreeMap::new(),
         }
     }
 }
@@ -143,7 +152,7 @@ pub(super) async fn serve_peer(
 
 async fn answer(node: &Node, request: ControlRequest) -> ControlResponse {
     match request {
-        ControlRequest::Status => ControlResponse::Status(NodeStatus::of(&node.raft, node.seen.get())),
+        ControlRequest::Status => ControlResponse::Status(NodeStatus::of_node(node)),
         ControlRequest::Removed(notice) => ControlResponse::Removed(membership::removed(node, notice)),
         // Follower checks share the leader's own, so that many readers cost one quorum round.
         ControlRequest::ReadIndex => ControlResponse::ReadIndex(reads::leader_read_index(node).await),
@@ -164,6 +173,11 @@ impl ControlClient {
     /// The node this client talks to.
     pub fn target(&self) -> u64 {
         self.connection.target()
+    }
+
+    /// Where it reaches that node.
+    pub fn addr(&self) -> &str {
+        self.connection.addr()
     }
 
     /// Asks the peer for its [`NodeStatus`].

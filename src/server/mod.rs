@@ -43,7 +43,7 @@ mod status;
 
 use crate::config::NodeConfig;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{PeerNetwork, SnapshotInbox};
+use crate::raft::network::{PeerNetwork, SnapshotInbox, Unsendable};
 use crate::raft::state_machine::{StateMachine, request_snapshots};
 use crate::raft::{KvRaft, leader_lease, raft_config};
 use crate::store::{Store, StoreError};
@@ -107,6 +107,10 @@ struct Node {
     proposing: tokio::sync::RwLock<()>,
     /// Where snapshots sent by the leader are received.
     snapshots: SnapshotInbox,
+    /// Peers this node, leading, holds an entry for that their frames cannot carry.
+    unsendable: Arc<Unsendable>,
+    /// Connections to the members for `CLUSTER`, kept between calls.
+    status_links: status::StatusLinks,
     /// Client connections' slots (`max_connections`).
     client_slots: Arc<Semaphore>,
     /// Other members' connections' slots, apart from clients'.
@@ -160,10 +164,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
-    let raft =
-        KvRaft::new(config.id, raft_settings, PeerNetwork { node_id: config.id }, log.clone(), state_machine)
-            .await
-            .map_err(|e| ServerError::Raft(e.to_string()))?;
+    let unsendable = Arc::new(Unsendable::default());
+    let network = PeerNetwork { node_id: config.id, unsendable: unsendable.clone() };
+    let raft = KvRaft::new(config.id, raft_settings, network, log.clone(), state_machine)
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
     let fresh = !raft.is_initialized().await.map_err(|e| ServerError::Raft(e.to_string()))?;
     if fresh
         && config.join.is_none()
@@ -201,6 +206,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         membership_lock: tokio::sync::Mutex::new(()),
         proposing: tokio::sync::RwLock::new(()),
         snapshots,
+        unsendable,
+        status_links: Default::default(),
         client_slots: Arc::new(Semaphore::new(config_max_connections)),
         member_slots: Arc::new(Semaphore::new(handler::MAX_MEMBER_CONNECTIONS)),
         inflight: Arc::new(Semaphore::new(inflight_kib as usize)),
