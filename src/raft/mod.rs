@@ -40,6 +40,36 @@ openraft::declare_raft_types!(
 /// A running Raft member of our cluster.
 pub type KvRaft = Raft<TypeConfig, state_machine::StateMachine>;
 
+/// A watch on openraft's server metrics (role, leader, membership), which change rarely.
+pub type ServerMetricsWatch = openraft::type_config::alias::WatchReceiverOf<
+    TypeConfig,
+    openraft::metrics::RaftServerMetrics<TypeConfig>,
+>;
+/// A watch on openraft's data metrics (log, replication, heartbeats), which change with every
+/// append.
+pub type DataMetricsWatch =
+    openraft::type_config::alias::WatchReceiverOf<TypeConfig, openraft::metrics::RaftDataMetrics<TypeConfig>>;
+
+/// Waits for the next change of the server metrics, or, `with_data`, of either watch; `false`
+/// once Raft has stopped. Watchers that need the data metrics only at times (while leading, say)
+/// wake on every append only then.
+pub async fn metrics_changed(
+    server: &mut ServerMetricsWatch,
+    data: &mut DataMetricsWatch,
+    with_data: bool,
+) -> bool {
+    use openraft::async_runtime::WatchReceiver;
+    let changed = if with_data {
+        tokio::select! {
+            changed = data.changed() => changed,
+            changed = server.changed() => changed,
+        }
+    } else {
+        server.changed().await
+    };
+    changed.is_ok()
+}
+
 /// openraft's settings for a node: the timing from its configuration, the rest openraft's
 /// defaults. Snapshots are asked for by the state machine's own schedule (`state_machine`).
 pub fn raft_config(node: &NodeConfig) -> Result<openraft::Config, openraft::ConfigError> {

@@ -124,15 +124,7 @@ impl AckTracker {
                 if notify.send(version).is_err() {
                     return;
                 }
-                let changed = if leading {
-                    tokio::select! {
-                        changed = data.changed() => changed,
-                        changed = server.changed() => changed,
-                    }
-                } else {
-                    server.changed().await
-                };
-                if changed.is_err() {
+                if !crate::raft::metrics_changed(&mut server, &mut data, leading).await {
                     return;
                 }
             }

@@ -85,15 +85,7 @@ impl SeenMembers {
                     let holding = replication.into_iter().filter(|(_, matched)| matched.is_some());
                     record.record(holding.map(|(id, _)| id).filter(|id| members.contains(id)));
                 }
-                let changed = if unseen(&record) {
-                    tokio::select! {
-                        changed = data.changed() => changed,
-                        changed = server.changed() => changed,
-                    }
-                } else {
-                    server.changed().await
-                };
-                if changed.is_err() {
+                if !crate::raft::metrics_changed(&mut server, &mut data, unseen(&record)).await {
                     return;
                 }
             }
