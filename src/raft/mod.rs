@@ -50,6 +50,13 @@ pub type ServerMetricsWatch = openraft::type_config::alias::WatchReceiverOf<
 pub type DataMetricsWatch =
     openraft::type_config::alias::WatchReceiverOf<TypeConfig, openraft::metrics::RaftDataMetrics<TypeConfig>>;
 
+/// The members other than this node, as its server metrics show the membership.
+pub fn other_members(
+    metrics: &openraft::metrics::RaftServerMetrics<TypeConfig>,
+) -> impl Iterator<Item = u64> + '_ {
+    metrics.membership_config.membership().nodes().map(|(id, _)| *id).filter(move |id| *id != metrics.id)
+}
+
 /// Waits for the next change of the server metrics, or, `with_data`, of either watch; `false`
 /// once Raft has stopped. Watchers that need the data metrics only at times (while leading, say)
 /// wake on every append only then.

@@ -93,15 +93,8 @@ impl AckTracker {
                 {
                     let mut state = watched.lock().unwrap_or_else(|p| p.into_inner());
                     state.leading = leading;
-                    let me = server_now.id;
                     state.term = server_now.vote.leader_id().term;
-                    let members: Vec<u64> = server_now
-                        .membership_config
-                        .membership()
-                        .nodes()
-                        .map(|(id, _)| *id)
-                        .filter(|id| *id != me)
-                        .collect();
+                    let members: Vec<u64> = crate::raft::other_members(&server_now).collect();
                     state.peers.retain(|id, _| members.contains(id));
                     let replication = replication.unwrap_or_default();
                     let heartbeat = heartbeat.unwrap_or_default();

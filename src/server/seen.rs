@@ -69,13 +69,7 @@ impl SeenMembers {
                 // Clone at once: holding a watch guard can block the Raft core.
                 let now = server.borrow_watched().clone();
                 let me = now.id;
-                let members: BTreeSet<u64> = now
-                    .membership_config
-                    .membership()
-                    .nodes()
-                    .map(|(id, _)| *id)
-                    .filter(|id| *id != me)
-                    .collect();
+                let members: BTreeSet<u64> = crate::raft::other_members(&now).collect();
                 // A leader holds log entries too: its followers remember it as well.
                 record.record(now.current_leader.filter(|l| *l != me));
                 let leading = now.current_leader == Some(me);
