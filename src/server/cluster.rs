@@ -130,9 +130,16 @@ impl Cluster for Node {
     }
 
     fn leader(&self) -> Leader {
-        match self.leader() {
-            Some((id, _)) if id == self.config.id => Leader::Me,
-            Some((id, addr)) => Leader::Other { id, addr },
+        // Clone what is needed at once: holding the watch guard can block the Raft core. The
+        // leader's own address is never needed, so it is not copied on the leader's hot path.
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        match metrics.current_leader {
+            Some(id) if id == self.config.id => Leader::Me,
+            Some(id) => match metrics.membership_config.membership().get_node(&id) {
+                Some(node) => Leader::Other { id, addr: node.addr.clone() },
+                None => Leader::Unknown,
+            },
             None => Leader::Unknown,
         }
     }
@@ -162,7 +169,7 @@ impl Cluster for Node {
         acks: AckWait,
         deadline: Instant,
     ) -> Option<Proposed<'_>> {
-        if Cluster::leader(self) != Leader::Me {
+        if self.leader() != Leader::Me {
             return None;
         }
         // Never wait for the lock here: a handover waits for the proposals made this way, which

@@ -126,16 +126,6 @@ struct Node {
 }
 
 impl Node {
-    /// The current leader's id and address, if one is known.
-    fn leader(&self) -> Option<(u64, String)> {
-        // Clone what is needed at once: holding the watch guard can block the Raft core.
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow_watched();
-        let leader = metrics.current_leader?;
-        let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
-        Some((leader, addr))
-    }
-
     /// Stops the node by itself because of `failure`, which `run` then returns.
     fn fail(&self, failure: ServerError) {
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
