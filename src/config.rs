@@ -237,6 +237,10 @@ node_settings! {
     /// The one address the node serves clients and peers on.
     listen: SocketAddr = DEFAULT_LISTEN.parse().expect("the default address is valid"), "127.0.0.1:7001",
         "IP:PORT";
+    /// The address the other members and clients are given for this node, when it is not
+    /// `listen`: a node reached through a proxy, a NAT or a container's published port, or one
+    /// listening on every interface (`0.0.0.0`).
+    advertise: Option<SocketAddr> = None, "listen", "IP:PORT";
     /// Where the node keeps its state.
     data_dir: PathBuf = PathBuf::from(format!("data/node{}", id.value)), "data/node<id>", "DIR";
     /// The largest frame payload accepted from a connection; a larger one closes it.
@@ -322,9 +326,14 @@ impl NodeConfig {
         }
     }
 
+    /// The address the other members and clients reach this node at.
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertise.unwrap_or(self.listen)
+    }
+
     /// The configured cluster: this node and its peers, by id and address.
     pub fn members(&self) -> impl Iterator<Item = (u64, SocketAddr)> + '_ {
-        std::iter::once((self.id, self.listen)).chain(self.peers.iter().map(|p| (p.id, p.addr)))
+        std::iter::once((self.id, self.advertised())).chain(self.peers.iter().map(|p| (p.id, p.addr)))
     }
 }
 
@@ -392,6 +401,7 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
     let PickedSettings {
         id,
         listen,
+        advertise,
         data_dir,
         max_frame_bytes,
         max_key_bytes,
@@ -417,6 +427,18 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         return Err(id.origin.error("node id must be a positive integer"));
     }
 
+    let advertised = advertise.value.unwrap_or(listen.value);
+    if advertised.ip().is_unspecified() || advertised.port() == 0 {
+        let (origin, what) = match advertise.value {
+            Some(_) => (&advertise.origin, "advertise"),
+            None => (&listen.origin, "listen"),
+        };
+        return Err(origin.error(format!(
+            "{what} is {advertised}, which other members cannot connect to; give advertise, the \
+             address they reach this node at"
+        )));
+    }
+
     let peers: Vec<(Peer, Origin)> = if args.peers.is_empty() {
         file.peers
             .iter()
@@ -437,10 +459,8 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
             let whose = if peer.id == id.value { "this node's own id" } else { "another peer's id" };
             return Err(origin.error(format!("duplicate id {}: it is {whose}", peer.id)));
         }
-        if peer.addr == listen.value {
-            return Err(
-                origin.error(format!("peer {} has this node's own address {}", peer.id, listen.value))
-            );
+        if let Some(own) = [listen.value, advertised].into_iter().find(|own| *own == peer.addr) {
+            return Err(origin.error(format!("peer {} has this node's own address {own}", peer.id)));
         }
     }
 
@@ -449,10 +469,8 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
             .origin
             .error("join and peers exclude each other: a joining node learns its peers from the cluster"));
     }
-    if join.value == Some(listen.value) {
-        return Err(join
-            .origin
-            .error(format!("cannot join through this node's own address {}", listen.value)));
+    if let Some(own) = [listen.value, advertised].into_iter().find(|own| join.value == Some(*own)) {
+        return Err(join.origin.error(format!("cannot join through this node's own address {own}")));
     }
     if learner.value && join.value.is_none() {
         return Err(learner.origin.error("learner only applies to a node that joins (give join)"));
@@ -490,6 +508,7 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
     Ok(NodeConfig {
         id: id.value,
         listen: listen.value,
+        advertise: advertise.value,
         data_dir: data_dir.value,
         peers: peers.into_iter().map(|(p, _)| p).collect(),
         max_frame_bytes: max_frame_bytes.value,
@@ -617,6 +636,17 @@ mod tests {
     }
 
     #[test]
+    fn members_reach_a_node_at_its_advertised_address() {
+        let toml = "listen = \"0.0.0.0:7001\"\nadvertise = \"10.0.0.1:7001\"\n";
+        let config = load_with(toml, &["--peer", "2=10.0.0.2:7001"]).unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:7001");
+        let members: Vec<_> = config.members().map(|(id, addr)| (id, addr.to_string())).collect();
+        assert_eq!(members, [(1, "10.0.0.1:7001".to_string()), (2, "10.0.0.2:7001".to_string())]);
+        let plain = load_with("", &[]).unwrap();
+        assert_eq!(plain.advertised(), plain.listen);
+    }
+
+    #[test]
     fn bad_files_are_reported_with_file_line_and_column() {
         let cases = [
             ("id = 1\nlistne = \"x\"\n", ":2:1: unknown field `listne`"),
@@ -655,6 +685,12 @@ mod tests {
             ),
             ("learner = true\n", ":1:11: learner only applies to a node that joins"),
             ("join = \"127.0.0.1:7001\"\n", "cannot join through this node's own address"),
+            ("listen = \"0.0.0.0:7001\"\n", ":1:10: listen is 0.0.0.0:7001, which other members cannot"),
+            ("advertise = \"0.0.0.0:7001\"\n", ":1:13: advertise is 0.0.0.0:7001, which"),
+            (
+                "advertise = \"127.0.0.1:8001\"\n[[peers]]\nid = 2\naddr = \"127.0.0.1:8001\"\n",
+                ":3:6: peer 2 has this node's own address 127.0.0.1:8001",
+            ),
             ("id = [\n", ":1:"),
         ];
         for (toml, want) in cases {

@@ -438,7 +438,7 @@ fn settle(answer: Answer, node: &Node) -> Result<Committed, Failure> {
 pub(super) async fn join(node: std::sync::Arc<Node>, through: SocketAddr) {
     let me = node.config.id;
     let add_learner =
-        ["CLUSTER", "ADD-LEARNER", &me.to_string(), &node.config.listen.to_string()].map(String::from);
+        ["CLUSTER", "ADD-LEARNER", &me.to_string(), &node.config.advertised().to_string()].map(String::from);
     if let Err(why) = ask_until_done(&node, through, &add_learner).await {
         let refusal = Refusal::Join { through, why };
         tracing::error!("{refusal}; stopping");

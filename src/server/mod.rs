@@ -173,6 +173,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     tracing::info!(
         id = config.id,
         addr = %config.listen,
+        advertised = %config.advertised(),
         data_dir = %config.data_dir.display(),
         peers = config.peers.len(),
         "serving"
