@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
+pub mod network;
+
 use kv::client::Client;
 use kv::protocol::message::{Cell, Reply, Response};
 use nix::sys::signal::{Signal, kill};
@@ -292,6 +294,16 @@ impl TestCluster {
     /// Starts `size` nodes that know each other, each with `flags`, and waits until the cluster
     /// commits a write.
     pub fn start(size: u64, flags: &[&str]) -> TestCluster {
+        TestCluster::start_on(None, size, flags)
+    }
+
+    /// Like [`Self::start`], but the nodes reach each other only through `network`'s proxies,
+    /// which the test can cut; clients still reach each node directly.
+    pub fn start_behind(network: &network::Network, flags: &[&str]) -> TestCluster {
+        TestCluster::start_on(Some(network), network.proxies.len() as u64, flags)
+    }
+
+    fn start_on(network: Option<&network::Network>, size: u64, flags: &[&str]) -> TestCluster {
         for _ in 0..5 {
             // Distinct ports: a port freed a moment ago can be handed out twice.
             let mut addrs: Vec<SocketAddr> = Vec::new();
@@ -302,9 +314,18 @@ impl TestCluster {
                 }
             }
             let mut nodes = Vec::new();
+            // Where the members reach each other.
+            let advertised = match network {
+                Some(network) => network.proxies.clone(),
+                None => addrs.clone(),
+            };
             for id in 1..=size {
                 let mut node_flags: Vec<String> = vec!["--id".into(), id.to_string()];
-                for (peer, addr) in (1..=size).zip(&addrs).filter(|(peer, _)| *peer != id) {
+                if let Some(network) = network {
+                    network.route(id, addrs[id as usize - 1]);
+                    node_flags.extend(["--advertise".to_string(), advertised[id as usize - 1].to_string()]);
+                }
+                for (peer, addr) in (1..=size).zip(&advertised).filter(|(peer, _)| *peer != id) {
                     node_flags.extend(["--peer".to_string(), format!("{peer}={addr}")]);
                 }
                 node_flags.extend(flags.iter().map(|f| f.to_string()));
