@@ -10,10 +10,11 @@
 //! [`RequestOptions`] apply to every request of a connection: local (possibly stale) reads, and
 //! how many peer acknowledgements a write should wait for.
 
-use crate::connection::{self, FrameReader, FrameWriter, ReadError};
+use crate::connection::{self, FrameReader, FrameWriter, ReadError, Stream};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::frame::DEFAULT_MAX_FRAME_BYTES;
 use crate::protocol::message::{ErrorCode, Hello, HelloReply, Request, Response};
+use crate::tls::ClientTls;
 use serde_bytes::ByteBuf;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -82,10 +83,46 @@ pub struct NodeInfo {
     pub node_id: u64,
 }
 
+/// How a client reaches nodes: plain TCP, or TLS that checks each node's certificate against a
+/// CA (and may present the client's own).
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    tls: Option<ClientTls>,
+}
+
+impl Transport {
+    /// Plain TCP.
+    pub fn plain() -> Transport {
+        Transport { tls: None }
+    }
+
+    /// TLS with `tls`.
+    pub fn tls(tls: ClientTls) -> Transport {
+        Transport { tls: Some(tls) }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Opens a connection to `addr`, with its TLS handshake if any.
+    async fn dial(&self, addr: &str) -> std::io::Result<Stream> {
+        let tcp = TcpStream::connect(addr).await?;
+        match &self.tls {
+            Some(tls) => Ok(tls.connect(tcp).await?.into()),
+            None => Ok(tcp.into()),
+        }
+    }
+}
+
 impl Client {
     /// Connects to the first of `addrs` that completes the hello within `timeout`.
-    pub async fn connect_any(addrs: &[String], timeout: Duration) -> Result<(Client, NodeInfo), ClientError> {
-        Client::connect_any_from(addrs, 0, timeout).await
+    pub async fn connect_any(
+        addrs: &[String],
+        timeout: Duration,
+        transport: &Transport,
+    ) -> Result<(Client, NodeInfo), ClientError> {
+        Client::connect_any_from(addrs, 0, timeout, transport).await
     }
 
     /// Like [`Client::connect_any`], but starts with `addrs[first]` and wraps around: after a
@@ -94,11 +131,12 @@ impl Client {
         addrs: &[String],
         first: usize,
         timeout: Duration,
+        transport: &Transport,
     ) -> Result<(Client, NodeInfo), ClientError> {
         let mut failures = Vec::new();
         let n = addrs.len();
         for addr in (0..n).map(|i| &addrs[(first + i) % n]) {
-            match Client::connect(addr, timeout).await {
+            match Client::connect(addr, timeout, transport).await {
                 Ok(connected) => return Ok(connected),
                 Err(e @ ClientError::Refused { code: ErrorCode::VersionMismatch, .. }) => return Err(e),
                 Err(e) => failures.push(e.to_string()),
@@ -108,20 +146,25 @@ impl Client {
     }
 
     /// Connects to one node and says hello.
-    pub async fn connect(addr: &str, timeout: Duration) -> Result<(Client, NodeInfo), ClientError> {
+    pub async fn connect(
+        addr: &str,
+        timeout: Duration,
+        transport: &Transport,
+    ) -> Result<(Client, NodeInfo), ClientError> {
         let hello =
             Hello { version: PROTOCOL_VERSION, client: "kv-cli".to_string(), peer: None, forwarded_by: None };
-        Client::connect_with(addr, timeout, hello).await
+        Client::connect_with(addr, timeout, hello, transport.dial(addr)).await
     }
 
-    /// Connects to one node with the given hello (a forwarding node's says so).
+    /// Says `hello` (a forwarding node's says so) on the connection `dial` opens to `addr`.
     pub(crate) async fn connect_with(
         addr: &str,
         timeout: Duration,
         hello: Hello,
+        dial: impl Future<Output = std::io::Result<Stream>>,
     ) -> Result<(Client, NodeInfo), ClientError> {
         let connect_error = |reason: String| ClientError::Connect { addr: addr.to_string(), reason };
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        let stream = tokio::time::timeout(timeout, dial)
             .await
             .map_err(|_| connect_error(format!("timed out after {timeout:?}")))?
             .map_err(|e| connect_error(e.to_string()))?;
@@ -233,8 +276,8 @@ impl RequestSender {
         Ok(self.writer.flush().await?)
     }
 
-    /// The connection's socket, for a look at its state (see `server::forward`).
-    pub(crate) fn socket(&self) -> &TcpStream {
+    /// The connection's TCP socket, for a look at its state (see `server::forward`).
+    pub(crate) fn socket(&self) -> std::os::fd::RawFd {
         self.writer.socket()
     }
 }

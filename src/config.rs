@@ -17,6 +17,7 @@
 use crate::addr::parse_addr;
 use crate::command::{Limits, Write};
 use crate::protocol::frame::{DEFAULT_MAX_FRAME_BYTES, max_write_bytes};
+use crate::tls::TlsFiles;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -243,6 +244,18 @@ node_settings! {
     advertise: Option<SocketAddr> = None, "listen", "IP:PORT";
     /// Where the node keeps its state.
     data_dir: PathBuf = PathBuf::from(format!("data/node{}", id.value)), "data/node<id>", "DIR";
+    /// The cluster's CA certificate (PEM). With `tls_cert` and `tls_key`, every connection is
+    /// TLS 1.3: clients check the node against it, and members must present a certificate it
+    /// issued that names their node id.
+    tls_ca: Option<PathBuf> = None, "none", "FILE";
+    /// This node's certificate (PEM), issued by the CA, naming `node-<id>` and the addresses
+    /// clients reach it at (`kv-cli cert create-node`). Read again on `SIGHUP`.
+    tls_cert: Option<PathBuf> = None, "none", "FILE";
+    /// The private key of `tls_cert` (PEM). Read again on `SIGHUP`.
+    tls_key: Option<PathBuf> = None, "none", "FILE";
+    /// Serve in the clear on an address other machines can reach. Without it, a node whose
+    /// `listen` is not a loopback address refuses to start without TLS.
+    insecure: bool = false, "false", "BOOL", switch = true;
     /// The largest frame payload accepted from a connection; a larger one closes it.
     max_frame_bytes: usize = DEFAULT_MAX_FRAME_BYTES, "4194304", "BYTES";
     /// The largest key accepted.
@@ -326,6 +339,11 @@ impl NodeConfig {
         }
     }
 
+    /// The files of the node's TLS, if it has TLS.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles { ca: self.tls_ca.clone()?, cert: self.tls_cert.clone()?, key: self.tls_key.clone()? })
+    }
+
     /// The address the other members and clients reach this node at.
     pub fn advertised(&self) -> SocketAddr {
         self.advertise.unwrap_or(self.listen)
@@ -403,6 +421,10 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         listen,
         advertise,
         data_dir,
+        tls_ca,
+        tls_cert,
+        tls_key,
+        insecure,
         max_frame_bytes,
         max_key_bytes,
         max_value_bytes,
@@ -436,6 +458,22 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         return Err(origin.error(format!(
             "{what} is {advertised}, which other members cannot connect to; give advertise, the \
              address they reach this node at"
+        )));
+    }
+
+    let tls_given = [tls_ca.value.is_some(), tls_cert.value.is_some(), tls_key.value.is_some()];
+    if tls_given.contains(&true) && tls_given.contains(&false) {
+        let first =
+            [&tls_ca, &tls_cert, &tls_key].into_iter().find(|s| s.value.is_some()).expect("one is given");
+        return Err(first.origin.error("tls_ca, tls_cert and tls_key go together: give all three or none"));
+    }
+
+    if !listen.value.ip().is_loopback() && !tls_given.contains(&true) && !insecure.value {
+        return Err(listen.origin.error(format!(
+            "listen is {}, which other machines can reach, and this node has no TLS: anyone who \
+             reaches it could read and change everything. Give tls_ca, tls_cert and tls_key (made \
+             with kv-cli cert), or insecure to serve in the clear anyway",
+            listen.value
         )));
     }
 
@@ -510,6 +548,10 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         listen: listen.value,
         advertise: advertise.value,
         data_dir: data_dir.value,
+        tls_ca: tls_ca.value,
+        tls_cert: tls_cert.value,
+        tls_key: tls_key.value,
+        insecure: insecure.value,
         peers: peers.into_iter().map(|(p, _)| p).collect(),
         max_frame_bytes: max_frame_bytes.value,
         max_key_bytes: max_key_bytes.value,
@@ -637,7 +679,7 @@ mod tests {
 
     #[test]
     fn members_reach_a_node_at_its_advertised_address() {
-        let toml = "listen = \"0.0.0.0:7001\"\nadvertise = \"10.0.0.1:7001\"\n";
+        let toml = "listen = \"0.0.0.0:7001\"\nadvertise = \"10.0.0.1:7001\"\ninsecure = true\n";
         let config = load_with(toml, &["--peer", "2=10.0.0.2:7001"]).unwrap();
         assert_eq!(config.listen.to_string(), "0.0.0.0:7001");
         let members: Vec<_> = config.members().map(|(id, addr)| (id, addr.to_string())).collect();
@@ -685,7 +727,15 @@ mod tests {
             ),
             ("learner = true\n", ":1:11: learner only applies to a node that joins"),
             ("join = \"127.0.0.1:7001\"\n", "cannot join through this node's own address"),
-            ("listen = \"0.0.0.0:7001\"\n", ":1:10: listen is 0.0.0.0:7001, which other members cannot"),
+            (
+                "listen = \"0.0.0.0:7001\"\ninsecure = true\n",
+                ":1:10: listen is 0.0.0.0:7001, which other members cannot",
+            ),
+            (
+                "listen = \"10.0.0.1:7001\"\n",
+                ":1:10: listen is 10.0.0.1:7001, which other machines can reach",
+            ),
+            ("tls_ca = \"ca.crt\"\n", ":1:10: tls_ca, tls_cert and tls_key go together"),
             ("advertise = \"0.0.0.0:7001\"\n", ":1:13: advertise is 0.0.0.0:7001, which"),
             (
                 "advertise = \"127.0.0.1:8001\"\n[[peers]]\nid = 2\naddr = \"127.0.0.1:8001\"\n",

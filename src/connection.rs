@@ -1,4 +1,4 @@
-//! A TCP connection that carries typed messages in frames.
+//! A connection (TCP, or TLS over it) that carries typed messages in frames.
 //!
 //! The read and write halves are separate types so that a pipelining client can send from one
 //! task while it reads answers in another; the node uses both from one task.
@@ -8,11 +8,13 @@
 //! differently.
 
 use crate::protocol::frame::{self, DecodeError};
+use crate::tls::TlsStream;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde::{Serialize, de::DeserializeOwned};
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,28 +37,76 @@ impl ReadError {
     }
 }
 
+/// A connection's bytes: plain TCP, or TLS over it.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Stream {
+    /// The TCP socket under the stream.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+impl From<TcpStream> for Stream {
+    fn from(tcp: TcpStream) -> Stream {
+        Stream::Plain(tcp)
+    }
+}
+
+impl From<TlsStream> for Stream {
+    fn from(tls: TlsStream) -> Stream {
+        Stream::Tls(Box::new(tls))
+    }
+}
+
+type ReadHalf = Box<dyn AsyncRead + Send + Sync + Unpin>;
+type WriteHalf = Box<dyn AsyncWrite + Send + Sync + Unpin>;
+
 /// Receives messages.
 pub struct FrameReader {
-    inner: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    inner: FramedRead<ReadHalf, LengthDelimitedCodec>,
 }
 
 /// Sends messages. `feed` buffers, `flush` writes what is buffered in as few syscalls as it can.
 /// `feed` also writes once enough is buffered, so it waits while the peer is not reading.
 pub struct FrameWriter {
-    inner: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    inner: FramedWrite<WriteHalf, LengthDelimitedCodec>,
     /// How long one write may wait for the peer to read before it fails; `None`: forever.
     write_timeout: Option<std::time::Duration>,
+    /// The TCP socket under the stream, which lives as long as either half.
+    socket: RawFd,
 }
 
 /// Splits a stream into typed frame halves, with `max_frame_bytes` as the limit for reading.
-pub fn split(stream: TcpStream, max_frame_bytes: usize) -> (FrameReader, FrameWriter) {
+pub fn split(stream: impl Into<Stream>, max_frame_bytes: usize) -> (FrameReader, FrameWriter) {
+    let stream = stream.into();
     // Requests and answers are small and latency-bound; Nagle would hold them back.
-    let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
+    let _ = stream.tcp().set_nodelay(true);
+    let socket = stream.tcp().as_raw_fd();
+    let (read, write): (ReadHalf, WriteHalf) = match stream {
+        Stream::Plain(tcp) => {
+            let (read, write) = tcp.into_split();
+            (Box::new(read), Box::new(write))
+        }
+        Stream::Tls(tls) => {
+            let (read, write) = tokio::io::split(*tls);
+            (Box::new(read), Box::new(write))
+        }
+    };
     (
         FrameReader { inner: FramedRead::new(read, frame::codec(max_frame_bytes)) },
         // Our own writes are bounded by what we choose to send, not by the peer's limit.
-        FrameWriter { inner: FramedWrite::new(write, frame::codec(u32::MAX as usize)), write_timeout: None },
+        FrameWriter {
+            inner: FramedWrite::new(write, frame::codec(u32::MAX as usize)),
+            write_timeout: None,
+            socket,
+        },
     )
 }
 
@@ -137,7 +187,7 @@ impl FrameWriter {
     /// (the usual case) sets no timer.
     async fn bounded<'a, F, Fut>(&'a mut self, write: F) -> io::Result<()>
     where
-        F: FnOnce(&'a mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>) -> Fut,
+        F: FnOnce(&'a mut FramedWrite<WriteHalf, LengthDelimitedCodec>) -> Fut,
         Fut: std::future::Future<Output = io::Result<()>> + 'a,
     {
         let timeout = self.write_timeout;
@@ -157,8 +207,9 @@ impl FrameWriter {
         }
     }
 
-    /// The socket under this half.
-    pub(crate) fn socket(&self) -> &TcpStream {
-        self.inner.get_ref().as_ref()
+    /// The TCP socket under this half, for a look at its state (see `server::forward`); valid
+    /// while this half lives.
+    pub(crate) fn socket(&self) -> RawFd {
+        self.socket
     }
 }

@@ -20,7 +20,8 @@
 //!    picture.
 //!
 //! The client side is [`client`] (connect, call, pipeline) and [`cli`] (shell, batches, demo).
-//! [`config`] turns a TOML file and flags into a validated node configuration.
+//! [`config`] turns a TOML file and flags into a validated node configuration; [`tls`] secures
+//! every connection.
 
 pub mod addr;
 pub mod cli;
@@ -34,3 +35,4 @@ pub mod protocol;
 pub mod raft;
 pub mod server;
 pub mod store;
+pub mod tls;

@@ -12,16 +12,56 @@
 //! [`PeerError`] that says whether the peer could not be reached at all (nothing was sent) or
 //! the exchange broke.
 //!
+//! Every connection to another member is opened by the node's [`Dialer`]: over TLS, presenting
+//! this node's certificate and accepting only the certificate of the member it meant to reach,
+//! when the node has TLS; plain TCP otherwise.
+//!
 //! Deliberately not here: retries (openraft and the callers decide), and what the messages mean.
 
-use crate::connection::{self, FrameReader, FrameWriter};
+use crate::connection::{self, FrameReader, FrameWriter, Stream};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::frame::DEFAULT_MAX_FRAME_BYTES;
 use crate::protocol::message::{ErrorCode, Hello, HelloReply};
+use crate::tls::NodeTls;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+
+/// How this node opens connections to other members, and, to join a cluster, to an address.
+#[derive(Clone)]
+pub struct Dialer {
+    /// This node's id, announced in every hello.
+    pub me: u64,
+    tls: Option<Arc<NodeTls>>,
+}
+
+impl Dialer {
+    /// Dials as node `me`, over TLS when `tls` is given.
+    pub fn new(me: u64, tls: Option<Arc<NodeTls>>) -> Dialer {
+        Dialer { me, tls }
+    }
+
+    /// Connects to member `id` at `addr`; over TLS, only a certificate naming `id` is accepted.
+    pub async fn member(&self, addr: &str, id: u64) -> std::io::Result<Stream> {
+        let tcp = TcpStream::connect(addr).await?;
+        match &self.tls {
+            Some(tls) => Ok(tls.connect_member(tcp, id).await?.into()),
+            None => Ok(tcp.into()),
+        }
+    }
+
+    /// Connects to whichever member answers at `addr`; over TLS, its certificate must name the
+    /// address.
+    pub async fn address(&self, addr: &str) -> std::io::Result<Stream> {
+        let tcp = TcpStream::connect(addr).await?;
+        match &self.tls {
+            Some(tls) => Ok(tls.connect_address(tcp).await?.into()),
+            None => Ok(tcp.into()),
+        }
+    }
+}
 
 /// One frame between peers: a Raft message or a control-plane message.
 #[derive(Debug, Serialize, Deserialize)]
@@ -72,16 +112,16 @@ struct Open {
 
 /// The connection to one peer, opened on first use and again after a failure.
 pub struct PeerConnection {
-    me: u64,
+    dialer: Dialer,
     target: u64,
     addr: String,
     open: Option<Open>,
 }
 
 impl PeerConnection {
-    /// A connection to node `target` at `addr`, announcing itself as node `me`.
-    pub fn new(me: u64, target: u64, addr: String) -> PeerConnection {
-        PeerConnection { me, target, addr, open: None }
+    /// A connection to node `target` at `addr`, opened by `dialer`.
+    pub fn new(dialer: Dialer, target: u64, addr: String) -> PeerConnection {
+        PeerConnection { dialer, target, addr, open: None }
     }
 
     /// The node this connection talks to.
@@ -139,13 +179,14 @@ impl PeerConnection {
         let unreachable =
             |why: String| PeerError::Unreachable { target: self.target, addr: self.addr.clone(), why };
         let open = async {
-            let stream = TcpStream::connect(&self.addr).await.map_err(|e| unreachable(e.to_string()))?;
+            let stream =
+                self.dialer.member(&self.addr, self.target).await.map_err(|e| unreachable(e.to_string()))?;
             // Answers are bounded by what we send (a status, an ack, a vote), never by data.
             let (mut reader, mut writer) = connection::split(stream, DEFAULT_MAX_FRAME_BYTES);
             let hello = Hello {
                 version: PROTOCOL_VERSION,
                 client: "peer".into(),
-                peer: Some(self.me),
+                peer: Some(self.dialer.me),
                 forwarded_by: None,
             };
             writer.send(&hello).await.map_err(|e| unreachable(e.to_string()))?;

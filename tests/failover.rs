@@ -28,7 +28,9 @@ fn a_followers_clients_are_served_again_soon_after_the_leader_goes_silent() {
     let leader_pid = cluster.nodes[leader as usize - 1].pid();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let addr = cluster.nodes[follower as usize - 1].addr.to_string();
-    let (mut client, _) = runtime.block_on(Client::connect(&addr, Duration::from_secs(30))).unwrap();
+    let (mut client, _) = runtime
+        .block_on(Client::connect(&addr, Duration::from_secs(30), &kv::client::Transport::default()))
+        .unwrap();
 
     // Writes succeed before the freeze.
     let mut write = |i: usize| {
@@ -112,7 +114,13 @@ impl Looping {
                         let args = command(i).into_iter().map(String::into_bytes).collect();
                         Client::call(connected, args).await.map(|r| r.reply).map_err(|e| e.to_string())
                     }
-                    None => match Client::connect(&addr, Duration::from_secs(30)).await {
+                    None => match Client::connect(
+                        &addr,
+                        Duration::from_secs(30),
+                        &kv::client::Transport::default(),
+                    )
+                    .await
+                    {
                         Ok((connected, _)) => {
                             client = Some(connected);
                             continue;
@@ -228,7 +236,10 @@ fn the_majoritys_clients_are_served_again_soon_after_the_leader_is_cut_off() {
 fn call_node(addr: &str, args: &[&str]) -> Reply {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let (mut client, _) = Client::connect(addr, Duration::from_secs(20)).await.expect("the node accepts");
+        let (mut client, _) =
+            Client::connect(addr, Duration::from_secs(20), &kv::client::Transport::default())
+                .await
+                .expect("the node accepts");
         client
             .call(args.iter().map(|a| a.as_bytes().to_vec()).collect())
             .await

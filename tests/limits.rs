@@ -158,9 +158,11 @@ fn clients_filling_every_slot_cannot_keep_the_cluster_from_electing_and_committi
         let addr = node.addr.to_string();
         // The harness's own probes may hold a slot for a moment.
         common::wait_until("every client slot to be taken", Duration::from_secs(20), || {
-            if let Ok((client, _)) =
-                runtime.block_on(kv::client::Client::connect(&addr, Duration::from_secs(5)))
-            {
+            if let Ok((client, _)) = runtime.block_on(kv::client::Client::connect(
+                &addr,
+                Duration::from_secs(5),
+                &kv::client::Transport::default(),
+            )) {
                 held.push((node.addr, client));
             }
             held.iter().filter(|(a, _)| *a == node.addr).count() == 4
@@ -192,8 +194,20 @@ fn idle_clients_are_disconnected() {
     let runtime = runtime();
     let addr = node.addr.to_string();
     let started = std::time::Instant::now();
-    let (mut idle, _) = runtime.block_on(kv::client::Client::connect(&addr, Duration::from_secs(5))).unwrap();
-    let (mut busy, _) = runtime.block_on(kv::client::Client::connect(&addr, Duration::from_secs(5))).unwrap();
+    let (mut idle, _) = runtime
+        .block_on(kv::client::Client::connect(
+            &addr,
+            Duration::from_secs(5),
+            &kv::client::Transport::default(),
+        ))
+        .unwrap();
+    let (mut busy, _) = runtime
+        .block_on(kv::client::Client::connect(
+            &addr,
+            Duration::from_secs(5),
+            &kv::client::Transport::default(),
+        ))
+        .unwrap();
     common::wait_until("the idle connection to be closed", Duration::from_secs(10), || {
         let ping = runtime.block_on(busy.call(vec![b"PING".to_vec()]));
         assert!(ping.is_ok(), "a client that keeps talking stays connected: {ping:?}");
@@ -268,8 +282,13 @@ fn one_clients_acknowledgement_wait_delays_no_other_client_on_a_shared_link() {
         let addr = addr.clone();
         std::thread::spawn(move || {
             let runtime = runtime();
-            let (mut client, _) =
-                runtime.block_on(kv::client::Client::connect(&addr, Duration::from_secs(30))).unwrap();
+            let (mut client, _) = runtime
+                .block_on(kv::client::Client::connect(
+                    &addr,
+                    Duration::from_secs(30),
+                    &kv::client::Transport::default(),
+                ))
+                .unwrap();
             client.set_options(kv::client::RequestOptions {
                 min_acks: Some(2),
                 ack_timeout: Some(Duration::from_secs(4)),
@@ -282,8 +301,13 @@ fn one_clients_acknowledgement_wait_delays_no_other_client_on_a_shared_link() {
         })
     };
     let runtime = runtime();
-    let (mut client, _) =
-        runtime.block_on(kv::client::Client::connect(&addr, Duration::from_secs(30))).unwrap();
+    let (mut client, _) = runtime
+        .block_on(kv::client::Client::connect(
+            &addr,
+            Duration::from_secs(30),
+            &kv::client::Transport::default(),
+        ))
+        .unwrap();
     // Give the patient write time to reach the leader first.
     std::thread::sleep(Duration::from_millis(300));
     let started = std::time::Instant::now();

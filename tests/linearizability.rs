@@ -61,7 +61,12 @@ fn client(
             _ => (vec!["DEL".to_string(), format!("k{key}")], 'd'),
         };
         if connection.is_none() {
-            match runtime.block_on(Client::connect_any_from(&addrs, next_addr, Duration::from_secs(1))) {
+            match runtime.block_on(Client::connect_any_from(
+                &addrs,
+                next_addr,
+                Duration::from_secs(1),
+                &kv::client::Transport::default(),
+            )) {
                 Ok((client, _)) => connection = Some(client),
                 Err(_) => continue,
             }

@@ -147,8 +147,13 @@ fn broken_clients_lose_their_own_connection_and_nothing_else() {
         "32768",
     ]);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (mut good, _) =
-        runtime.block_on(Client::connect(&node.addr.to_string(), Duration::from_secs(10))).unwrap();
+    let (mut good, _) = runtime
+        .block_on(Client::connect(
+            &node.addr.to_string(),
+            Duration::from_secs(10),
+            &kv::client::Transport::default(),
+        ))
+        .unwrap();
     let mut set = |key: &str| {
         runtime
             .block_on(good.call(vec![b"SET".to_vec(), key.as_bytes().to_vec(), b"v".to_vec()]))
@@ -210,7 +215,13 @@ fn connections_over_the_cap_are_refused_with_busy() {
     // The harness's readiness probe may still hold the one slot for a moment.
     let mut held = None;
     wait_until("the only slot", Duration::from_secs(10), || {
-        held = runtime.block_on(Client::connect(&node.addr.to_string(), Duration::from_secs(10))).ok();
+        held = runtime
+            .block_on(Client::connect(
+                &node.addr.to_string(),
+                Duration::from_secs(10),
+                &kv::client::Transport::default(),
+            ))
+            .ok();
         held.is_some()
     });
     let out = node.cli(&["-c", "PING"]);

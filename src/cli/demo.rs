@@ -14,7 +14,7 @@
 //! `.nodes`, `.stop N` (graceful), `.kill N` (`kill -9`), `.restart N`. In piped input they run
 //! after every command before them has been answered.
 
-use crate::client::Client;
+use crate::client::{Client, Transport};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::net::{SocketAddr, TcpListener};
@@ -163,7 +163,8 @@ impl DemoCluster {
         let started = Instant::now();
         while started.elapsed() < START_TIMEOUT {
             let read = runtime.block_on(async {
-                let (mut client, _) = Client::connect_any(&addrs, Duration::from_secs(1)).await.ok()?;
+                let (mut client, _) =
+                    Client::connect_any(&addrs, Duration::from_secs(1), &Transport::plain()).await.ok()?;
                 client.call(vec![b"EXISTS".to_vec(), b"demo".to_vec()]).await.ok()
             });
             if read.is_some_and(|response| !response.reply.is_error()) {

@@ -8,16 +8,19 @@
 
 pub mod batch;
 pub mod bench;
+pub mod cert;
 pub mod demo;
 pub mod output;
 pub mod shell;
 pub mod split;
 
-use crate::client::{Client, ClientError, NodeInfo, RequestOptions};
+use crate::client::{Client, ClientError, NodeInfo, RequestOptions, Transport};
 use crate::command::{COMMANDS, lookup};
 use crate::protocol::message::{ErrorCode, Reply, Response};
+use crate::tls::{ClientTls, TlsError};
 use output::{Format, Printer};
 use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -77,6 +80,24 @@ pub struct CliArgs {
     /// How long the leader waits for --min-acks peer acknowledgements.
     #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds, requires = "min_acks")]
     pub ack_timeout: Duration,
+    /// Connect over TLS, trusting the cluster's CA certificate in FILE (PEM).
+    #[arg(long, value_name = "FILE", env = "KV_CA")]
+    pub ca: Option<PathBuf>,
+    /// With --ca: present this client certificate (PEM); its common name is the user logged in.
+    #[arg(long, value_name = "FILE", env = "KV_CERT", requires_all = ["ca", "key"])]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "FILE", env = "KV_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl CliArgs {
+    /// How to reach the nodes, from --ca, --cert and --key.
+    fn transport(&self) -> Result<Transport, TlsError> {
+        let Some(ca) = &self.ca else { return Ok(Transport::plain()) };
+        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        Ok(Transport::tls(ClientTls::load(ca, identity)?))
+    }
 }
 
 /// Modes other than talking to an existing cluster.
@@ -86,6 +107,8 @@ pub enum Mode {
     Demo(demo::DemoArgs),
     /// Measure the cluster's throughput and latency under load from many clients.
     Bench(bench::BenchArgs),
+    /// Make the certificates of a secure cluster: its CA, its nodes', its clients'.
+    Cert(cert::CertArgs),
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -100,6 +123,8 @@ pub struct Options {
     pub stop_on_error: bool,
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// Plain TCP or TLS.
+    pub transport: Transport,
     /// Sent with every request.
     pub request: RequestOptions,
     /// The demo's nodes, when running `kv-cli demo`: the target of dot commands.
@@ -179,7 +204,8 @@ pub fn writes(args: &[Vec<u8>]) -> bool {
 /// Connects to the first address that answers, starting at `addrs[first]`, and applies the
 /// request options. Also returns the address's index, so that a reconnection can start after it.
 pub async fn connect(options: &Options, first: usize) -> Result<(Client, NodeInfo, usize), ClientError> {
-    let (mut client, info) = Client::connect_any_from(&options.addrs, first, options.connect_timeout).await?;
+    let (mut client, info) =
+        Client::connect_any_from(&options.addrs, first, options.connect_timeout, &options.transport).await?;
     client.set_options(options.request.clone());
     let index = options.addrs.iter().position(|a| *a == info.addr).unwrap_or(first);
     Ok((client, info, index))
@@ -242,11 +268,19 @@ pub fn run(args: CliArgs) -> ExitStatus {
     };
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let printer = Printer::new(format, stdout_is_tty && !no_color, args.acks);
+    let transport = match args.transport() {
+        Ok(transport) => transport,
+        Err(e) => {
+            printer.error(output::CONNECTION, &e.to_string());
+            return ExitStatus::Failure;
+        }
+    };
     let mut options = Options {
         addrs: args.addrs,
         stop_on_error: args.stop_on_error,
         timeout: args.timeout,
         connect_timeout: args.connect_timeout,
+        transport,
         request: RequestOptions {
             local: args.local,
             min_acks: args.min_acks,
@@ -267,6 +301,7 @@ pub fn run(args: CliArgs) -> ExitStatus {
         None => return run_mode(runtime, args.commands, options, printer),
         Some(Mode::Bench(bench)) => return bench::run(runtime, &bench, &options, args.json),
         Some(Mode::Demo(demo_args)) => demo_args,
+        Some(Mode::Cert(cert)) => return run_cert(&cert),
     };
     let cluster = match demo::DemoCluster::start() {
         Ok(cluster) => cluster,
@@ -286,6 +321,20 @@ pub fn run(args: CliArgs) -> ExitStatus {
         eprintln!("kv demo: data kept in {}", kept.display());
     }
     status
+}
+
+/// `kv-cli cert`: makes a certificate and says where it went.
+fn run_cert(args: &cert::CertArgs) -> ExitStatus {
+    match cert::run(args) {
+        Ok(made) => {
+            println!("wrote {} and {}", made.cert.display(), made.key.display());
+            ExitStatus::Success
+        }
+        Err(e) => {
+            eprintln!("kv-cli cert: {e}");
+            ExitStatus::Failure
+        }
+    }
 }
 
 /// Runs `-c` commands, the shell on a terminal, or the lines piped to stdin.

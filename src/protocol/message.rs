@@ -224,6 +224,12 @@ pub enum ErrorCode {
     Refused,
     /// A learner cannot become a voter yet: it has not caught up with the leader's log.
     NotCaughtUp,
+    /// Who the connection is has not been proven: no login yet, or a member's hello without its
+    /// certificate.
+    #[serde(rename = "NOAUTH")]
+    NoAuth,
+    /// The user (or member) is known but lacks the permission the message names.
+    PermissionDenied,
     /// A code this build does not know (sent by a newer node).
     #[serde(other)]
     Unknown,
@@ -248,6 +254,8 @@ impl ErrorCode {
             ErrorCode::NotLeader => "NOT_LEADER",
             ErrorCode::Refused => "REFUSED",
             ErrorCode::NotCaughtUp => "NOT_CAUGHT_UP",
+            ErrorCode::NoAuth => "NOAUTH",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }

@@ -21,7 +21,7 @@
 //! notices), which are `server::control`'s.
 
 use super::{KvRaft, TypeConfig};
-use crate::peer::{PeerConnection, PeerError, PeerMessage};
+use crate::peer::{Dialer, PeerConnection, PeerError, PeerMessage};
 use bytes::Bytes;
 use openraft::async_runtime::WatchReceiver;
 use openraft::entry::RaftEntry;
@@ -111,10 +111,21 @@ impl<'a> RaftService<'a> {
         RaftService { raft, peer, snapshots, incoming: None }
     }
 
-    /// Hands one RPC to openraft and returns its answer.
-    pub async fn answer(&mut self, request: RaftRequest) -> RaftResponse {
+    /// Hands one RPC to openraft and returns its answer. `Err` when the RPC speaks for another
+    /// node than the connection's member (a vote, an append or a handover in someone else's
+    /// name): the connection is then closed and nothing reaches openraft.
+    pub async fn answer(&mut self, request: RaftRequest) -> Result<RaftResponse, String> {
+        let speaker = match &request {
+            RaftRequest::AppendEntries(rpc) => rpc.vote.leader_id().node_id,
+            RaftRequest::Vote(rpc) | RaftRequest::PreVote(rpc) => rpc.vote.leader_id().node_id,
+            RaftRequest::SnapshotChunk { vote, .. } => vote.leader_id().node_id,
+            RaftRequest::TransferLeader(rpc) => rpc.from_leader().leader_id().node_id,
+        };
+        if speaker != self.peer {
+            return Err(format!("node {} sent a Raft message in the name of node {speaker}", self.peer));
+        }
         let raft = self.raft;
-        match request {
+        Ok(match request {
             RaftRequest::AppendEntries(rpc) => RaftResponse::AppendEntries(raft.append_entries(rpc).await),
             RaftRequest::Vote(rpc) => RaftResponse::Vote(raft.vote(rpc).await),
             RaftRequest::PreVote(rpc) => RaftResponse::Vote(raft.pre_vote(rpc).await),
@@ -128,7 +139,7 @@ impl<'a> RaftService<'a> {
             RaftRequest::TransferLeader(rpc) => {
                 RaftResponse::TransferLeader(raft.handle_transfer_leader(rpc).await.map_err(RaftError::Fatal))
             }
-        }
+        })
     }
 
     /// Adds one chunk to the snapshot being received, and installs it after the last one. A
@@ -206,8 +217,8 @@ impl<'a> RaftService<'a> {
 
 /// Opens connections to peers for openraft.
 pub struct PeerNetwork {
-    /// This node's id, announced in the hello.
-    pub node_id: u64,
+    /// Opens the connections, as this node.
+    pub dialer: Dialer,
     /// Where entries that a peer's frames cannot carry are reported, for `CLUSTER`.
     pub unsendable: Arc<Unsendable>,
 }
@@ -233,7 +244,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
         PeerClient {
-            connection: PeerConnection::new(self.node_id, target, node.addr.clone()),
+            connection: PeerConnection::new(self.dialer.clone(), target, node.addr.clone()),
             unsendable: self.unsendable.clone(),
             reported_unsendable: None,
         }
@@ -494,7 +505,7 @@ mod tests {
         let raft = Raft::new(
             id,
             Arc::new(config.validate().unwrap()),
-            PeerNetwork { node_id: id, unsendable: Default::default() },
+            PeerNetwork { dialer: Dialer::new(id, None), unsendable: Default::default() },
             LogStore::open(dir.path()).unwrap(),
             StateMachine::open(store.clone(), 10_000).unwrap(),
         )
@@ -516,7 +527,8 @@ mod tests {
                         let mut service = RaftService::new(&raft, peer, &inbox);
                         while let Ok(Some(Envelope::Raft(rpc))) = reader.read::<Envelope<RaftRequest>>().await
                         {
-                            let answer: Envelope<RaftResponse> = PeerMessage::Raft(service.answer(rpc).await);
+                            let Ok(answer) = service.answer(rpc).await else { break };
+                            let answer: Envelope<RaftResponse> = PeerMessage::Raft(answer);
                             if writer.send_compact(&answer).await.is_err() {
                                 break;
                             }
@@ -596,8 +608,8 @@ mod tests {
             data: ByteBuf::from(vec![7u8; bytes]),
             done: false,
         };
-        let refused = |answer: RaftResponse, why: &str| match answer {
-            RaftResponse::SnapshotChunk(Err(e)) => assert!(e.contains(why), "{e}"),
+        let refused = |answer: Result<RaftResponse, String>, why: &str| match answer {
+            Ok(RaftResponse::SnapshotChunk(Err(e))) | Err(e) => assert!(e.contains(why), "{e}"),
             other => panic!("expected a refusal ({why}), got {other:?}"),
         };
 
@@ -605,9 +617,14 @@ mod tests {
         let mut stranger = RaftService::new(&node.raft, 9, &inbox);
         let forged = openraft::Vote::new_committed(term, 9);
         refused(stranger.answer(chunk(forged, 10, 0)).await, "only the leader of the current term");
-        // The leader's vote, sent by someone else.
+        // The leader's vote, sent by someone else; a vote request in another's name too.
         let leaders = openraft::Vote::new_committed(term, 1);
-        refused(stranger.answer(chunk(leaders, 10, 0)).await, "only the leader of the current term");
+        refused(stranger.answer(chunk(leaders, 10, 0)).await, "in the name of node 1");
+        let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(term + 1, 1), None);
+        refused(
+            stranger.answer(RaftRequest::Vote(vote)).await,
+            "node 9 sent a Raft message in the name of node 1",
+        );
         // An old term's leader.
         let mut old = RaftService::new(&node.raft, 1, &inbox);
         refused(
@@ -618,7 +635,7 @@ mod tests {
         // The leader itself, within the bound, then past it.
         let mut leader = RaftService::new(&node.raft, 1, &inbox);
         let answer = leader.answer(chunk(leaders, 600, 0)).await;
-        assert!(matches!(answer, RaftResponse::SnapshotChunk(Ok(None))), "{answer:?}");
+        assert!(matches!(answer, Ok(RaftResponse::SnapshotChunk(Ok(None)))), "{answer:?}");
         refused(leader.answer(chunk(leaders, 600, 600)).await, "over the 1000 bytes");
         node.server.abort();
         node.raft.shutdown().await.unwrap();

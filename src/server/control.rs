@@ -2,7 +2,7 @@
 //! every peer connection.
 //!
 //! A peer connection ([`crate::peer`]) carries Raft's RPCs and these messages in one envelope;
-//! [`serve_peer`] answers both, Raft's through `raft::network::RaftService`. The messages:
+//! `serve_peer` answers both, Raft's through `raft::network::RaftService`. The messages:
 //!
 //! - [`ControlRequest::Status`]: the member's own view of itself ([`NodeStatus`]), for the
 //!   `CLUSTER` table (`status`) and for the check that a node with an empty data dir was never
@@ -17,7 +17,7 @@
 
 use super::{Node, membership, reads};
 use crate::connection::{FrameReader, FrameWriter, ReadError};
-use crate::peer::{PeerConnection, PeerError, PeerMessage};
+use crate::peer::{Dialer, PeerConnection, PeerError, PeerMessage};
 use crate::raft::network::{RaftRequest, RaftResponse, RaftService};
 use crate::raft::{KvRaft, TypeConfig};
 use openraft::async_runtime::WatchReceiver;
@@ -41,8 +41,8 @@ pub enum ControlRequest {
 /// The answer to a [`ControlRequest`] of the same name.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ControlResponse {
-    Status(NodeStatus),
-    /// Whether the receiver accepted the notice (the membership indeed leaves it out).
+    Status(Box<NodeStatus>),
+    /// Whether the receiver accepted the notice (the leader confirmed it).
     Removed(bool),
     /// The read index, confirmed with a quorum after the request arrived; `None` if the receiver
     /// could not confirm that it leads.
@@ -85,11 +85,15 @@ pub struct NodeStatus {
     /// with why.
     #[serde(default)]
     pub unsendable: BTreeMap<u64, String>,
+    /// The members (voters and learners) of the membership this node has applied, hence
+    /// committed; `None` while its latest membership is not applied yet.
+    #[serde(default)]
+    pub committed_members: Option<BTreeSet<u64>>,
 }
 
 impl NodeStatus {
     /// `node`'s view of itself.
-    pub fn of_node(node: &Node) -> NodeStatus {
+    pub(super) fn of_node(node: &Node) -> NodeStatus {
         NodeStatus { unsendable: node.unsendable.all(), ..NodeStatus::of(&node.raft, node.seen.get()) }
     }
 
@@ -125,8 +129,18 @@ impl NodeStatus {
             snapshot_index: metrics.snapshot.map(|l| l.index),
             purged_index: metrics.purged.map(|l| l.index),
             unsendable: BTreeMap::new(),
+            committed_members: committed_members(&metrics),
         }
     }
+}
+
+/// The members of the membership in `metrics`, if it is applied (so committed).
+fn committed_members(metrics: &RaftMetrics<TypeConfig>) -> Option<BTreeSet<u64>> {
+    let membership = &metrics.membership_config;
+    let applied = membership
+        .log_id()
+        .is_none_or(|at| metrics.last_applied.is_some_and(|applied| applied.index >= at.index));
+    applied.then(|| membership.membership().nodes().map(|(id, _)| *id).collect())
 }
 
 type Incoming = PeerMessage<RaftRequest, ControlRequest>;
@@ -142,18 +156,26 @@ pub(super) async fn serve_peer(
     let mut raft = RaftService::new(&node.raft, peer, &node.snapshots);
     while let Some(message) = reader.read::<Incoming>().await? {
         let answer: Outgoing = match message {
-            PeerMessage::Raft(rpc) => PeerMessage::Raft(raft.answer(rpc).await),
-            PeerMessage::Control(request) => PeerMessage::Control(answer(node, request).await),
+            PeerMessage::Raft(rpc) => match raft.answer(rpc).await {
+                Ok(answer) => PeerMessage::Raft(answer),
+                Err(forged) => {
+                    tracing::warn!("closing a peer connection: {forged}");
+                    return Ok(());
+                }
+            },
+            PeerMessage::Control(request) => PeerMessage::Control(answer(node, request, peer).await),
         };
         writer.send_compact(&answer).await.map_err(ReadError::Io)?;
     }
     Ok(())
 }
 
-async fn answer(node: &Node, request: ControlRequest) -> ControlResponse {
+async fn answer(node: &Node, request: ControlRequest, peer: u64) -> ControlResponse {
     match request {
-        ControlRequest::Status => ControlResponse::Status(NodeStatus::of_node(node)),
-        ControlRequest::Removed(notice) => ControlResponse::Removed(membership::removed(node, notice)),
+        ControlRequest::Status => ControlResponse::Status(Box::new(NodeStatus::of_node(node))),
+        ControlRequest::Removed(notice) => {
+            ControlResponse::Removed(membership::removed(node, notice, peer).await)
+        }
         // Follower checks share the leader's own, so that many readers cost one quorum round.
         ControlRequest::ReadIndex => ControlResponse::ReadIndex(reads::leader_read_index(node).await),
     }
@@ -165,9 +187,9 @@ pub struct ControlClient {
 }
 
 impl ControlClient {
-    /// A client for node `target` at `addr`, announcing itself as node `me`.
-    pub fn new(me: u64, target: u64, addr: String) -> ControlClient {
-        ControlClient { connection: PeerConnection::new(me, target, addr) }
+    /// A client for node `target` at `addr`, connecting through `dialer`.
+    pub fn new(dialer: Dialer, target: u64, addr: String) -> ControlClient {
+        ControlClient { connection: PeerConnection::new(dialer, target, addr) }
     }
 
     /// The node this client talks to.
@@ -183,7 +205,7 @@ impl ControlClient {
     /// Asks the peer for its [`NodeStatus`].
     pub async fn status(&mut self, timeout: Duration) -> Result<NodeStatus, PeerError> {
         match self.call(ControlRequest::Status, timeout).await? {
-            ControlResponse::Status(status) => Ok(status),
+            ControlResponse::Status(status) => Ok(*status),
             other => Err(self.unexpected(other)),
         }
     }

@@ -48,6 +48,7 @@ use super::executor::{self, Executor, Item};
 use super::outcome::{NotApplied, Outcome};
 use crate::client::{Client, ClientError, NodeInfo, RequestSender, ResponseReceiver, expect_id};
 use crate::connection::{FrameWriter, ReadError};
+use crate::peer::Dialer;
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::message::{ErrorCode, Hello, Reply, Request, Response};
 use futures::stream::FuturesUnordered;
@@ -57,7 +58,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -74,13 +74,13 @@ pub(super) const MAX_AHEAD: usize = 64;
 
 /// A follower's way to the leader, shared by all of its client connections.
 pub(super) struct Forwarding {
-    me: u64,
+    dialer: Dialer,
     link: tokio::sync::Mutex<Option<Link>>,
 }
 
 impl Forwarding {
-    pub fn new(me: u64) -> Forwarding {
-        Forwarding { me, link: tokio::sync::Mutex::new(None) }
+    pub fn new(dialer: Dialer) -> Forwarding {
+        Forwarding { dialer, link: tokio::sync::Mutex::new(None) }
     }
 
     /// Forwards `requests` in order to node `leader` at `addr`, and returns the outcome of each.
@@ -131,7 +131,7 @@ impl Forwarding {
         // Dropping the old link lets it finish what it carries and close.
         *current = None;
         let timeout = deadline.saturating_duration_since(Instant::now()).min(CONNECT_TIMEOUT);
-        let client = match connect(addr, timeout, self.me).await {
+        let client = match connect(&self.dialer, addr, leader, timeout).await {
             Ok((client, info)) if info.node_id == leader => client,
             Ok((_, info)) => {
                 tracing::warn!(
@@ -156,12 +156,18 @@ impl Forwarding {
     }
 }
 
-/// Connects to a node on behalf of cluster member `me`, to forward its clients' requests: the
-/// hello says so, and the node then never forwards them again.
-async fn connect(addr: &str, timeout: Duration, me: u64) -> Result<(Client, NodeInfo), ClientError> {
+/// Connects to `leader` at `addr` on behalf of this node, to forward its clients' requests: the
+/// hello says so, and the leader then never forwards them again.
+async fn connect(
+    dialer: &Dialer,
+    addr: &str,
+    leader: u64,
+    timeout: Duration,
+) -> Result<(Client, NodeInfo), ClientError> {
+    let me = dialer.me;
     let hello =
         Hello { version: PROTOCOL_VERSION, client: format!("node {me}"), peer: None, forwarded_by: Some(me) };
-    Client::connect_with(addr, timeout, hello).await
+    Client::connect_with(addr, timeout, hello, dialer.member(addr, leader)).await
 }
 
 /// One connection to the leader, shared by the follower's clients.
@@ -378,12 +384,11 @@ async fn receive_answers(mut receiver: ResponseReceiver, shared: Arc<Shared>, le
 /// up or sent something unasked (a going-away notice): then nothing written now would be
 /// executed. Asks the socket itself, without reading (`MSG_PEEK`), so it sees a hang-up the
 /// reading task has not been woken for yet.
-fn hung_up(socket: &TcpStream) -> bool {
+fn hung_up(socket: std::os::fd::RawFd) -> bool {
     use nix::errno::Errno;
     use nix::sys::socket::{MsgFlags, recv};
-    use std::os::fd::AsRawFd;
     let mut byte = [0u8; 1];
-    match recv(socket.as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+    match recv(socket, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
         // Nothing waiting: the connection is open and quiet.
         Err(Errno::EAGAIN | Errno::EINTR) => false,
         // End of stream, an unasked message, or a reset.
@@ -631,7 +636,7 @@ mod tests {
     #[tokio::test]
     async fn many_clients_share_one_connection_and_each_gets_its_own_answers() {
         let (addr, accepted) = leader(|_, reader, writer| answer_all(reader, writer)).await;
-        let forwarding = Forwarding::new(1);
+        let forwarding = Forwarding::new(Dialer::new(1, None));
         let clients = (0..20u64).map(|client| {
             let (forwarding, addr) = (&forwarding, &addr);
             async move {
@@ -652,7 +657,7 @@ mod tests {
     #[tokio::test]
     async fn a_not_leader_answer_leaves_only_that_request_to_retry() {
         let (addr, _) = leader(|_, reader, writer| answer_all(reader, writer)).await;
-        let forwarding = Forwarding::new(1);
+        let forwarding = Forwarding::new(Dialer::new(1, None));
         let requests = [request(7, "a"), request(8, "not-leader"), request(9, "b")];
         let got = replies(forward(&forwarding, &addr, &requests).await);
         assert_eq!(got, vec![Some((7, value("a"))), None, Some((9, value("b")))]);
@@ -671,7 +676,7 @@ mod tests {
             writer.send(&Response::new(first.id, value(&word(&first)))).await.unwrap();
         })
         .await;
-        let forwarding = Forwarding::new(1);
+        let forwarding = Forwarding::new(Dialer::new(1, None));
         let got = forward(&forwarding, &addr, &[request(1, "a"), request(2, "b")]).await;
         assert_eq!(got[0].as_ref().map(|r| (r.id, r.reply.clone())), Some((1, value("a"))));
         assert_eq!(code(&got[1]), Some(ErrorCode::OutcomeUnknown));
@@ -692,7 +697,7 @@ mod tests {
             writer.send(&Response::new(0, notice)).await.unwrap();
         })
         .await;
-        let forwarding = Forwarding::new(1);
+        let forwarding = Forwarding::new(Dialer::new(1, None));
         let got = replies(forward(&forwarding, &addr, &[request(1, "a"), request(2, "b")]).await);
         assert_eq!(got, vec![Some((1, value("a"))), None]);
     }
@@ -723,7 +728,7 @@ mod tests {
             }
         }));
         let (addr, accepted) = tokio::time::timeout(BOUND, started).await.unwrap().unwrap();
-        let forwarding = Forwarding::new(1);
+        let forwarding = Forwarding::new(Dialer::new(1, None));
         let first = replies(forward(&forwarding, &addr, &[request(1, "a")]).await);
         assert_eq!(first, vec![Some((1, value("a")))]);
         // The link is idle now, its reader waiting for the socket to become readable.
@@ -752,7 +757,7 @@ mod tests {
             while let Ok(Some(_)) = reader.read::<Request>().await {}
         })
         .await;
-        let forwarding = Forwarding::new(1);
+        let forwarding = Forwarding::new(Dialer::new(1, None));
         let (a, b) = ([request(1, "a1"), request(2, "a2")], [request(1, "b1")]);
         let (first, second) = tokio::join!(forward(&forwarding, &addr, &a), async {
             // Written after the first client's batch.
@@ -773,7 +778,7 @@ mod tests {
             while let Ok(Some(_)) = reader.read::<Request>().await {}
         })
         .await;
-        let forwarding = Forwarding::new(1);
+        let forwarding = Forwarding::new(Dialer::new(1, None));
         let requests = [request(1, "a")];
         let refs: Vec<&Request> = requests.iter().collect();
         let started = Instant::now();
@@ -791,7 +796,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let forwarding = Forwarding::new(1);
+        let forwarding = Forwarding::new(Dialer::new(1, None));
         assert_eq!(replies(forward(&forwarding, &addr, &[request(1, "a")]).await), vec![None]);
     }
 }

@@ -32,9 +32,10 @@ use super::control::serve_peer;
 use super::executor::{Executor, Item};
 use super::forward::Ahead;
 use crate::command::Limits;
-use crate::connection::{self, FrameReader, FrameWriter, ReadError};
+use crate::connection::{self, FrameReader, FrameWriter, ReadError, Stream};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::message::{ErrorCode, Hello, HelloReply, Reply, Request, Response};
+use crate::tls::Certified;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,8 +64,25 @@ pub(super) async fn serve(
     token: &CancellationToken,
     handshaking: OwnedSemaphorePermit,
 ) {
+    let (stream, certified) = match &node.tls {
+        None => (Stream::from(stream), None),
+        Some(tls) => match tokio::time::timeout(HELLO_TIMEOUT, tls.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                let certified = Certified::of(&stream);
+                (Stream::from(stream), certified)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no TLS handshake within {HELLO_TIMEOUT:?}");
+                return;
+            }
+        },
+    };
     let (mut reader, mut writer) = connection::split(stream, node.config.max_frame_bytes);
-    let (hello, _slot) = match handshake(&mut reader, &mut writer, node).await {
+    let (hello, _slot) = match handshake(&mut reader, &mut writer, node, certified.as_ref()).await {
         Ok(admitted) => admitted,
         Err(reason) => {
             tracing::debug!(%peer, reason, "connection refused at hello");
@@ -137,6 +155,7 @@ async fn handshake(
     reader: &mut FrameReader,
     writer: &mut FrameWriter,
     node: &Node,
+    certified: Option<&Certified>,
 ) -> Result<(Hello, OwnedSemaphorePermit), String> {
     let refusal = match tokio::time::timeout(HELLO_TIMEOUT, reader.read::<Hello>()).await {
         Err(_) => (ErrorCode::Protocol, format!("no hello within {HELLO_TIMEOUT:?}")),
@@ -150,6 +169,7 @@ async fn handshake(
                 hello.version
             ),
         ),
+        Ok(Ok(Some(hello))) if let Some(refusal) = member_refusal(&hello, node, certified) => refusal,
         Ok(Ok(Some(hello))) => {
             let member = hello.peer.is_some() || hello.forwarded_by.is_some();
             let (slots, max, whose) = if member {
@@ -177,6 +197,32 @@ async fn handshake(
     let (code, message) = refusal;
     let _ = writer.send(&HelloReply::Refused { code, message: message.clone() }).await;
     Err(message)
+}
+
+/// Why a hello that claims to come from a member is refused, if it is: over TLS the member must
+/// prove its id with a certificate the cluster's CA issued for it, and be a member this node
+/// knows of. Plain TCP proves nothing (see docs/SECURITY.md).
+fn member_refusal(hello: &Hello, node: &Node, certified: Option<&Certified>) -> Option<(ErrorCode, String)> {
+    let claimed = hello.peer.or(hello.forwarded_by)?;
+    node.tls.as_ref()?;
+    let proven = certified.and_then(|c| c.node);
+    if proven != Some(claimed) {
+        let shown = match proven {
+            Some(id) => format!("a certificate for node {id}"),
+            None => "no member's certificate".to_string(),
+        };
+        return Some((
+            ErrorCode::NoAuth,
+            format!("the hello claims node {claimed}, but the connection has {shown}"),
+        ));
+    }
+    if !node.knows_member(claimed) {
+        return Some((
+            ErrorCode::PermissionDenied,
+            format!("node {claimed} is not a member of this cluster"),
+        ));
+    }
+    None
 }
 
 /// Tells the client this node executes nothing more here, so that it sends whatever it is

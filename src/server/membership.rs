@@ -27,12 +27,14 @@
 //! change was proposed but not seen committed in time.
 
 use super::Node;
-use super::control::{ControlClient, RemovalNotice};
+use super::control::{ControlClient, NodeStatus, RemovalNotice};
 use super::outcome::{NotApplied, Outcome};
 use crate::client::Client;
 use crate::command::Admin;
 use crate::config::NodeConfig;
-use crate::protocol::message::{ErrorCode, Reply};
+use crate::peer::Dialer;
+use crate::protocol::PROTOCOL_VERSION;
+use crate::protocol::message::{ErrorCode, Hello, Reply};
 use crate::raft::{TypeConfig, state_machine};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
@@ -86,10 +88,11 @@ pub fn check_not_removed(data_dir: &Path) -> Result<(), Refusal> {
 /// log entries, which means its data was lost (then it refuses to start), and whether any already
 /// has Raft state (then the cluster has formed without this node, which only has to wait for the
 /// leader to bring it the log). Unreachable peers cannot tell; they are skipped.
-pub async fn formed_without_me(config: &NodeConfig) -> Result<bool, Refusal> {
+pub async fn formed_without_me(config: &NodeConfig, dialer: &Dialer) -> Result<bool, Refusal> {
     let checks = config.peers.iter().map(|peer| async move {
-        let status =
-            ControlClient::new(config.id, peer.id, peer.addr.to_string()).status(PEER_CHECK_TIMEOUT).await;
+        let status = ControlClient::new(dialer.clone(), peer.id, peer.addr.to_string())
+            .status(PEER_CHECK_TIMEOUT)
+            .await;
         (peer.id, status)
     });
     let mut formed = false;
@@ -105,20 +108,30 @@ pub async fn formed_without_me(config: &NodeConfig) -> Result<bool, Refusal> {
     Ok(formed)
 }
 
-/// A leader says this node was removed: if the membership it sends indeed leaves this node out,
-/// records the removal in the data dir and stops the node. Returns whether it was accepted.
-pub(super) fn removed(node: &Node, notice: RemovalNotice) -> bool {
+/// A member says, as the leader, that it removed this node. The notice is taken only from the
+/// member it names as its sender, and only once the current leader confirms that its committed
+/// membership leaves this node out; then the removal is recorded in the data dir and the node
+/// stops. Returns whether it was accepted. (What the notice carries is never trusted: a forged
+/// one would make the node stop and refuse ever to start again.)
+pub(super) async fn removed(node: &Node, notice: RemovalNotice, sender: u64) -> bool {
     let me = node.config.id;
-    let membership = notice.membership.membership();
-    if membership.nodes().any(|(id, _)| *id == me) {
-        tracing::warn!(by = notice.by, "ignored a removal notice whose membership still has this node");
+    if notice.by != sender || !node.knows_member(sender) {
+        tracing::warn!(sender, by = notice.by, "ignored a removal notice from a node that cannot send one");
         return false;
     }
-    let voters: Vec<u64> = membership.voter_ids().collect();
+    // The notice itself proves nothing: the leader must say so when asked.
+    let Some(confirmed) = leader_confirms_removal(node).await else {
+        tracing::warn!(by = notice.by, "ignored a removal notice that the leader does not confirm");
+        return false;
+    };
     let reason = format!(
-        "node {me} was removed from the cluster by leader {} (membership at log index {}: voters {voters:?})",
+        "node {me} was removed from the cluster by leader {} at log index {} (confirmed by leader {} in term \
+         {}: members {:?})",
         notice.by,
         notice.membership.log_id().map_or(0, |l| l.index),
+        confirmed.id,
+        confirmed.term,
+        confirmed.committed_members.unwrap_or_default()
     );
     if let Err(e) = write_durably(&node.config.data_dir, REMOVED_FILE, format!("{reason}\n").as_bytes()) {
         tracing::warn!(error = %e, "cannot record the removal in the data dir");
@@ -126,6 +139,29 @@ pub(super) fn removed(node: &Node, notice: RemovalNotice) -> bool {
     tracing::error!("{reason}; it stops serving now");
     node.stop.cancel();
     true
+}
+
+/// Asks the members this node knows for their status, and returns the report of a leader (in
+/// this node's term or a later one) whose committed membership leaves this node out, if one
+/// does.
+async fn leader_confirms_removal(node: &Node) -> Option<NodeStatus> {
+    let me = node.config.id;
+    let metrics = node.raft.metrics().borrow_watched().clone();
+    let members: Vec<(u64, String)> = metrics
+        .membership_config
+        .membership()
+        .nodes()
+        .filter(|(id, _)| **id != me)
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect();
+    let asks = members.into_iter().map(|(id, addr)| async move {
+        ControlClient::new(node.dialer.clone(), id, addr).status(PEER_CHECK_TIMEOUT).await.ok()
+    });
+    futures::future::join_all(asks).await.into_iter().flatten().find(|status| {
+        status.role == "leader"
+            && status.term >= metrics.current_term
+            && status.committed_members.as_ref().is_some_and(|members| !members.contains(&me))
+    })
 }
 
 /// Writes `name` in `dir` and makes it durable: the file's data, then the directory entry that
@@ -305,8 +341,9 @@ async fn remove(node: &Node, metrics: &Metrics, id: u64, deadline: Instant) -> R
     let changed = propose(node, metrics, change, deadline).await?;
     // openraft never tells a removed node; tell it, so that it stops instead of campaigning.
     let notice = RemovalNotice { by: node.config.id, membership: changed.membership.clone() };
-    let told =
-        ControlClient::new(node.config.id, id, addr).notify_removed(notice, Duration::from_secs(1)).await;
+    let told = ControlClient::new(node.dialer.clone(), id, addr)
+        .notify_removed(notice, PEER_CHECK_TIMEOUT * 3)
+        .await;
     let told = match told {
         Ok(true) => "it has stopped".to_string(),
         Ok(false) | Err(_) => "it could not be told, so stop it by hand".to_string(),
@@ -465,8 +502,16 @@ async fn ask_until_done(node: &Node, through: SocketAddr, args: &[String]) -> Re
     while started.elapsed() < JOIN_TIMEOUT && !node.stop.is_cancelled() {
         let addrs = [through.to_string()];
         let attempt = async {
-            let (mut client, _) =
-                Client::connect_any(&addrs, Duration::from_secs(1)).await.map_err(|e| e.to_string())?;
+            let hello = Hello {
+                version: PROTOCOL_VERSION,
+                client: format!("node {}", node.config.id),
+                peer: None,
+                forwarded_by: None,
+            };
+            let dial = node.dialer.address(&addrs[0]);
+            let (mut client, _) = Client::connect_with(&addrs[0], Duration::from_secs(1), hello, dial)
+                .await
+                .map_err(|e| e.to_string())?;
             client.call(args.iter().map(|a| a.as_bytes().to_vec()).collect()).await.map_err(|e| e.to_string())
         };
         match attempt.await {

@@ -31,7 +31,7 @@
 
 mod acks;
 mod cluster;
-mod control;
+pub mod control;
 mod executor;
 mod forward;
 mod handler;
@@ -42,11 +42,13 @@ mod seen;
 mod status;
 
 use crate::config::NodeConfig;
+use crate::peer::Dialer;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{PeerNetwork, SnapshotInbox, Unsendable};
 use crate::raft::state_machine::{StateMachine, request_snapshots};
 use crate::raft::{KvRaft, leader_lease, raft_config};
 use crate::store::{Store, StoreError};
+use crate::tls::{NodeTls, TlsError};
 use acks::AckTracker;
 use openraft::BasicNode;
 use openraft::async_runtime::WatchReceiver;
@@ -81,11 +83,17 @@ pub enum ServerError {
     DataDir(String),
     #[error("the Raft core stopped: {0}")]
     RaftFailed(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// What every connection of a node shares.
 struct Node {
     config: NodeConfig,
+    /// How connections are served and other members dialled over TLS; `None`: plain TCP.
+    tls: Option<Arc<NodeTls>>,
+    /// Opens this node's connections to other members.
+    dialer: Dialer,
     store: Arc<Store>,
     /// The peers this node has seen hold log entries.
     seen: Arc<SeenMembers>,
@@ -126,6 +134,19 @@ struct Node {
 }
 
 impl Node {
+    /// Whether node `id` may talk to this one as a member: it is in the membership this node
+    /// holds (voter or learner, in either half of a joint change). A node that holds no
+    /// membership yet knows its configured peers, or, joining, anyone its CA certified: it has
+    /// nothing to protect yet and must hear from the leader that adds it.
+    fn knows_member(&self, id: u64) -> bool {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        if membership.nodes().next().is_some() {
+            return membership.nodes().any(|(member, _)| *member == id);
+        }
+        self.config.join.is_some() || self.config.peers.iter().any(|peer| peer.id == id)
+    }
+
     /// Stops the node by itself because of `failure`, which `run` then returns.
     fn fail(&self, failure: ServerError) {
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
@@ -151,18 +172,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let state_machine = StateMachine::open(store.clone(), config.snapshot_entries)?;
     let snapshot_due = state_machine.snapshot_due();
     let raft_settings = Arc::new(raft_config(&config)?);
+    let tls = config.tls_files().map(NodeTls::load).transpose()?.map(Arc::new);
+    let dialer = Dialer::new(config.id, tls.clone());
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     let unsendable = Arc::new(Unsendable::default());
-    let network = PeerNetwork { node_id: config.id, unsendable: unsendable.clone() };
+    let network = PeerNetwork { dialer: dialer.clone(), unsendable: unsendable.clone() };
     let raft = KvRaft::new(config.id, raft_settings, network, log.clone(), state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
     let fresh = !raft.is_initialized().await.map_err(|e| ServerError::Raft(e.to_string()))?;
     if fresh
         && config.join.is_none()
-        && let Err(refusal) = form_cluster(&raft, &config).await
+        && let Err(refusal) = form_cluster(&raft, &config, &dialer).await
     {
         let _ = raft.shutdown().await;
         return Err(refusal);
@@ -176,6 +199,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         advertised = %config.advertised(),
         data_dir = %config.data_dir.display(),
         peers = config.peers.len(),
+        tls = tls.is_some(),
         "serving"
     );
 
@@ -184,16 +208,21 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let config_max_connections = config.max_connections;
     let snapshots = SnapshotInbox { dir: config.data_dir.clone(), max_bytes: config.max_snapshot_bytes };
     let inflight_kib = u32::try_from(config.max_inflight_request_bytes / 1024).unwrap_or(u32::MAX).max(1);
+    if let Some(tls) = &tls {
+        tokio::spawn(reload_tls_on_hangup(tls.clone()));
+    }
     let node = Arc::new(Node {
         config,
+        tls,
+        dialer: dialer.clone(),
         store,
         seen,
         raft,
         acks,
         reads: reads::ReadBarrier::new(),
         lease,
-        leader_link: reads::LeaderLink::new(id),
-        forwarding: forward::Forwarding::new(id),
+        leader_link: reads::LeaderLink::new(dialer.clone()),
+        forwarding: forward::Forwarding::new(dialer),
         membership_lock: tokio::sync::Mutex::new(()),
         proposing: tokio::sync::RwLock::new(()),
         snapshots,
@@ -250,6 +279,23 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
 }
 
+/// Reads the TLS files again on every `SIGHUP`, so that certificates rotate without a restart.
+/// Connections opened from then on use the new ones; a file that cannot be used is reported and
+/// the old certificates stay.
+async fn reload_tls_on_hangup(tls: Arc<NodeTls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch for SIGHUP; certificates are read at start only");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: certificates read again"),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the certificates in use"),
+        }
+    }
+}
+
 /// Refuses a data dir whose applied state survived but whose Raft log (with the vote) did not:
 /// the node could vote twice in a term. (A first start cut short after creating the store and
 /// before the log has applied nothing, and starts.)
@@ -289,8 +335,8 @@ async fn raft_core_failed(raft: &KvRaft) -> String {
 /// leader, finding that vote in its way, would step down: no leader until the next election
 /// timeout, and a leadership transfer asked for meanwhile lost. Such a late member is in the
 /// membership the others hold, so their leader brings it the log; it needs no initializing.
-async fn form_cluster(raft: &KvRaft, config: &NodeConfig) -> Result<(), ServerError> {
-    if membership::formed_without_me(config).await? {
+async fn form_cluster(raft: &KvRaft, config: &NodeConfig, dialer: &Dialer) -> Result<(), ServerError> {
+    if membership::formed_without_me(config, dialer).await? {
         tracing::info!("first start: the other members have formed the cluster; waiting for its leader");
         return Ok(());
     }

@@ -27,6 +27,7 @@
 
 use super::Node;
 use super::control::ControlClient;
+use crate::peer::Dialer;
 use crate::raft::{KvRaft, TypeConfig};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{Instant as _, LinearizerOption, RaftMetrics, ReadPolicy, ServerState};
@@ -235,13 +236,13 @@ pub(super) async fn applied_through(raft: &KvRaft, index: u64, deadline: Instant
 
 /// A follower's connection to the leader for its checks, which run one at a time.
 pub(super) struct LeaderLink {
-    me: u64,
+    dialer: Dialer,
     client: tokio::sync::Mutex<Option<ControlClient>>,
 }
 
 impl LeaderLink {
-    pub fn new(me: u64) -> LeaderLink {
-        LeaderLink { me, client: tokio::sync::Mutex::new(None) }
+    pub fn new(dialer: Dialer) -> LeaderLink {
+        LeaderLink { dialer, client: tokio::sync::Mutex::new(None) }
     }
 
     /// A follower's check: asks node `leader` at `addr` for a read index.
@@ -249,7 +250,7 @@ impl LeaderLink {
         let mut client = self.client.lock().await;
         let client = match client.as_mut() {
             Some(client) if client.target() == leader => client,
-            _ => client.insert(ControlClient::new(self.me, leader, addr.to_string())),
+            _ => client.insert(ControlClient::new(self.dialer.clone(), leader, addr.to_string())),
         };
         let timeout = deadline.saturating_duration_since(Instant::now());
         match client.read_index(timeout).await {

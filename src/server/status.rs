@@ -12,7 +12,7 @@
 
 use super::Node;
 use super::control::{ControlClient, NodeStatus};
-use crate::peer::PeerError;
+use crate::peer::{Dialer, PeerError};
 use crate::protocol::message::{Cell, Reply};
 use openraft::async_runtime::WatchReceiver;
 use std::collections::HashMap;
@@ -42,17 +42,17 @@ pub(super) struct StatusLinks(tokio::sync::Mutex<HashMap<u64, Arc<tokio::sync::M
 
 impl StatusLinks {
     /// Member `id`'s report, over the kept connection to `addr` (a new one if the member moved).
-    async fn status(&self, me: u64, id: u64, addr: &str) -> Result<NodeStatus, PeerError> {
+    async fn status(&self, dialer: &Dialer, id: u64, addr: &str) -> Result<NodeStatus, PeerError> {
         let link = {
             let mut links = self.0.lock().await;
             let link = links.entry(id).or_insert_with(|| {
-                Arc::new(tokio::sync::Mutex::new(ControlClient::new(me, id, addr.to_string())))
+                Arc::new(tokio::sync::Mutex::new(ControlClient::new(dialer.clone(), id, addr.to_string())))
             });
             link.clone()
         };
         let mut client = link.lock().await;
         if client.addr() != addr {
-            *client = ControlClient::new(me, id, addr.to_string());
+            *client = ControlClient::new(dialer.clone(), id, addr.to_string());
         }
         client.status(STATUS_TIMEOUT).await
     }
@@ -75,7 +75,7 @@ pub(super) async fn cluster_table(node: &Node) -> Reply {
         if *id == me {
             return Ok(NodeStatus::of_node(node));
         }
-        node.status_links.status(me, *id, addr).await
+        node.status_links.status(&node.dialer, *id, addr).await
     }))
     .await;
     let leader = reports.iter().flatten().filter(|s| s.role == "leader").max_by_key(|s| s.term).cloned();

@@ -1,0 +1,293 @@
+//! TLS on every connection, and members that prove who they are: each attack is tried against
+//! real nodes and must fail, and the cluster goes on committing in the same term.
+
+mod common;
+
+use common::{TestCluster, TestNode};
+use kv::client::{Client, Transport};
+use kv::connection::{self, Stream};
+use kv::protocol::PROTOCOL_VERSION;
+use kv::protocol::message::{ErrorCode, Hello, HelloReply};
+use kv::tls::ClientTls;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// A CA and certificates made by `kv-cli cert`, in a temporary directory.
+struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    /// A CA, certificates for nodes `1..=nodes`, and client certificates for `users`.
+    fn make(nodes: u64, users: &[&str]) -> Certs {
+        let certs = Certs { dir: tempfile::tempdir().unwrap() };
+        certs.cert(&["create-ca"]);
+        for id in 1..=nodes {
+            certs.cert(&["create-node", &id.to_string()]);
+        }
+        for user in users {
+            certs.cert(&["create-client", user]);
+        }
+        certs
+    }
+
+    fn cert(&self, args: &[&str]) {
+        let dir = self.dir.path().to_str().unwrap();
+        let mut all = vec!["cert", "--certs-dir", dir];
+        all.extend_from_slice(args);
+        let out = common::run_cli(&all, None, &[]);
+        assert_eq!(out.code, 0, "kv-cli cert {args:?}: {out:?}");
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.path("ca.crt")
+    }
+
+    /// The flags that give node `id` its TLS.
+    fn node_flags(&self, id: u64) -> Vec<String> {
+        let file = |name: String| self.path(&name).to_str().unwrap().to_string();
+        vec![
+            "--tls-ca".into(),
+            file("ca.crt".into()),
+            "--tls-cert".into(),
+            file(format!("node-{id}.crt")),
+            "--tls-key".into(),
+            file(format!("node-{id}.key")),
+        ]
+    }
+
+    /// A client that trusts this CA and presents `identity`'s certificate (`node-2`,
+    /// `client-alice`), if any.
+    fn client(&self, identity: Option<&str>) -> ClientTls {
+        let pair =
+            identity.map(|name| (self.path(&format!("{name}.crt")), self.path(&format!("{name}.key"))));
+        ClientTls::load(&self.ca(), pair.as_ref().map(|(c, k)| (c.as_path(), k.as_path()))).unwrap()
+    }
+}
+
+fn tls_cluster(certs: &Certs) -> TestCluster {
+    let transport = Transport::tls(certs.client(None));
+    TestCluster::start_each(3, &[], &|id| certs.node_flags(id), &transport)
+}
+
+/// The leader's term, as the leader reports it in `CLUSTER`.
+fn leader_term(cluster: &TestCluster, via: u64) -> u64 {
+    let rows = cluster.status(via);
+    let leader = rows.iter().find(|row| row["role"] == "leader").expect("a leader");
+    leader["term"].as_u64().unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Says `hello` on a connection `dial` opened, and returns the node's reply, or why there was
+/// none.
+async fn say_hello(stream: std::io::Result<Stream>, hello: Hello) -> Result<HelloReply, String> {
+    let stream = stream.map_err(|e| format!("connect: {e}"))?;
+    let (mut reader, mut writer) = connection::split(stream, 1 << 20);
+    writer.send(&hello).await.map_err(|e| format!("send: {e}"))?;
+    let reply = tokio::time::timeout(Duration::from_secs(15), reader.read::<HelloReply>()).await;
+    match reply {
+        Err(_) => Err("no reply".into()),
+        Ok(Err(e)) => Err(format!("read: {e}")),
+        Ok(Ok(None)) => Err("closed".into()),
+        Ok(Ok(Some(reply))) => Ok(reply),
+    }
+}
+
+async fn tls_to(addr: &str, tls: &ClientTls) -> std::io::Result<Stream> {
+    Ok(tls.connect(TcpStream::connect(addr).await?).await?.into())
+}
+
+fn member_hello(peer: Option<u64>, forwarded_by: Option<u64>) -> Hello {
+    Hello { version: PROTOCOL_VERSION, client: "test".into(), peer, forwarded_by }
+}
+
+#[test]
+fn a_tls_cluster_serves_clients_that_trust_its_ca_and_no_others() {
+    let certs = Certs::make(3, &[]);
+    let cluster = tls_cluster(&certs);
+    let ca = certs.ca();
+    let secure = cluster.cli(&["--ca", ca.to_str().unwrap(), "-c", "SET a 1", "-c", "GET a"]);
+    assert_eq!(secure.code, 0, "{secure:?}");
+    assert_eq!(secure.lines(), ["OK", "1"]);
+
+    let plain = cluster.cli(&["-c", "GET a"]);
+    assert_eq!(plain.code, 2, "a plain client gets nothing: {plain:?}");
+
+    // A CA of its own does not make a client trusted by the nodes' certificates.
+    let other = Certs::make(0, &[]);
+    let stranger = cluster.cli(&["--ca", other.ca().to_str().unwrap(), "-c", "GET a"]);
+    assert_eq!(stranger.code, 2, "{stranger:?}");
+    assert!(stranger.stderr.contains("certificate"), "{stranger:?}");
+}
+
+#[test]
+fn only_members_with_their_own_certificates_get_a_peer_connection() {
+    let certs = Certs::make(4, &["alice"]);
+    let cluster = tls_cluster(&certs);
+    let leader = cluster.wait_for_a_leader();
+    let term = leader_term(&cluster, leader);
+    // Node 1 is attacked; node 2's and node 4's certificates are tried against it.
+    let addr = cluster.nodes[0].addr.to_string();
+    let other_cluster = Certs::make(3, &[]);
+    let runtime = runtime();
+
+    let attempt = |tls: Option<&ClientTls>, hello: Hello| {
+        runtime.block_on(async {
+            match tls {
+                Some(tls) => say_hello(tls_to(&addr, tls).await, hello).await,
+                None => say_hello(TcpStream::connect(&addr).await.map(Stream::from), hello).await,
+            }
+        })
+    };
+    let refused = |reply: Result<HelloReply, String>, code: ErrorCode| match reply {
+        Ok(HelloReply::Refused { code: got, message }) => assert_eq!(got, code, "{message}"),
+        other => panic!("expected {code}, got {other:?}"),
+    };
+    // The honest case first, so that the refusals below are not the test's own doing.
+    let node2 = certs.client(Some("node-2"));
+    let honest = attempt(Some(&node2), member_hello(Some(2), None));
+    assert!(matches!(honest, Ok(HelloReply::Welcome { .. })), "{honest:?}");
+
+    // Plain TCP: no TLS handshake, nothing is read.
+    let plain = attempt(None, member_hello(Some(2), None));
+    assert!(plain.is_err(), "a plain peer hello got {plain:?}");
+    // A client's certificate claiming to be a member, for Raft and for forwarding.
+    let alice = certs.client(Some("client-alice"));
+    refused(attempt(Some(&alice), member_hello(Some(2), None)), ErrorCode::NoAuth);
+    refused(attempt(Some(&alice), member_hello(None, Some(2))), ErrorCode::NoAuth);
+    // No certificate at all.
+    refused(attempt(Some(&certs.client(None)), member_hello(Some(2), None)), ErrorCode::NoAuth);
+    // Node 2's certificate claiming to be node 3.
+    refused(attempt(Some(&node2), member_hello(Some(3), None)), ErrorCode::NoAuth);
+    refused(attempt(Some(&node2), member_hello(None, Some(3))), ErrorCode::NoAuth);
+    // A certificate from the same CA for a node that is not a member.
+    refused(
+        attempt(Some(&certs.client(Some("node-4"))), member_hello(Some(4), None)),
+        ErrorCode::PermissionDenied,
+    );
+    // A node of another cluster, with its own CA: the handshake fails.
+    let foreign = attempt(Some(&other_cluster.client(Some("node-2"))), member_hello(Some(2), None));
+    assert!(foreign.is_err(), "another cluster's node got {foreign:?}");
+
+    let ca = certs.ca();
+    let after = cluster.cli(&["--ca", ca.to_str().unwrap(), "-c", "SET after attacks"]);
+    assert_eq!(after.code, 0, "{after:?}");
+    assert_eq!(leader_term(&cluster, leader), term, "no election happened");
+}
+
+#[test]
+fn garbage_instead_of_a_tls_handshake_harms_no_other_client() {
+    let certs = Certs::make(1, &[]);
+    let transport = Transport::tls(certs.client(None));
+    let mut node =
+        TestNode::stopped_with(&certs.node_flags(1).iter().map(String::as_str).collect::<Vec<_>>());
+    node.transport = transport.clone();
+    assert!(node.boot());
+    let addr = node.addr.to_string();
+    let runtime = runtime();
+    runtime.block_on(async {
+        let (mut client, _) = Client::connect(&addr, Duration::from_secs(10), &transport).await.unwrap();
+        let mut strangers = Vec::new();
+        for i in 0..50u8 {
+            let mut stranger = TcpStream::connect(&addr).await.unwrap();
+            // Plain frames, random bytes, a ClientHello cut short, and silence.
+            let garbage: Vec<u8> = match i % 4 {
+                0 => vec![0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8],
+                1 => (0..4096).map(|b| (b as u8).wrapping_mul(31).wrapping_add(i)).collect(),
+                2 => vec![0x16, 0x03, 0x01, 0xff, 0xff, 0x01],
+                _ => Vec::new(),
+            };
+            let _ = stranger.write_all(&garbage).await;
+            strangers.push(stranger);
+            let answer =
+                client.call(vec![b"SET".to_vec(), format!("k{i}").into_bytes(), b"v".to_vec()]).await;
+            assert!(answer.is_ok_and(|a| !a.reply.is_error()), "the honest client was served");
+        }
+    });
+    assert!(node.is_running());
+    let answer = common::call_over(&transport, &[addr], &["GET", "k49"]).expect("an answer");
+    assert!(!answer.reply.is_error(), "{answer:?}");
+}
+
+/// Replaces node 1's certificate files with ones from a new CA and sends `SIGHUP`: connections
+/// opened afterwards are served with the new certificate, without a restart.
+#[test]
+fn certificates_rotate_on_sighup() {
+    let old = Certs::make(1, &[]);
+    let new = Certs::make(1, &[]);
+    let served = tempfile::tempdir().unwrap();
+    let place = |from: &Certs| {
+        for name in ["ca.crt", "node-1.crt", "node-1.key"] {
+            std::fs::copy(from.path(name), served.path().join(name)).unwrap();
+        }
+    };
+    place(&old);
+    let file = |name: &str| served.path().join(name).to_str().unwrap().to_string();
+    let flags =
+        ["--tls-ca", &file("ca.crt"), "--tls-cert", &file("node-1.crt"), "--tls-key", &file("node-1.key")];
+    let mut node = TestNode::stopped_with(&flags);
+    node.transport = Transport::tls(old.client(None));
+    assert!(node.boot());
+    let addr = [node.addr.to_string()];
+    let trusts =
+        |certs: &Certs| common::call_over(&Transport::tls(certs.client(None)), &addr, &["PING"]).is_some();
+    assert!(trusts(&old) && !trusts(&new));
+
+    place(&new);
+    nix::sys::signal::kill(node.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    common::wait_until("the node to serve the new certificate", Duration::from_secs(10), || trusts(&new));
+    assert!(!trusts(&old));
+    assert!(node.log_text().contains("certificates read again"));
+
+    // A file that cannot be used is reported, and the certificates in use stay.
+    std::fs::write(served.path().join("node-1.key"), "not a key").unwrap();
+    nix::sys::signal::kill(node.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    common::wait_until("the node to report the bad file", Duration::from_secs(10), || {
+        node.log_text().contains("keeping the certificates in use")
+    });
+    assert!(trusts(&new));
+}
+
+/// A removal notice makes its target stop and refuse ever to start again, so it is taken only
+/// when the leader confirms it. On plain TCP anyone can claim to be a member; here a stranger
+/// does, as node `sender`, and tells node `target` that it was removed.
+#[test]
+fn a_forged_removal_notice_leaves_its_target_running() {
+    use kv::peer::Dialer;
+    use kv::server::control::{ControlClient, RemovalNotice};
+    use openraft::{Membership, StoredMembership};
+    use std::collections::BTreeSet;
+
+    let mut cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_for_a_leader();
+    let target = if leader == 1 { 2 } else { 1 };
+    let sender = (1..=3).find(|id| *id != target && *id != leader).unwrap();
+    let without_target: BTreeSet<u64> = (1..=3).filter(|id| *id != target).collect();
+    let membership = StoredMembership::new(None, Membership::new_with_defaults(vec![without_target], []));
+    let addr = cluster.nodes[target as usize - 1].addr.to_string();
+    let runtime = runtime();
+    let notify = |by: u64| {
+        let notice = RemovalNotice { by, membership: membership.clone() };
+        let mut client = ControlClient::new(Dialer::new(sender, None), target, addr.clone());
+        runtime.block_on(client.notify_removed(notice, Duration::from_secs(10)))
+    };
+    // In its own name, and in the leader's.
+    assert!(!notify(sender).unwrap(), "the target took a forged notice");
+    assert!(!notify(leader).unwrap(), "the target took a notice sent in another's name");
+
+    let node = cluster.node(target);
+    assert!(node.is_running());
+    assert!(node.log_text().contains("the leader does not confirm"));
+    assert!(!node.data_dir.join("REMOVED").exists());
+    let served = common::call(&[addr], &["SET", "still", "here"]).expect("an answer");
+    assert!(!served.reply.is_error(), "{served:?}");
+}
