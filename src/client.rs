@@ -151,8 +151,13 @@ impl Client {
         timeout: Duration,
         transport: &Transport,
     ) -> Result<(Client, NodeInfo), ClientError> {
-        let hello =
-            Hello { version: PROTOCOL_VERSION, client: "kv-cli".to_string(), peer: None, forwarded_by: None };
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            client: "kv-cli".to_string(),
+            peer: None,
+            forwarded_by: None,
+            cluster: None,
+        };
         Client::connect_with(addr, timeout, hello, transport.dial(addr)).await
     }
 

@@ -8,6 +8,7 @@
 //! replicated log carries; a [`Read`] only looks; `PING` and `CLUSTER` touch no data, while
 //! `CLUSTER`'s subcommands ([`Admin`]) change who is in the cluster.
 
+use crate::auth::{Access, Grant, Needs, SystemWrite};
 use crate::protocol::message::{ErrorCode, Reply};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -41,7 +42,7 @@ const fn spec(
     min: usize,
     max: Option<usize>,
 ) -> CommandSpec {
-    let writes = matches!(name.as_bytes(), b"SET" | b"DEL");
+    let writes = matches!(name.as_bytes(), b"SET" | b"DEL" | b"USER" | b"ROLE");
     CommandSpec { name, args, summary, arity: Arity { min, max }, writes }
 }
 
@@ -58,6 +59,23 @@ pub const COMMANDS: &[CommandSpec] = &[
         None,
     ),
     spec("PING", "[message]", "Answer PONG, or echo message; checks the connection.", 0, Some(1)),
+    spec("AUTH", "user password", "Log this connection in as user.", 2, Some(2)),
+    spec(
+        "USER",
+        "[ADD user password | DEL user | PASSWD user password | GRANT user role | REVOKE user role | LIST]",
+        "Manage users (admin; PASSWD also for oneself): add, delete, set a password, grant or \
+         revoke a role, list users and their roles.",
+        1,
+        Some(3),
+    ),
+    spec(
+        "ROLE",
+        "[ADD role | DEL role | GRANT role read|readwrite prefix | GRANT role admin | REVOKE role ... | LIST]",
+        "Manage roles (admin): add, delete, grant or revoke read or readwrite on a key prefix (\"\" for \
+         every key) or admin, list roles and their permissions.",
+        1,
+        Some(4),
+    ),
     spec(
         "CLUSTER",
         "[ADD-LEARNER id addr | ADD-VOTER id | REMOVE id | TRANSFER-LEADER id]",
@@ -72,11 +90,31 @@ pub const COMMANDS: &[CommandSpec] = &[
 pub const CLUSTER_SUBCOMMANDS: &[(&str, &str)] =
     &[("ADD-LEARNER", "id addr"), ("ADD-VOTER", "id"), ("REMOVE", "id"), ("TRANSFER-LEADER", "id")];
 
+/// `USER`'s and `ROLE`'s subcommands, and their arguments.
+pub const USER_SUBCOMMANDS: &[(&str, &str)] = &[
+    ("ADD", "user password"),
+    ("DEL", "user"),
+    ("PASSWD", "user password"),
+    ("GRANT", "user role"),
+    ("REVOKE", "user role"),
+    ("LIST", ""),
+];
+pub const ROLE_SUBCOMMANDS: &[(&str, &str)] = &[
+    ("ADD", "role"),
+    ("DEL", "role"),
+    ("GRANT", "role read|readwrite|admin [prefix]"),
+    ("REVOKE", "role read|readwrite|admin [prefix]"),
+    ("LIST", ""),
+];
+
 /// Whether a request with these arguments (name first) changes state: a write, or a membership
 /// change. A client must not resend such a request after losing its answer.
 pub fn changes_state(args: &[impl AsRef<[u8]>]) -> bool {
     match args.first().and_then(|name| lookup(name.as_ref())) {
         Some(spec) if spec.name == "CLUSTER" => args.len() > 1,
+        Some(spec) if spec.name == "USER" || spec.name == "ROLE" => {
+            args.get(1).is_some_and(|sub| !sub.as_ref().eq_ignore_ascii_case(b"LIST"))
+        }
         Some(spec) => spec.writes,
         None => false,
     }
@@ -103,8 +141,15 @@ pub struct Limits {
 /// is part of the on-disk format.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Write {
-    Set { key: Bytes, value: Bytes },
-    Del { keys: Vec<Bytes> },
+    Set {
+        key: Bytes,
+        value: Bytes,
+    },
+    Del {
+        keys: Vec<Bytes>,
+    },
+    /// A change to users, roles or the cluster's id ([`crate::auth`]).
+    System(SystemWrite),
 }
 
 impl Write {
@@ -114,6 +159,7 @@ impl Write {
         match self {
             Write::Set { key, value } => key.len() + value.len() + 16,
             Write::Del { keys } => keys.iter().map(|k| k.len() + 8).sum::<usize>() + 16,
+            Write::System(change) => change.encoded_len_estimate(),
         }
     }
 }
@@ -131,15 +177,80 @@ impl std::fmt::Display for Write {
                 )
             }
             Write::Del { keys } => write!(f, "DEL ({} keys)", keys.len()),
+            // Never a password hash.
+            Write::System(change) => write!(f, "{}", system_name(change)),
         }
+    }
+}
+
+/// What a system change is called in logs.
+fn system_name(change: &SystemWrite) -> &'static str {
+    match change {
+        SystemWrite::ClusterId { .. } => "naming the cluster",
+        SystemWrite::Bootstrap { .. } => "creating root",
+        SystemWrite::UserAdd { .. } => "USER ADD",
+        SystemWrite::UserDel { .. } => "USER DEL",
+        SystemWrite::UserPasswd { .. } => "USER PASSWD",
+        SystemWrite::UserGrant { .. } => "USER GRANT",
+        SystemWrite::UserRevoke { .. } => "USER REVOKE",
+        SystemWrite::RoleAdd { .. } => "ROLE ADD",
+        SystemWrite::RoleDel { .. } => "ROLE DEL",
+        SystemWrite::RoleGrant { .. } => "ROLE GRANT",
+        SystemWrite::RoleRevoke { .. } => "ROLE REVOKE",
     }
 }
 
 /// A command that only reads the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Read {
-    Get { key: Bytes },
-    Exists { keys: Vec<Bytes> },
+    Get {
+        key: Bytes,
+    },
+    Exists {
+        keys: Vec<Bytes>,
+    },
+    /// The `USER LIST` table.
+    Users,
+    /// The `ROLE LIST` table.
+    Roles,
+}
+
+/// A change to an account that carries a password: the node that proposes it hashes the
+/// password first, off the async threads, so that only the hash is ever logged.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PasswordChange {
+    Add { name: String, password: Bytes },
+    Passwd { name: String, password: Bytes },
+}
+
+impl std::fmt::Debug for PasswordChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PasswordChange::Add { name, .. } => write!(f, "USER ADD {name} <password>"),
+            PasswordChange::Passwd { name, .. } => write!(f, "USER PASSWD {name} <password>"),
+        }
+    }
+}
+
+impl PasswordChange {
+    /// The user whose password it sets.
+    pub fn user(&self) -> &str {
+        match self {
+            PasswordChange::Add { name, .. } | PasswordChange::Passwd { name, .. } => name,
+        }
+    }
+
+    /// The write to log: the password hashed (slow; off the async threads).
+    pub fn hashed(&self) -> Write {
+        Write::System(match self {
+            PasswordChange::Add { name, password } => {
+                SystemWrite::UserAdd { name: name.clone(), password: crate::auth::hash_password(password) }
+            }
+            PasswordChange::Passwd { name, password } => {
+                SystemWrite::UserPasswd { name: name.clone(), password: crate::auth::hash_password(password) }
+            }
+        })
+    }
 }
 
 /// A change to the cluster's membership or leadership (`CLUSTER` with a subcommand). Only the
@@ -167,6 +278,33 @@ pub enum Command {
     Admin(Admin),
     Read(Read),
     Write(Write),
+    /// `USER ADD` or `USER PASSWD`: a write once its password is hashed.
+    Password(PasswordChange),
+    /// Log the connection in.
+    Auth {
+        user: String,
+        password: Bytes,
+    },
+}
+
+impl Command {
+    /// What a user must be allowed to run this command.
+    pub fn needs(&self) -> Needs<'_> {
+        fn keys<'k>(access: Access, keys: impl IntoIterator<Item = &'k Bytes>) -> Needs<'k> {
+            Needs::Keys { access, keys: keys.into_iter().map(|k| k.as_ref()).collect() }
+        }
+        match self {
+            Command::Ping { .. } | Command::Auth { .. } => Needs::Nothing,
+            Command::Cluster => Needs::Login,
+            Command::Admin(_) | Command::Read(Read::Users | Read::Roles) => Needs::Admin,
+            Command::Read(Read::Get { key }) => keys(Access::Read, [key]),
+            Command::Read(Read::Exists { keys: k }) => keys(Access::Read, k),
+            Command::Write(Write::Set { key, .. }) => keys(Access::ReadWrite, [key]),
+            Command::Write(Write::Del { keys: k }) => keys(Access::ReadWrite, k),
+            Command::Write(Write::System(_)) | Command::Password(PasswordChange::Add { .. }) => Needs::Admin,
+            Command::Password(change @ PasswordChange::Passwd { .. }) => Needs::AdminOrSelf(change.user()),
+        }
+    }
 }
 
 /// Why a request's arguments are not a valid command. Each maps to an error reply; the
@@ -230,7 +368,14 @@ impl Command {
                 max: limits.max_keys,
             });
         }
-        let key = |k: &Bytes| check_size("key", k, limits.max_key_bytes);
+        let key = |k: &Bytes| {
+            if crate::auth::is_system_key(k) {
+                return Err(CommandError::BadArgument(
+                    "keys that begin with \"\\0kv/\" are reserved for the system".to_string(),
+                ));
+            }
+            check_size("key", k, limits.max_key_bytes)
+        };
         let keys = |ks: &[Bytes]| ks.iter().map(key).collect::<Result<Vec<_>, _>>();
         let command = match (spec.name, args.as_slice()) {
             ("SET", [k, v]) => Command::Write(Write::Set {
@@ -244,10 +389,26 @@ impl Command {
             ("PING", [m]) => Command::Ping { message: Some(m.clone()) },
             ("CLUSTER", []) => Command::Cluster,
             ("CLUSTER", [sub, rest @ ..]) => Command::Admin(parse_admin(sub, rest)?),
+            ("AUTH", [user, password]) => {
+                Command::Auth { user: text("user", user)?, password: password.clone() }
+            }
+            ("USER", [sub, rest @ ..]) => parse_user(sub, rest)?,
+            ("ROLE", [sub, rest @ ..]) => parse_role(sub, rest)?,
             // Unreachable while the table and this match agree (a unit test checks that); answering
             // with an arity error rather than panicking keeps a client from ever crashing the node.
             (name, rest) => return Err(arity_error(spec, name, rest.len())),
         };
+        if let Command::Password(
+            PasswordChange::Add { password, .. } | PasswordChange::Passwd { password, .. },
+        ) = &command
+            && password.len() > MAX_PASSWORD_BYTES
+        {
+            return Err(CommandError::TooLarge {
+                what: "password",
+                len: password.len(),
+                max: MAX_PASSWORD_BYTES,
+            });
+        }
         if let Command::Write(write) = &command {
             let len = write.encoded_len_estimate();
             if len > limits.max_write_bytes {
@@ -256,6 +417,101 @@ impl Command {
         }
         Ok(command)
     }
+}
+
+/// The longest password accepted.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// A user or role name: 1 to [`crate::auth::MAX_NAME_BYTES`] letters, digits, `.`, `_`, `-`
+/// or `@`.
+fn text(what: &str, arg: &Bytes) -> Result<String, CommandError> {
+    let fits = !arg.is_empty()
+        && arg.len() <= crate::auth::MAX_NAME_BYTES
+        && arg.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
+    if !fits {
+        return Err(CommandError::BadArgument(format!(
+            "bad {what} name '{}': use 1-{} letters, digits, '.', '_', '-' or '@'",
+            String::from_utf8_lossy(&arg[..arg.len().min(64)]),
+            crate::auth::MAX_NAME_BYTES
+        )));
+    }
+    Ok(String::from_utf8_lossy(arg).into_owned())
+}
+
+/// Finds a subcommand of `command` in `table` and checks its arity.
+fn subcommand(
+    command: &'static str,
+    table: &[(&'static str, &'static str)],
+    sub: &Bytes,
+    args: &[Bytes],
+) -> Result<&'static str, CommandError> {
+    let Some(&(name, synopsis)) = table.iter().find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(sub)) else {
+        let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+        return Err(CommandError::BadArgument(format!(
+            "unknown {command} subcommand '{}'; expected one of {}",
+            String::from_utf8_lossy(&sub[..sub.len().min(64)]),
+            names.join(", ")
+        )));
+    };
+    let words = synopsis.split_whitespace();
+    let (min, max) = (words.clone().filter(|w| !w.starts_with('[')).count(), words.count());
+    if args.len() < min || args.len() > max {
+        let expected =
+            if min == max { format!("{}", min + 1) } else { format!("{} to {}", min + 1, max + 1) };
+        return Err(CommandError::WrongArity {
+            name: command,
+            expected: format!("{expected} ({name} {synopsis})").trim_end_matches(' ').replace(" )", ")"),
+            got: args.len() + 1,
+        });
+    }
+    Ok(name)
+}
+
+/// Parses `USER <subcommand> <args>`.
+fn parse_user(sub: &Bytes, args: &[Bytes]) -> Result<Command, CommandError> {
+    let name = subcommand("USER", USER_SUBCOMMANDS, sub, args)?;
+    if name == "LIST" {
+        return Ok(Command::Read(Read::Users));
+    }
+    let user = text("user", &args[0])?;
+    let system = |change| Ok(Command::Write(Write::System(change)));
+    match name {
+        "ADD" => Ok(Command::Password(PasswordChange::Add { name: user, password: args[1].clone() })),
+        "PASSWD" => Ok(Command::Password(PasswordChange::Passwd { name: user, password: args[1].clone() })),
+        "DEL" => system(SystemWrite::UserDel { name: user }),
+        "GRANT" => system(SystemWrite::UserGrant { name: user, role: text("role", &args[1])? }),
+        _ => system(SystemWrite::UserRevoke { name: user, role: text("role", &args[1])? }),
+    }
+}
+
+/// Parses `ROLE <subcommand> <args>`.
+fn parse_role(sub: &Bytes, args: &[Bytes]) -> Result<Command, CommandError> {
+    let name = subcommand("ROLE", ROLE_SUBCOMMANDS, sub, args)?;
+    if name == "LIST" {
+        return Ok(Command::Read(Read::Roles));
+    }
+    let role = text("role", &args[0])?;
+    let grant = || -> Result<Grant, CommandError> {
+        let permission = args.get(1).map(|p| p.to_ascii_lowercase());
+        match (permission.as_deref(), args.get(2)) {
+            (Some(b"admin"), None) => Ok(Grant::Admin),
+            (Some(b"read"), Some(prefix)) => Ok(Grant::Keys { access: Access::Read, prefix: prefix.clone() }),
+            (Some(b"readwrite"), Some(prefix)) => {
+                Ok(Grant::Keys { access: Access::ReadWrite, prefix: prefix.clone() })
+            }
+            _ => Err(CommandError::BadArgument(
+                "expected 'admin', or 'read' or 'readwrite' and a key prefix (\"\" for every key)"
+                    .to_string(),
+            )),
+        }
+    };
+    let change = match name {
+        "ADD" => SystemWrite::RoleAdd { name: role },
+        "DEL" => SystemWrite::RoleDel { name: role },
+        "GRANT" => SystemWrite::RoleGrant { name: role, grant: grant()? },
+        _ => SystemWrite::RoleRevoke { name: role, grant: grant()? },
+    };
+    Ok(Command::Write(Write::System(change)))
 }
 
 /// Parses `CLUSTER <subcommand> <args>`.
@@ -403,7 +659,8 @@ mod tests {
 
     #[test]
     fn every_table_entry_parses_at_its_minimum_and_maximum_arity() {
-        for spec in COMMANDS.iter().filter(|c| c.name != "CLUSTER") {
+        // Commands with subcommands have tests of their own.
+        for spec in COMMANDS.iter().filter(|c| !matches!(c.name, "CLUSTER" | "USER" | "ROLE")) {
             let max = spec.arity.max.unwrap_or(spec.arity.min + 3);
             for n in spec.arity.min..=max {
                 let mut words = vec![spec.name];
@@ -411,6 +668,46 @@ mod tests {
                 let command = parse(&words).unwrap_or_else(|e| panic!("{} with {n} args: {e}", spec.name));
                 assert_eq!(matches!(command, Command::Write(_)), spec.writes, "{}", spec.name);
             }
+        }
+    }
+
+    #[test]
+    fn user_and_role_commands_parse_into_changes_that_never_log_a_password() {
+        let add = parse(&["user", "add", "alice", "pw"]).unwrap();
+        assert_eq!(add, Command::Password(PasswordChange::Add { name: "alice".into(), password: b("pw") }));
+        assert!(!format!("{add:?}").contains("pw"), "{add:?}");
+        let Write::System(SystemWrite::UserAdd { password, .. }) = (match &add {
+            Command::Password(change) => change.hashed(),
+            _ => unreachable!(),
+        }) else {
+            panic!("USER ADD hashes into a UserAdd");
+        };
+        assert!(password.starts_with("$argon2id$"));
+        assert_eq!(parse(&["USER", "LIST"]).unwrap(), Command::Read(Read::Users));
+        assert_eq!(
+            parse(&["ROLE", "GRANT", "app", "READ", "app/"]).unwrap(),
+            Command::Write(Write::System(SystemWrite::RoleGrant {
+                name: "app".into(),
+                grant: Grant::Keys { access: Access::Read, prefix: b("app/") }
+            }))
+        );
+        assert_eq!(
+            parse(&["ROLE", "GRANT", "ops", "admin"]).unwrap(),
+            Command::Write(Write::System(SystemWrite::RoleGrant { name: "ops".into(), grant: Grant::Admin }))
+        );
+        let cases: &[(&[&str], ErrorCode, &str)] = &[
+            (&["USER", "ADD", "alice"], ErrorCode::WrongArity, "expected 3 (ADD user password)"),
+            (&["USER", "ADD", "../x", "pw"], ErrorCode::BadRequest, "bad user name"),
+            (&["USER", "FLY"], ErrorCode::BadRequest, "unknown USER subcommand 'FLY'"),
+            (&["ROLE", "GRANT", "app", "write", "x/"], ErrorCode::BadRequest, "expected 'admin'"),
+            (&["ROLE", "GRANT", "app", "read"], ErrorCode::BadRequest, "a key prefix"),
+            (&["AUTH", "bad name", "pw"], ErrorCode::BadRequest, "bad user name"),
+            (&["GET", "\0kv/users"], ErrorCode::BadRequest, "reserved for the system"),
+        ];
+        for (words, code, text) in cases {
+            let err = parse(words).unwrap_err();
+            assert_eq!(err.code(), *code, "{words:?}");
+            assert!(err.to_string().contains(text), "{words:?}: {err}");
         }
     }
 

@@ -253,6 +253,12 @@ node_settings! {
     tls_cert: Option<PathBuf> = None, "none", "FILE";
     /// The private key of `tls_cert` (PEM). Read again on `SIGHUP`.
     tls_key: Option<PathBuf> = None, "none", "FILE";
+    /// Require clients to log in (`AUTH`, or a client certificate naming a user) and check
+    /// every command against the user's roles. The first start of a cluster creates `root`.
+    auth: bool = false, "false", "BOOL", switch = true;
+    /// With `auth`, on the first start of a cluster: the file holding root's password (its
+    /// first line). Without it, the node asks on its terminal.
+    root_password_file: Option<PathBuf> = None, "none", "FILE";
     /// Serve in the clear on an address other machines can reach. Without it, a node whose
     /// `listen` is not a loopback address refuses to start without TLS.
     insecure: bool = false, "false", "BOOL", switch = true;
@@ -424,6 +430,8 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         tls_ca,
         tls_cert,
         tls_key,
+        auth,
+        root_password_file,
         insecure,
         max_frame_bytes,
         max_key_bytes,
@@ -468,13 +476,17 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         return Err(first.origin.error("tls_ca, tls_cert and tls_key go together: give all three or none"));
     }
 
-    if !listen.value.ip().is_loopback() && !tls_given.contains(&true) && !insecure.value {
+    let secured = tls_given.contains(&true) && auth.value;
+    if !listen.value.ip().is_loopback() && !secured && !insecure.value {
         return Err(listen.origin.error(format!(
-            "listen is {}, which other machines can reach, and this node has no TLS: anyone who \
-             reaches it could read and change everything. Give tls_ca, tls_cert and tls_key (made \
-             with kv-cli cert), or insecure to serve in the clear anyway",
+            "listen is {}, which other machines can reach, and this node does not have both TLS \
+             and auth: anyone who reaches it could read and change everything. Give tls_ca, \
+             tls_cert and tls_key (made with kv-cli cert) and auth, or insecure to serve anyway",
             listen.value
         )));
+    }
+    if root_password_file.value.is_some() && !auth.value {
+        return Err(root_password_file.origin.error("root_password_file only applies with auth"));
     }
 
     let peers: Vec<(Peer, Origin)> = if args.peers.is_empty() {
@@ -551,6 +563,8 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         tls_ca: tls_ca.value,
         tls_cert: tls_cert.value,
         tls_key: tls_key.value,
+        auth: auth.value,
+        root_password_file: root_password_file.value,
         insecure: insecure.value,
         peers: peers.into_iter().map(|(p, _)| p).collect(),
         max_frame_bytes: max_frame_bytes.value,

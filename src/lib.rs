@@ -24,6 +24,7 @@
 //! every connection.
 
 pub mod addr;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod command;

@@ -35,12 +35,24 @@ pub struct Dialer {
     /// This node's id, announced in every hello.
     pub me: u64,
     tls: Option<Arc<NodeTls>>,
+    /// The cluster's id, announced in every hello once this node knows it.
+    cluster: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Dialer {
     /// Dials as node `me`, over TLS when `tls` is given.
     pub fn new(me: u64, tls: Option<Arc<NodeTls>>) -> Dialer {
-        Dialer { me, tls }
+        Dialer { me, tls, cluster: Arc::default() }
+    }
+
+    /// The cluster's id, if this node knows it yet.
+    pub fn cluster(&self) -> Option<String> {
+        self.cluster.get().cloned()
+    }
+
+    /// Notes the cluster's id (the first one noted stays; a cluster's id never changes).
+    pub fn learn_cluster(&self, id: String) {
+        let _ = self.cluster.set(id);
     }
 
     /// Connects to member `id` at `addr`; over TLS, only a certificate naming `id` is accepted.
@@ -188,6 +200,7 @@ impl PeerConnection {
                 client: "peer".into(),
                 peer: Some(self.dialer.me),
                 forwarded_by: None,
+                cluster: self.dialer.cluster(),
             };
             writer.send(&hello).await.map_err(|e| unreachable(e.to_string()))?;
             match reader.read::<HelloReply>().await.map_err(|e| unreachable(e.to_string()))? {

@@ -47,7 +47,7 @@ fn hello(rng: &mut fastrand::Rng) -> Vec<u8> {
     let peer = rng.bool().then(|| rng.u64(..));
     let forwarded_by = rng.bool().then(|| rng.u64(..));
     let version = if rng.u8(..10) == 0 { rng.u32(..) } else { PROTOCOL_VERSION };
-    encode(&Hello { version, client: "fuzz".into(), peer, forwarded_by }).to_vec()
+    encode(&Hello { version, client: "fuzz".into(), peer, forwarded_by, cluster: None }).to_vec()
 }
 
 /// A request that decodes but asks for absurd things.
@@ -101,8 +101,13 @@ fn fuzz_one(rng: &mut fastrand::Rng, addr: SocketAddr) {
         }
         // A client hello, then valid-looking requests with absurd fields.
         4 => {
-            let plain =
-                Hello { version: PROTOCOL_VERSION, client: "fuzz".into(), peer: None, forwarded_by: None };
+            let plain = Hello {
+                version: PROTOCOL_VERSION,
+                client: "fuzz".into(),
+                peer: None,
+                forwarded_by: None,
+                cluster: None,
+            };
             wire.extend(frame(&encode(&plain)));
             for _ in 0..rng.usize(1..16) {
                 wire.extend(frame(&absurd_request(rng)));

@@ -28,8 +28,13 @@ fn send_del(addr: &str, keys: Vec<String>) -> Response {
         let exchange = async {
             let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
             let (mut reader, mut writer) = connection::split(stream, 1 << 20);
-            let hello =
-                Hello { version: PROTOCOL_VERSION, client: "test".into(), peer: None, forwarded_by: None };
+            let hello = Hello {
+                version: PROTOCOL_VERSION,
+                client: "test".into(),
+                peer: None,
+                forwarded_by: None,
+                cluster: None,
+            };
             writer.send(&hello).await.unwrap();
             let welcome: HelloReply = reader.read().await.unwrap().unwrap();
             assert!(matches!(welcome, HelloReply::Welcome { .. }), "{welcome:?}");
@@ -96,7 +101,13 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 fn greedy_reader(addr: std::net::SocketAddr, key: &str, count: usize) -> std::net::TcpStream {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    let hello = Hello { version: PROTOCOL_VERSION, client: "greedy".into(), peer: None, forwarded_by: None };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        client: "greedy".into(),
+        peer: None,
+        forwarded_by: None,
+        cluster: None,
+    };
     stream.write_all(&frame(&kv::protocol::frame::encode(&hello))).unwrap();
     let mut length = [0u8; 4];
     stream.read_exact(&mut length).unwrap();

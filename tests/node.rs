@@ -100,7 +100,13 @@ impl Raw {
 
     fn hello(node: &TestNode) -> Raw {
         let mut raw = Raw::connect(node);
-        raw.frame(&encode(&Hello { version: 1, client: "raw".into(), peer: None, forwarded_by: None }));
+        raw.frame(&encode(&Hello {
+            version: 1,
+            client: "raw".into(),
+            peer: None,
+            forwarded_by: None,
+            cluster: None,
+        }));
         let welcome: HelloReply = decode(&raw.read_frame().expect("welcome")).unwrap();
         assert!(matches!(welcome, HelloReply::Welcome { .. }), "{welcome:?}");
         raw
@@ -170,7 +176,13 @@ fn broken_clients_lose_their_own_connection_and_nothing_else() {
 
     // A protocol version the node does not speak.
     let mut raw = Raw::connect(&node);
-    raw.frame(&encode(&Hello { version: 99, client: "future".into(), peer: None, forwarded_by: None }));
+    raw.frame(&encode(&Hello {
+        version: 99,
+        client: "future".into(),
+        peer: None,
+        forwarded_by: None,
+        cluster: None,
+    }));
     let refusal: HelloReply = decode(&raw.read_frame().unwrap()).unwrap();
     let HelloReply::Refused { code, message } = refusal else { panic!("{refusal:?}") };
     assert_eq!(code, ErrorCode::VersionMismatch);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestCluster, TestNode};
+use common::{Access, TestCluster, TestNode};
 use kv::client::{Client, Transport};
 use kv::connection::{self, Stream};
 use kv::protocol::PROTOCOL_VERSION;
@@ -72,8 +72,8 @@ impl Certs {
 }
 
 fn tls_cluster(certs: &Certs) -> TestCluster {
-    let transport = Transport::tls(certs.client(None));
-    TestCluster::start_each(3, &[], &|id| certs.node_flags(id), &transport)
+    let access = Access::tls(Transport::tls(certs.client(None)));
+    TestCluster::start_each(3, &[], &|id| certs.node_flags(id), &access)
 }
 
 /// The leader's term, as the leader reports it in `CLUSTER`.
@@ -107,7 +107,7 @@ async fn tls_to(addr: &str, tls: &ClientTls) -> std::io::Result<Stream> {
 }
 
 fn member_hello(peer: Option<u64>, forwarded_by: Option<u64>) -> Hello {
-    Hello { version: PROTOCOL_VERSION, client: "test".into(), peer, forwarded_by }
+    Hello { version: PROTOCOL_VERSION, client: "test".into(), peer, forwarded_by, cluster: None }
 }
 
 #[test]
@@ -177,6 +177,16 @@ fn only_members_with_their_own_certificates_get_a_peer_connection() {
     // A node of another cluster, with its own CA: the handshake fails.
     let foreign = attempt(Some(&other_cluster.client(Some("node-2"))), member_hello(Some(2), None));
     assert!(foreign.is_err(), "another cluster's node got {foreign:?}");
+    // A node of another cluster from the same CA (or started with this cluster's configs):
+    // its hello names its own cluster. Refused once this cluster has named itself, which its
+    // first leader does soon after it is elected.
+    let elsewhere = Hello { cluster: Some("another-cluster".into()), ..member_hello(Some(2), None) };
+    common::wait_until("the cluster to have an id", Duration::from_secs(20), || {
+        matches!(
+            attempt(Some(&node2), elsewhere.clone()),
+            Ok(HelloReply::Refused { code: ErrorCode::WrongCluster, .. })
+        )
+    });
 
     let ca = certs.ca();
     let after = cluster.cli(&["--ca", ca.to_str().unwrap(), "-c", "SET after attacks"]);
@@ -190,7 +200,7 @@ fn garbage_instead_of_a_tls_handshake_harms_no_other_client() {
     let transport = Transport::tls(certs.client(None));
     let mut node =
         TestNode::stopped_with(&certs.node_flags(1).iter().map(String::as_str).collect::<Vec<_>>());
-    node.transport = transport.clone();
+    node.access = Access::tls(transport.clone());
     assert!(node.boot());
     let addr = node.addr.to_string();
     let runtime = runtime();
@@ -214,7 +224,7 @@ fn garbage_instead_of_a_tls_handshake_harms_no_other_client() {
         }
     });
     assert!(node.is_running());
-    let answer = common::call_over(&transport, &[addr], &["GET", "k49"]).expect("an answer");
+    let answer = common::call_over(&Access::tls(transport), &[addr], &["GET", "k49"]).expect("an answer");
     assert!(!answer.reply.is_error(), "{answer:?}");
 }
 
@@ -235,11 +245,12 @@ fn certificates_rotate_on_sighup() {
     let flags =
         ["--tls-ca", &file("ca.crt"), "--tls-cert", &file("node-1.crt"), "--tls-key", &file("node-1.key")];
     let mut node = TestNode::stopped_with(&flags);
-    node.transport = Transport::tls(old.client(None));
+    node.access = Access::tls(Transport::tls(old.client(None)));
     assert!(node.boot());
     let addr = [node.addr.to_string()];
-    let trusts =
-        |certs: &Certs| common::call_over(&Transport::tls(certs.client(None)), &addr, &["PING"]).is_some();
+    let trusts = |certs: &Certs| {
+        common::call_over(&Access::tls(Transport::tls(certs.client(None))), &addr, &["PING"]).is_some()
+    };
     assert!(trusts(&old) && !trusts(&new));
 
     place(&new);
@@ -290,4 +301,139 @@ fn a_forged_removal_notice_leaves_its_target_running() {
     assert!(!node.data_dir.join("REMOVED").exists());
     let served = common::call(&[addr], &["SET", "still", "here"]).expect("an answer");
     assert!(!served.reply.is_error(), "{served:?}");
+}
+
+/// TLS and auth on every node of a 3-node cluster, root's password from a file.
+fn secure_cluster(certs: &Certs, root_password: &str) -> (TestCluster, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("root-password");
+    std::fs::write(&password_file, format!("{root_password}\n")).unwrap();
+    let access = Access {
+        transport: Transport::tls(certs.client(None)),
+        login: Some(("root".into(), root_password.into())),
+    };
+    let file = password_file.to_str().unwrap().to_string();
+    let own = |id| {
+        let mut flags = certs.node_flags(id);
+        flags.extend(["--auth".to_string(), "--root-password-file".to_string(), file.clone()]);
+        flags
+    };
+    (TestCluster::start_each(3, &[], &own, &access), dir)
+}
+
+#[test]
+fn users_get_what_their_roles_grant_and_nothing_more() {
+    let certs = Certs::make(3, &["alice"]);
+    let (cluster, _dir) = secure_cluster(&certs, "root-secret");
+    let ca = certs.ca();
+    let ca = ca.to_str().unwrap();
+    let as_user = |user: Option<(&str, &str)>, commands: &[&str]| {
+        let addrs = cluster.addrs();
+        let mut args = vec!["--addr", &addrs, "--ca", ca];
+        let mut env = Vec::new();
+        if let Some((user, password)) = user {
+            args.extend(["--user", user]);
+            env.push(("KV_PASSWORD", password));
+        }
+        for command in commands {
+            args.extend(["-c", command]);
+        }
+        common::run_cli(&args, None, &env)
+    };
+    let root = Some(("root", "root-secret"));
+    let setup = as_user(
+        root,
+        &[
+            "USER ADD alice alice-secret",
+            "ROLE ADD app",
+            "ROLE GRANT app read app/",
+            "ROLE GRANT app readwrite app/own/",
+            "USER GRANT alice app",
+            "SET app/x 1",
+            "SET other/y 2",
+        ],
+    );
+    assert_eq!(setup.code, 0, "{setup:?}");
+
+    let alice = Some(("alice", "alice-secret"));
+    let allowed = as_user(alice, &["GET app/x", "SET app/own/z 3", "GET app/own/z"]);
+    assert_eq!((allowed.code, allowed.lines()), (0, vec!["1", "OK", "3"]), "{allowed:?}");
+    for (command, missing) in [
+        ("SET app/x 2", "readwrite on 'app/x'"),
+        ("GET other/y", "read on 'other/y'"),
+        ("DEL other/y", "readwrite on 'other/y'"),
+        ("CLUSTER REMOVE 3", "the admin permission"),
+        ("USER ADD mallory pw", "the admin permission"),
+        ("ROLE GRANT app readwrite \"\"", "the admin permission"),
+        ("USER PASSWD root hijacked", "the admin permission"),
+    ] {
+        let denied = as_user(alice, &[command]);
+        let text = format!("{}{}", denied.stdout, denied.stderr);
+        assert_eq!(denied.code, 1, "{command}: {denied:?}");
+        assert!(text.contains("PERMISSION_DENIED") && text.contains(missing), "{command}: {text}");
+    }
+    // Nobody logged in, a wrong password, an unknown user.
+    let anonymous = as_user(None, &["GET app/x"]);
+    assert_eq!(anonymous.code, 1, "{anonymous:?}");
+    assert!(anonymous.stdout.contains("NOAUTH") || anonymous.stderr.contains("NOAUTH"), "{anonymous:?}");
+    for login in [("alice", "wrong"), ("mallory", "alice-secret")] {
+        let refused = as_user(Some(login), &["GET app/x"]);
+        assert_eq!(refused.code, 2, "{login:?}: {refused:?}");
+        assert!(refused.stderr.contains("invalid user or password"), "{refused:?}");
+    }
+
+    // Nothing changed on any refusal.
+    let after = as_user(root, &["GET app/x", "GET other/y", "USER LIST", "CLUSTER"]);
+    assert_eq!(after.code, 0, "{after:?}");
+    assert_eq!(&after.lines()[..2], ["1", "2"]);
+    assert!(!after.stdout.contains("mallory"), "{after:?}");
+    for id in 1..=3 {
+        assert!(cluster.status(id).len() == 3, "node {id} still has three members");
+    }
+
+    // A client certificate logs its user in, no password needed; a user changes its own password.
+    let cert = certs.path("client-alice.crt");
+    let key = certs.path("client-alice.key");
+    let addrs = cluster.addrs();
+    let by_cert = common::run_cli(
+        &[
+            "--addr",
+            &addrs,
+            "--ca",
+            ca,
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-c",
+            "GET app/x",
+            "-c",
+            "USER PASSWD alice changed",
+        ],
+        None,
+        &[],
+    );
+    assert_eq!((by_cert.code, by_cert.lines()), (0, vec!["1", "OK"]), "{by_cert:?}");
+    assert_eq!(as_user(Some(("alice", "alice-secret")), &["GET app/x"]).code, 2);
+    assert_eq!(as_user(Some(("alice", "changed")), &["GET app/x"]).code, 0);
+}
+
+/// Secure by default: beyond loopback, a node without TLS and auth does not start.
+#[test]
+fn a_node_reachable_from_other_machines_refuses_to_start_without_tls_and_auth() {
+    let port = common::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let listen = format!("0.0.0.0:{port}");
+        let advertise = format!("127.0.0.1:{port}");
+        let mut args =
+            vec!["--listen", &listen, "--advertise", &advertise, "--data-dir", dir.path().to_str().unwrap()];
+        args.extend_from_slice(extra);
+        std::process::Command::new(common::NODE_BIN).args(&args).output().unwrap()
+    };
+    let refused = run(&[]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("does not have both TLS and auth"), "{said}");
+    assert!(!dir.path().join("state.redb").exists(), "nothing was created");
 }

@@ -89,9 +89,53 @@ pub struct CliArgs {
     /// The private key of --cert (PEM).
     #[arg(long, value_name = "FILE", env = "KV_KEY", requires = "cert")]
     pub key: Option<PathBuf>,
+    /// Log in as USER on every connection; the password comes from --password-file, else
+    /// $KV_PASSWORD, else a prompt that does not echo.
+    #[arg(long, value_name = "USER", env = "KV_USER")]
+    pub user: Option<String>,
+    /// The file whose first line is --user's password.
+    #[arg(long, value_name = "FILE", requires = "user")]
+    pub password_file: Option<PathBuf>,
+}
+
+/// A user and password to log in with on every connection.
+#[derive(Clone)]
+pub struct Login {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Login({})", self.user)
+    }
 }
 
 impl CliArgs {
+    /// The login from --user and its password's source.
+    fn login(&self) -> Result<Option<Login>, String> {
+        let Some(user) = &self.user else { return Ok(None) };
+        let password = match (&self.password_file, std::env::var("KV_PASSWORD")) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --password-file {}: {e}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            (None, Ok(password)) => password,
+            (None, Err(_)) if std::io::stdin().is_terminal() => {
+                rpassword::prompt_password(format!("password for {user}: "))
+                    .map_err(|e| format!("cannot read the password: {e}"))?
+            }
+            (None, Err(_)) => {
+                return Err(format!(
+                    "--user {user} needs a password: --password-file, $KV_PASSWORD, or a terminal to type it"
+                ));
+            }
+        };
+        Ok(Some(Login { user: user.clone(), password }))
+    }
+
     /// How to reach the nodes, from --ca, --cert and --key.
     fn transport(&self) -> Result<Transport, TlsError> {
         let Some(ca) = &self.ca else { return Ok(Transport::plain()) };
@@ -125,6 +169,8 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// Plain TCP or TLS.
     pub transport: Transport,
+    /// Sent as `AUTH` on every new connection.
+    pub login: Option<Login>,
     /// Sent with every request.
     pub request: RequestOptions,
     /// The demo's nodes, when running `kv-cli demo`: the target of dot commands.
@@ -206,6 +252,12 @@ pub fn writes(args: &[Vec<u8>]) -> bool {
 pub async fn connect(options: &Options, first: usize) -> Result<(Client, NodeInfo, usize), ClientError> {
     let (mut client, info) =
         Client::connect_any_from(&options.addrs, first, options.connect_timeout, &options.transport).await?;
+    if let Some(login) = &options.login {
+        let auth = ["AUTH", &login.user, &login.password].map(|a| a.as_bytes().to_vec()).to_vec();
+        if let Reply::Error { code, message } = client.call(auth).await?.reply {
+            return Err(ClientError::Refused { addr: info.addr, code, message });
+        }
+    }
     client.set_options(options.request.clone());
     let index = options.addrs.iter().position(|a| *a == info.addr).unwrap_or(first);
     Ok((client, info, index))
@@ -275,12 +327,20 @@ pub fn run(args: CliArgs) -> ExitStatus {
             return ExitStatus::Failure;
         }
     };
+    let login = match args.login() {
+        Ok(login) => login,
+        Err(e) => {
+            printer.error(output::CONNECTION, &e);
+            return ExitStatus::Failure;
+        }
+    };
     let mut options = Options {
         addrs: args.addrs,
         stop_on_error: args.stop_on_error,
         timeout: args.timeout,
         connect_timeout: args.connect_timeout,
         transport,
+        login,
         request: RequestOptions {
             local: args.local,
             min_acks: args.min_acks,

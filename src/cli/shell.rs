@@ -62,8 +62,9 @@ pub fn run(runtime: Runtime, options: Options, printer: Printer) -> ExitStatus {
     let mut shell = Shell { runtime, options, printer, connection: None, next_addr: 0 };
     shell.connect();
     loop {
+        let user = shell.options.login.as_ref().map(|l| format!("{}@", l.user)).unwrap_or_default();
         let prompt = match &shell.connection {
-            Some((_, info)) => format!("{}> ", info.addr),
+            Some((_, info)) => format!("{user}{}> ", info.addr),
             None => "not connected> ".to_string(),
         };
         let line = match editor.readline(&prompt) {
@@ -76,11 +77,14 @@ pub fn run(runtime: Runtime, options: Options, printer: Printer) -> ExitStatus {
         if line.is_empty() {
             continue;
         }
-        let _ = editor.add_history_entry(line);
-        if let Some(path) = &history
-            && let Err(e) = editor.append_history(path)
-        {
-            shell.printer.error(BAD_INPUT, &format!("cannot write history to {}: {e}", path.display()));
+        // Passwords stay out of the history file.
+        if !carries_password(line) {
+            let _ = editor.add_history_entry(line);
+            if let Some(path) = &history
+                && let Err(e) = editor.append_history(path)
+            {
+                shell.printer.error(BAD_INPUT, &format!("cannot write history to {}: {e}", path.display()));
+            }
         }
         match split_args(line) {
             Err(e) => shell.printer.error(BAD_INPUT, &e.to_string()),
@@ -93,6 +97,16 @@ pub fn run(runtime: Runtime, options: Options, printer: Printer) -> ExitStatus {
                 None => shell.call(args),
             },
         }
+    }
+}
+
+/// Whether a line sets or sends a password: `AUTH`, `USER ADD`, `USER PASSWD`.
+fn carries_password(line: &str) -> bool {
+    let words: Vec<String> = line.split_whitespace().take(2).map(str::to_ascii_uppercase).collect();
+    match words.as_slice() {
+        [first, ..] if first == "AUTH" => true,
+        [first, second] => first == "USER" && (second == "ADD" || second == "PASSWD"),
+        _ => false,
     }
 }
 
@@ -181,6 +195,15 @@ impl Shell {
             let Some((client, info)) = self.connection.as_mut() else { return };
             match self.runtime.block_on(client.call(args.clone())) {
                 Ok(response) => {
+                    if let (Some(Ok(user)), Some(Ok(password)), false) = (
+                        args.get(1).map(|u| String::from_utf8(u.clone())),
+                        args.get(2).map(|p| String::from_utf8(p.clone())),
+                        response.reply.is_error(),
+                    ) && args[0].eq_ignore_ascii_case(b"AUTH")
+                    {
+                        // Later connections (after a failover) log in the same way.
+                        self.options.login = Some(super::Login { user, password });
+                    }
                     self.printer.response(&response);
                     if let (_, Some(warning)) = judge(&response, &self.options) {
                         self.printer.warn(TOO_FEW_ACKS, &warning);

@@ -29,6 +29,10 @@ pub struct Hello {
     /// answers them with [`ErrorCode::NotLeader`] so that the forwarding node re-routes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarded_by: Option<u64>,
+    /// Set only by another cluster member that knows its cluster's id: a node of another
+    /// cluster refuses the connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// The node's answer to a [`Hello`].
@@ -230,6 +234,8 @@ pub enum ErrorCode {
     NoAuth,
     /// The user (or member) is known but lacks the permission the message names.
     PermissionDenied,
+    /// A member's hello names another cluster than this node's.
+    WrongCluster,
     /// A code this build does not know (sent by a newer node).
     #[serde(other)]
     Unknown,
@@ -256,6 +262,7 @@ impl ErrorCode {
             ErrorCode::NotCaughtUp => "NOT_CAUGHT_UP",
             ErrorCode::NoAuth => "NOAUTH",
             ErrorCode::PermissionDenied => "PERMISSION_DENIED",
+            ErrorCode::WrongCluster => "WRONG_CLUSTER",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -281,7 +288,14 @@ mod tests {
     fn golden_encodings_match_the_protocol_document() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (
-                encode(&Hello { version: 1, client: "cli".into(), peer: None, forwarded_by: None }).to_vec(),
+                encode(&Hello {
+                    version: 1,
+                    client: "cli".into(),
+                    peer: None,
+                    forwarded_by: None,
+                    cluster: None,
+                })
+                .to_vec(),
                 "82 a7 76 65 72 73 69 6f 6e 01 a6 63 6c 69 65 6e 74 a3 63 6c 69",
             ),
             (

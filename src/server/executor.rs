@@ -48,7 +48,7 @@ impl Item {
 
     fn needs_leader(&self) -> bool {
         match &self.command {
-            Ok(Command::Write(_) | Command::Admin(_)) => true,
+            Ok(Command::Write(_) | Command::Admin(_) | Command::Password(_)) => true,
             Ok(Command::Read(_)) => !self.request.local,
             _ => false,
         }
@@ -59,6 +59,35 @@ impl Item {
             Ok(Command::Write(write)) => Some(write),
             _ => None,
         }
+    }
+
+    /// Whether it is a write, or becomes one once its password is hashed.
+    fn is_write(&self) -> bool {
+        matches!(&self.command, Ok(Command::Write(_) | Command::Password(_)))
+    }
+
+    /// The write to propose: hashes a password first, off the async threads.
+    async fn write_to_propose(&self) -> Option<Write> {
+        match &self.command {
+            Ok(Command::Write(write)) => Some(write.clone()),
+            Ok(Command::Password(change)) => {
+                let change = change.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || change.hashed()).await.expect("hashing never panics"),
+                )
+            }
+            _ => None,
+        }
+    }
+
+    /// The command, unless it failed to parse.
+    pub fn command(&self) -> Option<&Command> {
+        self.command.as_ref().ok()
+    }
+
+    /// Answers the request with `reply` instead of executing it.
+    pub fn refuse(&mut self, reply: Reply) {
+        self.command = Err(reply);
     }
 
     fn admin(&self) -> Option<&Admin> {
@@ -158,7 +187,13 @@ impl<'n, C: Cluster> Executor<'n, C> {
             Ok(Command::Ping { message }) => pong(message.as_deref()),
             Ok(Command::Cluster) => self.cluster.cluster_table().await,
             Ok(Command::Read(read)) => self.cluster.read(&[read]).remove(0),
-            Ok(Command::Write(_) | Command::Admin(_)) => unreachable!("changes always go through the leader"),
+            Ok(Command::Write(_) | Command::Admin(_) | Command::Password(_)) => {
+                unreachable!("changes always go through the leader")
+            }
+            // A session's business, never sent here by the handler; refused should one come.
+            Ok(Command::Auth { .. }) => {
+                Reply::error(ErrorCode::BadRequest, "AUTH is answered by the node the client connected to")
+            }
         };
         item.answer(reply)
     }
@@ -238,7 +273,10 @@ impl<'n, C: Cluster> Executor<'n, C> {
                     vec![outcome.map(|reply| head[0].answer(reply))]
                 }
                 (Part::Writes, _) => {
-                    let writes = head.iter().filter_map(|i| i.write().cloned()).collect();
+                    let mut writes = Vec::with_capacity(head.len());
+                    for item in head {
+                        writes.extend(item.write_to_propose().await);
+                    }
                     let proposed = self.cluster.propose(writes, ack_wait(head, timeout), deadline).await;
                     written_answers(self.cluster.id(), head, proposed.await)
                 }
@@ -365,7 +403,7 @@ impl Part {
         let (part, belongs): (Part, fn(&Item) -> bool) = match (leading, rest[0].admin().is_some()) {
             (true, true) => return (Part::MembershipChange, 1),
             (true, false) if reads => (Part::Reads, |i| i.read().is_some()),
-            (true, false) => (Part::Writes, |i| i.write().is_some()),
+            (true, false) => (Part::Writes, |i| i.is_write()),
             (false, _) if reads => (Part::Reads, |i| i.read().is_some()),
             (false, _) => (Part::Forwarded, |i| i.read().is_none()),
         };

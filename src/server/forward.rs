@@ -165,8 +165,13 @@ async fn connect(
     timeout: Duration,
 ) -> Result<(Client, NodeInfo), ClientError> {
     let me = dialer.me;
-    let hello =
-        Hello { version: PROTOCOL_VERSION, client: format!("node {me}"), peer: None, forwarded_by: Some(me) };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        client: format!("node {me}"),
+        peer: None,
+        forwarded_by: Some(me),
+        cluster: dialer.cluster(),
+    };
     Client::connect_with(addr, timeout, hello, dialer.member(addr, leader)).await
 }
 

@@ -31,6 +31,7 @@ use super::cluster::Cluster;
 use super::control::serve_peer;
 use super::executor::{Executor, Item};
 use super::forward::Ahead;
+use super::session::{Segment, Session};
 use crate::command::Limits;
 use crate::connection::{self, FrameReader, FrameWriter, ReadError, Stream};
 use crate::protocol::PROTOCOL_VERSION;
@@ -116,7 +117,9 @@ pub(super) async fn serve(
         idle,
     };
     let mut executor = Executor::new(node, hello.forwarded_by, node.config.limits());
-    let outcome = serve_requests(&mut reader, &mut writer, &mut executor, &budget, token).await;
+    let certified_user = certified.and_then(|c| c.common_name).filter(|_| hello.forwarded_by.is_none());
+    let mut session = Session::new(node.config.auth && hello.forwarded_by.is_none(), certified_user);
+    let outcome = serve_requests(&mut reader, &mut writer, &mut executor, &mut session, &budget, token).await;
     match outcome {
         Ok(()) => tracing::debug!(%peer, "client disconnected"),
         Err(e) if e.is_protocol_violation() => {
@@ -199,11 +202,20 @@ async fn handshake(
     Err(message)
 }
 
-/// Why a hello that claims to come from a member is refused, if it is: over TLS the member must
-/// prove its id with a certificate the cluster's CA issued for it, and be a member this node
-/// knows of. Plain TCP proves nothing (see docs/SECURITY.md).
+/// Why a hello that claims to come from a member is refused, if it is: it must not name another
+/// cluster than this node's; over TLS the member must prove its id with a certificate the
+/// cluster's CA issued for it, and be a member this node knows of. Plain TCP proves nothing
+/// (see docs/SECURITY.md).
 fn member_refusal(hello: &Hello, node: &Node, certified: Option<&Certified>) -> Option<(ErrorCode, String)> {
     let claimed = hello.peer.or(hello.forwarded_by)?;
+    if let (Some(theirs), Some(ours)) = (&hello.cluster, node.cluster_id())
+        && *theirs != ours
+    {
+        return Some((
+            ErrorCode::WrongCluster,
+            format!("node {claimed} belongs to cluster {theirs}, this node to cluster {ours}"),
+        ));
+    }
     node.tls.as_ref()?;
     let proven = certified.and_then(|c| c.node);
     if proven != Some(claimed) {
@@ -248,6 +260,7 @@ async fn serve_requests<C: Cluster>(
     reader: &mut FrameReader,
     writer: &mut FrameWriter,
     executor: &mut Executor<'_, C>,
+    session: &mut Session,
     budget: &Budget,
     token: &CancellationToken,
 ) -> Result<(), ReadError> {
@@ -298,9 +311,20 @@ async fn serve_requests<C: Cluster>(
         if let Err(items) = ahead.propose(executor, items, held).await {
             // Everything else runs after what was proposed ahead, as the client sent it.
             ahead.answer_all(writer).await?;
-            for slice in answer_slices(items, budget.connection_bytes, &budget.limits) {
-                for response in executor.execute(slice).await {
-                    writer.feed(&response).await.map_err(ReadError::Io)?;
+            for segment in Session::segments(items) {
+                let mut items = match segment {
+                    Segment::Items(items) => items,
+                    Segment::Auth(item) => {
+                        let response = session.login(&item, executor.cluster()).await;
+                        writer.feed(&response).await.map_err(ReadError::Io)?;
+                        continue;
+                    }
+                };
+                session.vet(&mut items, executor.cluster());
+                for slice in answer_slices(items, budget.connection_bytes, &budget.limits) {
+                    for response in executor.execute(slice).await {
+                        writer.feed(&response).await.map_err(ReadError::Io)?;
+                    }
                 }
             }
             writer.flush().await.map_err(ReadError::Io)?;

@@ -507,6 +507,7 @@ async fn ask_until_done(node: &Node, through: SocketAddr, args: &[String]) -> Re
                 client: format!("node {}", node.config.id),
                 peer: None,
                 forwarded_by: None,
+                cluster: None,
             };
             let dial = node.dialer.address(&addrs[0]);
             let (mut client, _) = Client::connect_with(&addrs[0], Duration::from_secs(1), hello, dial)

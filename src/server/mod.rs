@@ -39,6 +39,7 @@ mod membership;
 mod outcome;
 mod reads;
 mod seen;
+mod session;
 mod status;
 
 use crate::config::NodeConfig;
@@ -85,6 +86,8 @@ pub enum ServerError {
     RaftFailed(String),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("{0}")]
+    RootPassword(String),
 }
 
 /// What every connection of a node shares.
@@ -147,6 +150,21 @@ impl Node {
         self.config.join.is_some() || self.config.peers.iter().any(|peer| peer.id == id)
     }
 
+    /// The cluster's id, once this node has applied it.
+    fn cluster_id(&self) -> Option<String> {
+        if let Some(id) = self.dialer.cluster() {
+            return Some(id);
+        }
+        let id = match self.store.read(&crate::auth::cluster_id_read()) {
+            Ok(crate::protocol::message::Reply::Bulk { value }) => {
+                String::from_utf8_lossy(&value).into_owned()
+            }
+            _ => return None,
+        };
+        self.dialer.learn_cluster(id.clone());
+        Some(id)
+    }
+
     /// Stops the node by itself because of `failure`, which `run` then returns.
     fn fail(&self, failure: ServerError) {
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
@@ -190,6 +208,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         let _ = raft.shutdown().await;
         return Err(refusal);
     }
+    // Only a node that may lead a new cluster first needs root's password; others get root
+    // from the log.
+    let root_password = match fresh && config.auth && config.join.is_none() {
+        true => Some(root_password_hash(&config).await?),
+        false => None,
+    };
     let acks = AckTracker::start(&raft, Duration::from_millis(config.election_timeout_ms));
     let seen = Arc::new(SeenMembers::load(log.clone()));
     seen.watch(&raft);
@@ -235,6 +259,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         stop: CancellationToken::new(),
         failure: std::sync::Mutex::new(None),
     });
+    tokio::spawn(complete_system_records(node.clone(), root_password));
     if let (true, Some(through)) = (fresh, node.config.join) {
         tokio::spawn(membership::join(node.clone(), through));
     }
@@ -276,6 +301,77 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     match node.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
         Some(failure) => Err(failure),
         None => Ok(()),
+    }
+}
+
+/// Root's password for a new cluster with auth, hashed: the first line of `root_password_file`,
+/// or typed at the terminal. Never a default.
+async fn root_password_hash(config: &NodeConfig) -> Result<String, ServerError> {
+    let password = match &config.root_password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ServerError::RootPassword(format!("cannot read root_password_file {}: {e}", path.display()))
+            })?;
+            text.lines().next().unwrap_or_default().to_string()
+        }
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            rpassword::prompt_password("root's password for the new cluster: ")
+                .map_err(|e| ServerError::RootPassword(format!("cannot read root's password: {e}")))?
+        }
+        None => {
+            return Err(ServerError::RootPassword(
+                "auth is on and this node may start a new cluster, which needs root's password: give \
+                 root_password_file (or start it on a terminal to type it)"
+                    .into(),
+            ));
+        }
+    };
+    if password.is_empty() {
+        return Err(ServerError::RootPassword("root's password must not be empty".into()));
+    }
+    tokio::task::spawn_blocking(move || crate::auth::hash_password(password.as_bytes()))
+        .await
+        .map_err(|e| ServerError::RootPassword(e.to_string()))
+}
+
+/// How often a node looks whether the cluster still lacks its id (or, with auth, root).
+const SYSTEM_RECORDS_CHECK: Duration = Duration::from_secs(1);
+
+/// Gives a new cluster what every cluster has: an id, and with auth, `root`. Whichever node
+/// leads proposes what is missing (each change applies only once, so two leaders in turn
+/// cannot both apply theirs); the task ends once this node has applied both.
+async fn complete_system_records(node: Arc<Node>, root_password: Option<String>) {
+    use crate::auth::SystemWrite;
+    use crate::command::Write;
+    let mut tick = tokio::time::interval(SYSTEM_RECORDS_CHECK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = node.stop.cancelled() => return,
+        }
+        let has_root = !node.config.auth || node.store.read(&crate::command::Read::Users).is_ok_and(|users| {
+            matches!(users, crate::protocol::message::Reply::Table { rows, .. } if !rows.is_empty())
+        });
+        let has_id = node.cluster_id().is_some();
+        if has_id && has_root {
+            return;
+        }
+        if node.raft.metrics().borrow_watched().current_leader != Some(node.config.id) {
+            continue;
+        }
+        let mut missing = Vec::new();
+        if !has_id {
+            let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+            missing.push(Write::System(SystemWrite::ClusterId { id }));
+        }
+        if let (false, Some(hash)) = (has_root, &root_password) {
+            missing.push(Write::System(SystemWrite::Bootstrap { root_password: hash.clone() }));
+        }
+        for write in missing {
+            if let Err(e) = node.raft.client_write(write).await {
+                tracing::debug!(error = %e, "could not propose a system record yet");
+            }
+        }
     }
 }
 

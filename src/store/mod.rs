@@ -146,6 +146,14 @@ impl Store {
                 }
                 Reply::Integer { value: removed }
             }
+            Write::System(change) => {
+                let mut records = SystemRecords { unflushed, flushed, failed: None };
+                let reply = crate::auth::apply(&mut records, change);
+                if let Some(e) = records.failed {
+                    return Err(StoreError::storage(e));
+                }
+                reply
+            }
         })
     }
 
@@ -234,6 +242,27 @@ pub fn pong(message: Option<&[u8]>) -> Reply {
     }
 }
 
+/// The system's records ([`crate::auth`]) in the applied state, as the state machine sees them
+/// while applying. A read that fails is remembered, and fails the write.
+struct SystemRecords<'a> {
+    unflushed: &'a mut Unflushed,
+    flushed: &'a FlushedTable,
+    failed: Option<redb::StorageError>,
+}
+
+impl crate::auth::Records for SystemRecords<'_> {
+    fn get(&self, key: &[u8]) -> Option<Bytes> {
+        match self.unflushed.get(key) {
+            Some(value) => value.clone(),
+            None => self.flushed.get(key).ok().flatten().map(|v| Bytes::copy_from_slice(v.value())),
+        }
+    }
+
+    fn put(&mut self, key: &[u8], value: Bytes) {
+        self.unflushed.insert(Bytes::copy_from_slice(key), Some(value));
+    }
+}
+
 /// Whether `key` exists in the applied state.
 fn exists(unflushed: &Unflushed, flushed: &FlushedTable, key: &Bytes) -> Result<bool, redb::StorageError> {
     Ok(match unflushed.get(key) {
@@ -264,6 +293,20 @@ fn apply_read(
                 }
             }
             Reply::Integer { value: found }
+        }
+        Read::Users | Read::Roles => {
+            let [users, roles] =
+                crate::auth::Accounts::reads().map(|read| apply_read(unflushed, flushed, &read));
+            let record = |reply: Reply| match reply {
+                Reply::Bulk { value } => Some(value.into_vec()),
+                _ => None,
+            };
+            let accounts =
+                crate::auth::Accounts::decode(record(users?).as_deref(), record(roles?).as_deref());
+            match read {
+                Read::Users => accounts.users_table(),
+                _ => accounts.roles_table(),
+            }
         }
     })
 }

@@ -20,15 +20,33 @@ use std::time::{Duration, Instant};
 /// One command through the client library, to the first of `addrs` that answers; `None` if none
 /// did within [`CALL_DEADLINE`]. For learning a node's state without parsing kv-cli's output.
 pub fn call(addrs: &[String], args: &[&str]) -> Option<Response> {
-    call_over(&Transport::plain(), addrs, args)
+    call_over(&Access::default(), addrs, args)
 }
 
-/// Like [`call`], over `transport`.
-pub fn call_over(transport: &Transport, addrs: &[String], args: &[&str]) -> Option<Response> {
+/// How the harness reaches a node: over which transport, logged in as whom.
+#[derive(Clone, Default)]
+pub struct Access {
+    pub transport: Transport,
+    /// A user and password to log in with first.
+    pub login: Option<(String, String)>,
+}
+
+impl Access {
+    pub fn tls(transport: Transport) -> Access {
+        Access { transport, login: None }
+    }
+}
+
+/// Like [`call`], with `access`.
+pub fn call_over(access: &Access, addrs: &[String], args: &[&str]) -> Option<Response> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let attempt = async {
-            let (mut client, _) = Client::connect_any(addrs, CALL_DEADLINE, transport).await.ok()?;
+            let (mut client, _) = Client::connect_any(addrs, CALL_DEADLINE, &access.transport).await.ok()?;
+            if let Some((user, password)) = &access.login {
+                let auth = ["AUTH", user, password].map(|a| a.as_bytes().to_vec()).to_vec();
+                client.call(auth).await.ok().filter(|r| !r.reply.is_error())?;
+            }
             client.call(args.iter().map(|a| a.as_bytes().to_vec()).collect()).await.ok()
         };
         tokio::time::timeout(CALL_DEADLINE, attempt).await.ok().flatten()
@@ -64,8 +82,8 @@ pub fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() ->
 /// One running (or stopped) kv-node.
 pub struct TestNode {
     pub addr: SocketAddr,
-    /// How the harness reaches the node (plain unless the node serves TLS).
-    pub transport: Transport,
+    /// How the harness reaches the node (plain unless the node serves TLS or wants a login).
+    pub access: Access,
     pub data_dir: PathBuf,
     /// Extra flags given on every start.
     pub flags: Vec<String>,
@@ -92,7 +110,7 @@ impl TestNode {
         let dir = tempfile::tempdir().unwrap();
         TestNode {
             addr,
-            transport: Transport::plain(),
+            access: Access::default(),
             data_dir: dir.path().join("data"),
             flags: flags.iter().map(|f| f.to_string()).collect(),
             child: None,
@@ -182,7 +200,7 @@ impl TestNode {
 
     /// The `CLUSTER` table as this node sees it: one JSON object per member.
     pub fn status(&self) -> Vec<serde_json::Value> {
-        let response = call_over(&self.transport, &[self.addr.to_string()], &["CLUSTER"])
+        let response = call_over(&self.access, &[self.addr.to_string()], &["CLUSTER"])
             .expect("the node answers CLUSTER");
         let Reply::Table { columns, rows } = response.reply else {
             panic!("CLUSTER answered {:?}", response.reply);
@@ -303,25 +321,25 @@ impl TestCluster {
     /// Starts `size` nodes that know each other, each with `flags`, and waits until the cluster
     /// commits a write.
     pub fn start(size: u64, flags: &[&str]) -> TestCluster {
-        TestCluster::start_on(None, size, flags, &|_| Vec::new(), &Transport::plain())
+        TestCluster::start_on(None, size, flags, &|_| Vec::new(), &Access::default())
     }
 
     /// Like [`Self::start`], but the nodes reach each other only through `network`'s proxies,
     /// which the test can cut; clients still reach each node directly.
     pub fn start_behind(network: &network::Network, flags: &[&str]) -> TestCluster {
         let size = network.proxies.len() as u64;
-        TestCluster::start_on(Some(network), size, flags, &|_| Vec::new(), &Transport::plain())
+        TestCluster::start_on(Some(network), size, flags, &|_| Vec::new(), &Access::default())
     }
 
     /// Like [`Self::start`], with node `id` also given `own_flags(id)`, and the harness reaching
-    /// the nodes over `transport`.
+    /// the nodes with `access`.
     pub fn start_each(
         size: u64,
         flags: &[&str],
         own_flags: &dyn Fn(u64) -> Vec<String>,
-        transport: &Transport,
+        access: &Access,
     ) -> TestCluster {
-        TestCluster::start_on(None, size, flags, own_flags, transport)
+        TestCluster::start_on(None, size, flags, own_flags, access)
     }
 
     fn start_on(
@@ -329,7 +347,7 @@ impl TestCluster {
         size: u64,
         flags: &[&str],
         own_flags: &dyn Fn(u64) -> Vec<String>,
-        transport: &Transport,
+        access: &Access,
     ) -> TestCluster {
         for _ in 0..5 {
             // Distinct ports: a port freed a moment ago can be handed out twice.
@@ -359,7 +377,7 @@ impl TestCluster {
                 node_flags.extend(own_flags(id));
                 let flags: Vec<&str> = node_flags.iter().map(String::as_str).collect();
                 let mut node = TestNode::stopped(addrs[id as usize - 1], &flags);
-                node.transport = transport.clone();
+                node.access = access.clone();
                 nodes.push(node);
             }
             // A lost race for a port means new ports for everyone: the peers' lists name them.
@@ -408,7 +426,7 @@ impl TestCluster {
         let addrs = self.live_addrs();
         let addrs: Vec<String> = addrs.split(',').map(String::from).collect();
         wait_until("the cluster to commit a write", FORM_DEADLINE, || {
-            let answer = call_over(&self.nodes[0].transport, &addrs, &["SET", "cluster-ready", "yes"]);
+            let answer = call_over(&self.nodes[0].access, &addrs, &["SET", "cluster-ready", "yes"]);
             leader = answer.filter(|a| !matches!(a.reply, Reply::Error { .. })).and_then(|a| a.leader);
             leader.is_some()
         });
