@@ -3,6 +3,8 @@
 mod common;
 
 use common::{CLI_BIN, run_cli, wait_until};
+use kv::client::{Client, Transport};
+use kv::protocol::message::{ErrorCode, Reply};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
@@ -27,12 +29,24 @@ fn assert_nodes_gone(addrs: &[String]) {
 
 #[test]
 fn a_piped_demo_runs_the_commands_and_removes_its_data() {
-    let out = run_cli(&["demo"], Some(b"SET a 1\nGET a\nDEL a\n"), &[]);
+    let out = run_cli(&["demo"], Some(b"SET a 1\nGET a\nDEL a\nUSER LIST\n"), &[]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(out.lines(), ["OK", "1", "1"]);
+    // Logged in as root, the only user.
+    assert_eq!(out.lines(), ["OK", "1", "1", "user\troles", "root\troot"]);
+    assert!(out.stderr.contains("TLS and auth are on"), "{out:?}");
     let (addrs, dir) = parse_banner(&out.stderr);
     assert_nodes_gone(&addrs);
     assert!(!dir.exists(), "{} should be removed", dir.display());
+}
+
+#[test]
+fn an_insecure_demo_runs_in_the_clear() {
+    let out = run_cli(&["demo", "--insecure"], Some(b"SET a 1\nGET a\n"), &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.lines(), ["OK", "1"]);
+    assert!(out.stderr.contains("Insecure: plain TCP, no logins"), "{out:?}");
+    let (addrs, _) = parse_banner(&out.stderr);
+    assert_nodes_gone(&addrs);
 }
 
 #[test]
@@ -56,7 +70,18 @@ fn an_interactive_demo_stops_its_node_when_the_shell_ends() {
     let mut p = rexpect::session::spawn_command(cmd, Some(20_000)).unwrap();
     let (_, banner) = p.exp_regex(r"kv demo: node 1 on [^;]+;[^\r\n]*").unwrap();
     let (addrs, dir) = parse_banner(&banner);
-    p.exp_string(&format!("{}> ", addrs[0])).unwrap();
+    p.exp_string(&format!("root@{}> ", addrs[0])).unwrap();
+    // The nodes take neither a plain connection nor, over TLS, a command before a login.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let plain = runtime.block_on(Client::connect(&addrs[0], Duration::from_secs(5), &Transport::plain()));
+    assert!(plain.is_err(), "a plain client was welcomed");
+    let ca = dir.join("certs").join("ca.crt");
+    let tls = Transport::tls(kv::tls::ClientTls::load(&ca, None).unwrap());
+    let answer = runtime.block_on(async {
+        let (mut client, _) = Client::connect(&addrs[0], Duration::from_secs(5), &tls).await.unwrap();
+        client.call(vec![b"GET".to_vec(), b"demo".to_vec()]).await.unwrap()
+    });
+    assert!(matches!(answer.reply, Reply::Error { code: ErrorCode::NoAuth, .. }), "{answer:?}");
     p.send_line("SET demo works").unwrap();
     p.exp_string("OK").unwrap();
     // The shell shows which peers acknowledged the write: the commit needed one of them; the

@@ -10,6 +10,11 @@
 //! The cluster has three nodes that replicate through Raft; the demo is ready once they have
 //! elected a leader, so the first command does not wait for an election.
 //!
+//! It is as secure as a real deployment should be: it makes a CA and node certificates in its
+//! directory (`kv-cli cert`'s code), runs every node with TLS and auth, gives `root` a random
+//! password (kept in the directory, readable by its owner only) and logs the shell in as root.
+//! `--insecure` runs today's plain cluster instead.
+//!
 //! Inside the demo, dot commands act on the nodes so that failures can be watched live:
 //! `.nodes`, `.stop N` (graceful), `.kill N` (`kill -9`), `.restart N`. In piped input they run
 //! after every command before them has been answered.
@@ -35,6 +40,70 @@ pub struct DemoArgs {
     /// Keep the data directory when the demo ends, and print where it is.
     #[arg(long)]
     pub keep: bool,
+    /// Plain TCP and no logins, instead of TLS and auth.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// How the demo's nodes are secured: their CA, and root's password.
+#[derive(Clone)]
+pub struct DemoSecurity {
+    pub ca: PathBuf,
+    pub root_password: String,
+    /// The file root's password is in.
+    pub password_file: PathBuf,
+}
+
+impl DemoSecurity {
+    /// Makes the CA, the nodes' certificates and root's password in `dir`.
+    fn make(dir: &Path) -> Result<DemoSecurity, DemoError> {
+        use super::cert::{Output, create_ca, create_node};
+        let certs = dir.join("certs");
+        let output = Output { dir: certs.clone(), days: Some(30), overwrite: false };
+        let ca = create_ca(&output).map_err(|e| DemoError::Security(e.to_string()))?;
+        for id in 1..=NODES {
+            let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+            create_node(&output, &ca.key, id, &hosts).map_err(|e| DemoError::Security(e.to_string()))?;
+        }
+        let root_password: String = (0..20).map(|_| fastrand::alphanumeric()).collect();
+        let password_file = dir.join("root-password");
+        {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&password_file)
+                .map_err(DemoError::TempDir)?;
+            writeln!(file, "{root_password}").map_err(DemoError::TempDir)?;
+        }
+        Ok(DemoSecurity { ca: ca.cert, root_password, password_file })
+    }
+
+    /// How a client reaches the nodes, and its login.
+    pub fn client(&self) -> Result<(Transport, super::Login), DemoError> {
+        let tls =
+            crate::tls::ClientTls::load(&self.ca, None).map_err(|e| DemoError::Security(e.to_string()))?;
+        Ok((Transport::tls(tls), super::Login { user: "root".into(), password: self.root_password.clone() }))
+    }
+
+    /// The flags that give node `id` its TLS and auth.
+    fn flags(&self, id: u64) -> Vec<String> {
+        let certs = self.ca.parent().unwrap_or(Path::new("."));
+        let file = |name: String| certs.join(name).to_string_lossy().into_owned();
+        vec![
+            "--tls-ca".into(),
+            self.ca.to_string_lossy().into_owned(),
+            "--tls-cert".into(),
+            file(format!("node-{id}.crt")),
+            "--tls-key".into(),
+            file(format!("node-{id}.key")),
+            "--auth".into(),
+            "--root-password-file".into(),
+            self.password_file.to_string_lossy().into_owned(),
+        ]
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +118,8 @@ pub enum DemoError {
     NodeFailed(String),
     #[error("the demo cluster elected no leader within {0:?}")]
     NoLeader(Duration),
+    #[error("cannot make the demo's certificates: {0}")]
+    Security(String),
 }
 
 /// Why one node did not start.
@@ -63,6 +134,8 @@ pub struct DemoCluster {
     nodes: Vec<DemoNode>,
     dir: tempfile::TempDir,
     binary: PathBuf,
+    /// `None` for an insecure demo.
+    security: Option<DemoSecurity>,
 }
 
 struct DemoNode {
@@ -117,9 +190,10 @@ impl DemoCommand {
 
 impl DemoCluster {
     /// Starts the demo's nodes and waits until they have a leader.
-    pub fn start() -> Result<DemoCluster, DemoError> {
+    pub fn start(secure: bool) -> Result<DemoCluster, DemoError> {
         let binary = node_binary()?;
         let dir = tempfile::Builder::new().prefix("kv-demo-").tempdir().map_err(DemoError::TempDir)?;
+        let security = if secure { Some(DemoSecurity::make(dir.path())?) } else { None };
         let mut last = DemoError::NodeFailed("no free ports".to_string());
         // A port that was free a moment ago may be taken by the time a node binds it; every
         // node's peer list names the ports, so a lost race means new ports for all.
@@ -129,7 +203,7 @@ impl DemoCluster {
             let mut nodes = Vec::new();
             let mut port_taken = false;
             for id in 1..=NODES {
-                match DemoNode::start(&binary, id, &addrs, dir.path()) {
+                match DemoNode::start(&binary, id, &addrs, dir.path(), security.as_ref()) {
                     Ok(node) => nodes.push(node),
                     Err(StartFailure::PortTaken) => {
                         port_taken = true;
@@ -142,7 +216,7 @@ impl DemoCluster {
                 }
             }
             if !port_taken {
-                let cluster = DemoCluster { nodes, dir, binary };
+                let cluster = DemoCluster { nodes, dir, binary, security };
                 if let Err(e) = cluster.wait_for_a_leader() {
                     cluster.stop(false);
                     return Err(e);
@@ -160,11 +234,23 @@ impl DemoCluster {
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DemoError::Spawn)?;
         let addrs = self.addrs();
+        let (transport, login) = match &self.security {
+            Some(security) => {
+                let (transport, login) = security.client()?;
+                (transport, Some(login))
+            }
+            None => (Transport::plain(), None),
+        };
         let started = Instant::now();
         while started.elapsed() < START_TIMEOUT {
             let read = runtime.block_on(async {
                 let (mut client, _) =
-                    Client::connect_any(&addrs, Duration::from_secs(1), &Transport::plain()).await.ok()?;
+                    Client::connect_any(&addrs, Duration::from_secs(1), &transport).await.ok()?;
+                if let Some(login) = &login {
+                    // Root exists once the first leader has created it.
+                    let auth = ["AUTH", &login.user, &login.password].map(|a| a.as_bytes().to_vec()).to_vec();
+                    client.call(auth).await.ok().filter(|r| !r.reply.is_error())?;
+                }
                 client.call(vec![b"EXISTS".to_vec(), b"demo".to_vec()]).await.ok()
             });
             if read.is_some_and(|response| !response.reply.is_error()) {
@@ -179,13 +265,26 @@ impl DemoCluster {
         self.nodes.iter().map(|n| n.addr.to_string()).collect()
     }
 
+    /// How the demo is secured, if it is.
+    pub fn security(&self) -> Option<&DemoSecurity> {
+        self.security.as_ref()
+    }
+
     /// A line for people: where the nodes are and where their data and logs live.
     pub fn banner(&self) -> String {
         let nodes: Vec<String> =
             self.nodes.iter().enumerate().map(|(i, n)| format!("node {} on {}", i + 1, n.addr)).collect();
+        let security = match &self.security {
+            Some(security) => format!(
+                " TLS and auth are on: CA {}, logged in as root (password in {}).",
+                security.ca.display(),
+                security.password_file.display()
+            ),
+            None => " Insecure: plain TCP, no logins.".to_string(),
+        };
         format!(
-            "kv demo: {}; data and logs in {}. .kill N, .stop N and .restart N act on a node; QUIT or \
-             Ctrl-D ends the demo.",
+            "kv demo: {}; data and logs in {}.{security} .kill N, .stop N and .restart N act on a node; \
+             QUIT or Ctrl-D ends the demo.",
             nodes.join(", "),
             self.dir.path().display()
         )
@@ -214,7 +313,7 @@ impl DemoCluster {
             }
             (NodeAction::Restart, false) => {
                 let addrs: Vec<SocketAddr> = self.nodes.iter().map(|n| n.addr).collect();
-                match DemoNode::start(&self.binary, id, &addrs, self.dir.path()) {
+                match DemoNode::start(&self.binary, id, &addrs, self.dir.path(), self.security.as_ref()) {
                     Ok(started) => {
                         self.nodes[id as usize - 1] = started;
                         Ok(format!("node {id} restarted on {}", addrs[id as usize - 1]))
@@ -260,7 +359,13 @@ impl DemoCluster {
 
 impl DemoNode {
     /// Starts node `id` of the cluster whose nodes listen on `addrs` (node `i` on `addrs[i - 1]`).
-    fn start(binary: &Path, id: u64, addrs: &[SocketAddr], dir: &Path) -> Result<DemoNode, StartFailure> {
+    fn start(
+        binary: &Path,
+        id: u64,
+        addrs: &[SocketAddr],
+        dir: &Path,
+        security: Option<&DemoSecurity>,
+    ) -> Result<DemoNode, StartFailure> {
         let failed = |e| StartFailure::Failed(DemoError::Spawn(e));
         let log_path = dir.join(format!("node{id}.log"));
         let addr = addrs[id as usize - 1];
@@ -275,6 +380,9 @@ impl DemoNode {
         // The nodes share this machine: each gets its share of the CPUs rather than one thread
         // per CPU, which only adds wake-ups between threads (docs/BENCHMARKS.md).
         let workers = (crate::config::available_cpus() / addrs.len()).max(1);
+        if let Some(security) = security {
+            command.args(security.flags(id));
+        }
         command
             .args(["--worker-threads", &workers.to_string()])
             .arg("--data-dir")

@@ -363,13 +363,25 @@ pub fn run(args: CliArgs) -> ExitStatus {
         Some(Mode::Demo(demo_args)) => demo_args,
         Some(Mode::Cert(cert)) => return run_cert(&cert),
     };
-    let cluster = match demo::DemoCluster::start() {
+    let cluster = match demo::DemoCluster::start(!demo_args.insecure) {
         Ok(cluster) => cluster,
         Err(e) => {
             printer.error(output::CONNECTION, &e.to_string());
             return ExitStatus::Failure;
         }
     };
+    if let Some(security) = cluster.security() {
+        match security.client() {
+            Ok((transport, login)) => {
+                options.transport = transport;
+                options.login = Some(login);
+            }
+            Err(e) => {
+                printer.error(output::CONNECTION, &e.to_string());
+                return ExitStatus::Failure;
+            }
+        }
+    }
     eprintln!("{}", cluster.banner());
     options.addrs = cluster.addrs();
     let control = DemoControl(Arc::new(Mutex::new(cluster)));
