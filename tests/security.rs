@@ -414,6 +414,16 @@ fn users_get_what_their_roles_grant_and_nothing_more() {
         &[],
     );
     assert_eq!((by_cert.code, by_cert.lines()), (0, vec!["1", "OK"]), "{by_cert:?}");
+
+    // The bench works over TLS with a user: every request it sends is answered OK.
+    let bench = common::run_cli(
+        &["--addr", &addrs, "--ca", ca, "--user", "root", "bench", "--json", "-n", "500", "--clients", "4"],
+        None,
+        &[("KV_PASSWORD", "root-secret")],
+    );
+    assert_eq!(bench.code, 0, "{bench:?}");
+    let report: serde_json::Value = serde_json::from_str(bench.stdout.trim()).expect("one JSON report");
+    assert_eq!((report["requests"].as_u64(), report["ok"].as_u64()), (Some(500), Some(500)), "{report}");
     assert_eq!(as_user(Some(("alice", "alice-secret")), &["GET app/x"]).code, 2);
     assert_eq!(as_user(Some(("alice", "changed")), &["GET app/x"]).code, 0);
 }
