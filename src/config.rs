@@ -678,6 +678,11 @@ mod tests {
             assert_eq!(config.id, n);
             assert_eq!(config.listen.port(), 7000 + n as u16);
             assert_eq!(config.peers.len(), 2);
+            let path = format!("{}/configs/secure/node{n}.toml", env!("CARGO_MANIFEST_DIR"));
+            let args = NodeArgs { config: Some(path.into()), ..NodeArgs::default() };
+            let secure = load(args).unwrap();
+            assert!(secure.auth && secure.tls_files().is_some());
+            assert_eq!(secure.tls_cert, Some(PathBuf::from(format!("certs/node-{n}.crt"))));
         }
     }
 

@@ -426,6 +426,28 @@ fn users_get_what_their_roles_grant_and_nothing_more() {
     assert_eq!((report["requests"].as_u64(), report["ok"].as_u64()), (Some(500), Some(500)), "{report}");
     assert_eq!(as_user(Some(("alice", "alice-secret")), &["GET app/x"]).code, 2);
     assert_eq!(as_user(Some(("alice", "changed")), &["GET app/x"]).code, 0);
+
+    // A lost root password is recovered by whoever holds the CA's key (docs/SECURITY.md).
+    certs.cert(&["create-client", "root"]);
+    let (cert, key) = (certs.path("client-root.crt"), certs.path("client-root.key"));
+    let recovered = common::run_cli(
+        &[
+            "--addr",
+            &addrs,
+            "--ca",
+            ca,
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-c",
+            "USER PASSWD root recovered",
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(recovered.code, 0, "{recovered:?}");
+    assert_eq!(as_user(Some(("root", "recovered")), &["USER LIST"]).code, 0);
 }
 
 /// Secure by default: beyond loopback, a node without TLS and auth does not start.

@@ -65,9 +65,11 @@ pub(super) async fn serve(
     token: &CancellationToken,
     handshaking: OwnedSemaphorePermit,
 ) {
+    // The TLS handshake and the hello share one deadline.
+    let hello_by = tokio::time::Instant::now() + HELLO_TIMEOUT;
     let (stream, certified) = match &node.tls {
         None => (Stream::from(stream), None),
-        Some(tls) => match tokio::time::timeout(HELLO_TIMEOUT, tls.accept(stream)).await {
+        Some(tls) => match tokio::time::timeout_at(hello_by, tls.accept(stream)).await {
             Ok(Ok(stream)) => {
                 let certified = Certified::of(&stream);
                 (Stream::from(stream), certified)
@@ -83,7 +85,7 @@ pub(super) async fn serve(
         },
     };
     let (mut reader, mut writer) = connection::split(stream, node.config.max_frame_bytes);
-    let (hello, _slot) = match handshake(&mut reader, &mut writer, node, certified.as_ref()).await {
+    let (hello, _slot) = match handshake(&mut reader, &mut writer, node, certified.as_ref(), hello_by).await {
         Ok(admitted) => admitted,
         Err(reason) => {
             tracing::debug!(%peer, reason, "connection refused at hello");
@@ -159,8 +161,9 @@ async fn handshake(
     writer: &mut FrameWriter,
     node: &Node,
     certified: Option<&Certified>,
+    hello_by: tokio::time::Instant,
 ) -> Result<(Hello, OwnedSemaphorePermit), String> {
-    let refusal = match tokio::time::timeout(HELLO_TIMEOUT, reader.read::<Hello>()).await {
+    let refusal = match tokio::time::timeout_at(hello_by, reader.read::<Hello>()).await {
         Err(_) => (ErrorCode::Protocol, format!("no hello within {HELLO_TIMEOUT:?}")),
         Ok(Ok(None)) => return Err("closed before hello".into()),
         Ok(Err(e)) if !e.is_protocol_violation() => return Err(e.to_string()),

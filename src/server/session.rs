@@ -81,7 +81,7 @@ impl Session {
     fn not_logged_in(&self) -> Reply {
         let message = match &self.user {
             Some(user) => {
-                format!("the certificate's user '{user}' does not exist; log in with AUTH user password")
+                format!("there is no user '{user}' (any more); log in with AUTH user password")
             }
             None => "log in first: AUTH user password".to_string(),
         };
