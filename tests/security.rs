@@ -469,3 +469,33 @@ fn a_node_reachable_from_other_machines_refuses_to_start_without_tls_and_auth() 
     assert!(said.contains("does not have both TLS and auth"), "{said}");
     assert!(!dir.path().join("state.redb").exists(), "nothing was created");
 }
+
+/// A node joins a secure cluster with its own certificate: that lets it add itself and promote
+/// itself, and nothing more. Another node's certificate cannot add a node under a different id.
+#[test]
+fn a_node_joins_a_secure_cluster_with_its_own_certificate() {
+    let certs = Certs::make(5, &[]);
+    let (cluster, _dir) = secure_cluster(&certs, "root-secret");
+    let through = cluster.nodes[0].addr.to_string();
+    let mut flags = vec!["--id".to_string(), "4".into(), "--join".into(), through.clone(), "--auth".into()];
+    flags.extend(certs.node_flags(4));
+    let mut joiner = TestNode::stopped_with(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    joiner.access = cluster.nodes[0].access.clone();
+    assert!(joiner.boot());
+    common::wait_until("node 4 to be a caught-up follower", Duration::from_secs(30), || {
+        cluster.nodes[0].row(4).is_some_and(|row| row["role"] == "follower" && row["lag"] == 0)
+    });
+
+    // Node 5's certificate, used as a client, may not add a node 6 (nor run anything else).
+    let node5 = Transport::tls(certs.client(Some("node-5")));
+    let answer = runtime().block_on(async {
+        let (mut client, _) = Client::connect(&through, Duration::from_secs(10), &node5).await.unwrap();
+        let add = ["CLUSTER", "ADD-LEARNER", "6", "127.0.0.1:1"].map(|a| a.as_bytes().to_vec()).to_vec();
+        client.call(add).await.unwrap()
+    });
+    assert!(
+        matches!(answer.reply, kv::protocol::message::Reply::Error { code: ErrorCode::NoAuth, .. }),
+        "{answer:?}"
+    );
+    assert!(cluster.nodes[0].row(6).is_none());
+}

@@ -119,8 +119,9 @@ pub(super) async fn serve(
         idle,
     };
     let mut executor = Executor::new(node, hello.forwarded_by, node.config.limits());
-    let certified_user = certified.and_then(|c| c.common_name).filter(|_| hello.forwarded_by.is_none());
-    let mut session = Session::new(node.config.auth && hello.forwarded_by.is_none(), certified_user);
+    let certified = certified.filter(|_| hello.forwarded_by.is_none()).unwrap_or_default();
+    let required = node.config.auth && hello.forwarded_by.is_none();
+    let mut session = Session::new(required, certified.common_name, certified.node);
     let outcome = serve_requests(&mut reader, &mut writer, &mut executor, &mut session, &budget, token).await;
     match outcome {
         Ok(()) => tracing::debug!(%peer, "client disconnected"),

@@ -7,6 +7,9 @@
 //! `PERMISSION_DENIED` (naming the permission missing) and changes nothing. `AUTH` splits a
 //! batch: what was sent before it runs as before, what was sent after it runs as the new user.
 //!
+//! A node joining the cluster (`--join`) connects with its own certificate, which lets it add
+//! itself as a learner and promote itself, and nothing else.
+//!
 //! A follower checks its clients' commands before forwarding them; the leader trusts what a
 //! member forwards (over TLS the member proved who it is). Checks read the node's own applied
 //! state, so a grant or revocation takes effect on each node once it has applied it.
@@ -16,7 +19,7 @@
 use super::cluster::Cluster;
 use super::executor::Item;
 use crate::auth::{Accounts, Needs};
-use crate::command::{Command, Read};
+use crate::command::{Admin, Command, Read};
 use crate::protocol::message::{ErrorCode, Reply, Response};
 
 /// A client connection's login.
@@ -24,6 +27,8 @@ pub(super) struct Session {
     /// Whether commands are checked at all (`auth` on, and not a member's forwarding link).
     required: bool,
     user: Option<String>,
+    /// The node a member's certificate names: it may ask to join as that node.
+    node: Option<u64>,
 }
 
 /// Part of a batch: requests to run, or an `AUTH` to answer before what follows runs.
@@ -33,9 +38,19 @@ pub(super) enum Segment {
 }
 
 impl Session {
-    /// A session that checks commands if `required`, logged in as `user` (from a certificate).
-    pub fn new(required: bool, user: Option<String>) -> Session {
-        Session { required, user: user.filter(|_| required) }
+    /// A session that checks commands if `required`, logged in as `user` (from a certificate);
+    /// `node` is the node a member's certificate names, if it does.
+    pub fn new(required: bool, user: Option<String>, node: Option<u64>) -> Session {
+        Session { required, user: user.filter(|_| required), node }
+    }
+
+    /// Whether this is a node asking, with its own certificate, to join as itself (`kv-node
+    /// --join`): adding itself as a learner, or promoting itself once caught up.
+    fn joining(&self, command: &Command) -> bool {
+        match command {
+            Command::Admin(Admin::AddLearner { id, .. } | Admin::AddVoter { id }) => self.node == Some(*id),
+            _ => false,
+        }
     }
 
     /// Cuts a batch at each `AUTH`.
@@ -66,8 +81,11 @@ impl Session {
         let accounts = accounts(cluster);
         let principal = self.user.as_deref().and_then(|user| accounts.principal(user));
         for item in items {
-            let Some(needs) = item.command().map(Command::needs) else { continue };
-            let verdict = match (&principal, needs) {
+            let Some(command) = item.command() else { continue };
+            if self.joining(command) {
+                continue;
+            }
+            let verdict = match (&principal, command.needs()) {
                 (_, Needs::Nothing) => Ok(()),
                 (Some(principal), needs) => principal.check(&needs),
                 (None, _) => Err(self.not_logged_in()),
