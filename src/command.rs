@@ -107,6 +107,16 @@ pub const ROLE_SUBCOMMANDS: &[(&str, &str)] = &[
     ("LIST", ""),
 ];
 
+/// The subcommands of `command` (ignoring case), for those that have them.
+pub fn subcommands(command: &str) -> Option<&'static [(&'static str, &'static str)]> {
+    match command.to_ascii_uppercase().as_str() {
+        "CLUSTER" => Some(CLUSTER_SUBCOMMANDS),
+        "USER" => Some(USER_SUBCOMMANDS),
+        "ROLE" => Some(ROLE_SUBCOMMANDS),
+        _ => None,
+    }
+}
+
 /// Whether a request with these arguments (name first) changes state: a write, or a membership
 /// change. A client must not resend such a request after losing its answer.
 pub fn changes_state(args: &[impl AsRef<[u8]>]) -> bool {

@@ -13,7 +13,7 @@ use super::output::{BAD_INPUT, CONNECTION, Printer, TOO_FEW_ACKS};
 use super::split::split_args;
 use super::{ExitStatus, LocalCommand, Options, connect, judge, local_command, writes};
 use crate::client::{Client, ClientError, NodeInfo};
-use crate::command::{COMMANDS, lookup};
+use crate::command::{COMMANDS, lookup, subcommands};
 use crate::protocol::message::ErrorCode;
 use colored::Colorize;
 use rustyline::completion::Completer;
@@ -276,17 +276,19 @@ impl Helper for ShellHelper {}
 fn complete(before_cursor: &str) -> (usize, Vec<String>) {
     let start = before_cursor.rfind(char::is_whitespace).map_or(0, |i| i + 1);
     let earlier: Vec<&str> = before_cursor[..start].split_whitespace().collect();
-    let completing_name = match earlier.as_slice() {
-        [] => true,
-        [first] => first.eq_ignore_ascii_case("HELP"),
-        _ => false,
-    };
-    if !completing_name {
-        return (start, Vec::new());
-    }
     let prefix = &before_cursor[start..];
     let lower = !prefix.is_empty() && prefix.chars().all(|c| c.is_ascii_lowercase());
-    let candidates = command_names()
+    let names: Vec<&str> = match earlier.as_slice() {
+        [] => command_names().collect(),
+        [first] if first.eq_ignore_ascii_case("HELP") => command_names().collect(),
+        [first] => match subcommands(first) {
+            Some(table) => table.iter().map(|(name, _)| *name).collect(),
+            None => return (start, Vec::new()),
+        },
+        _ => return (start, Vec::new()),
+    };
+    let candidates = names
+        .into_iter()
         .filter(|name| name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix))
         .map(|name| if lower { name.to_ascii_lowercase() } else { name.to_string() } + " ")
         .collect();
@@ -317,6 +319,11 @@ fn hint(line: &str) -> Option<String> {
     }
     if !after_space {
         return None;
+    }
+    if let (Some(table), [sub, after @ ..]) = (subcommands(first), typed) {
+        let (_, synopsis) = table.iter().find(|(name, _)| name.eq_ignore_ascii_case(sub))?;
+        let tokens = arg_tokens(synopsis);
+        return tokens.get(after.len()..).filter(|rest| !rest.is_empty()).map(|rest| rest.join(" "));
     }
     let tokens = arg_tokens(lookup(first.as_bytes())?.args);
     match tokens.get(typed.len()..) {
@@ -373,5 +380,18 @@ mod tests {
         assert_eq!(hint("DEL a b ").as_deref(), Some("[key ...]"));
         assert_eq!(hint("E"), None, "EXISTS and EXIT both match");
         assert_eq!(hint("FLY "), None);
+        assert_eq!(hint("USER ADD ").as_deref(), Some("user password"));
+        assert_eq!(hint("user add alice ").as_deref(), Some("password"));
+        assert_eq!(hint("ROLE GRANT app ").as_deref(), Some("read|readwrite|admin [prefix]"));
+        assert_eq!(hint("CLUSTER REMOVE ").as_deref(), Some("id"));
+        assert_eq!(hint("USER LIST "), None);
+    }
+
+    #[test]
+    fn subcommands_complete_after_their_command() {
+        assert_eq!(complete("USER G"), (5, vec!["GRANT ".to_string()]));
+        assert_eq!(complete("role d"), (5, vec!["del ".to_string()]));
+        assert_eq!(complete("CLUSTER TR"), (8, vec!["TRANSFER-LEADER ".to_string()]));
+        assert_eq!(complete("GET k").1, Vec::<String>::new());
     }
 }
