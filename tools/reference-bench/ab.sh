@@ -9,9 +9,12 @@
 # clients, linearizable), pipelined (50 clients, 16 writes in flight each).
 # DIR_A and DIR_B hold release builds of kv-node and kv-cli (e.g. target/release of two
 # checkouts). Each run uses its build's own kv-cli. Uses ports 7201-7203 on 127.0.0.1.
+# SECURE (default none) names the side(s) that run with TLS and auth, the client logged in as
+# root: A, B or "A B". With the same DIR twice and SECURE=B it measures what security costs.
 set -euo pipefail
 A=$1; B=$2; ROUNDS=${3:-5}; SECONDS_EACH=${4:-5}
 LOADS=${LOADS:-writes reads pipelined}
+SECURE=${SECURE:-none}
 WORK=$(mktemp -d)
 RESULTS=$WORK/results.tsv
 WORKERS=$(( $(nproc) / 3 )); [ "$WORKERS" -ge 1 ] || WORKERS=1
@@ -25,21 +28,41 @@ stop_all() {
     PIDS=()
 }
 
+# The flags that secure build $1's nodes and clients, if SECURE names it (CLIENT and NODE_FLAGS).
+secure() {
+    CLIENT=(); NODE_FLAGS=()
+    case " $SECURE " in *" $1 "*) ;; *) return 0 ;; esac
+    local certs=$WORK/certs-$1
+    if [ ! -d "$certs" ]; then
+        "$2/kv-cli" cert --certs-dir "$certs" create-ca > /dev/null
+        for i in 1 2 3; do "$2/kv-cli" cert --certs-dir "$certs" create-node "$i" > /dev/null; done
+        echo bench-root-password > "$certs/root-password"
+    fi
+    CLIENT=(--ca "$certs/ca.crt" --user root --password-file "$certs/root-password")
+    NODE_FLAGS=(--tls-ca "$certs/ca.crt" --auth --root-password-file "$certs/root-password")
+}
+
 start() {
-    local dir=$1
+    local build=$1 dir=$2
+    secure "$build" "$dir"
     for i in 1 2 3; do
-        local peers=()
+        local peers=() tls=()
         for j in 1 2 3; do [ "$i" != "$j" ] && peers+=(--peer "$j=127.0.0.1:720$j"); done
+        [ ${#NODE_FLAGS[@]} -gt 0 ] && tls=("${NODE_FLAGS[@]}" --tls-cert "$WORK/certs-$build/node-$i.crt" \
+            --tls-key "$WORK/certs-$build/node-$i.key")
         RUST_LOG=warn "$dir/kv-node" --id "$i" --listen "127.0.0.1:720$i" --data-dir "$WORK/kv/n$i" \
-            "${peers[@]}" --worker-threads "$WORKERS" 2> "$WORK/kv-$i.log" &
+            "${peers[@]}" ${tls[@]+"${tls[@]}"} --worker-threads "$WORKERS" 2> "$WORK/kv-$i.log" &
         PIDS+=($!)
     done
-    for _ in $(seq 1 100); do "$dir/kv-cli" --addr "$ALL" -c "SET warm 1" > /dev/null 2>&1 && break; sleep 0.1; done
+    for _ in $(seq 1 100); do
+        "$dir/kv-cli" --addr "$ALL" ${CLIENT[@]+"${CLIENT[@]}"} -c "SET warm 1" > /dev/null 2>&1 && break
+        sleep 0.1
+    done
 }
 
 bench() {
     local build=$1 dir=$2 label=$3; shift 3
-    "$dir/kv-cli" --addr "$ALL" bench --duration "$SECONDS_EACH" --json "$@" | python3 -c '
+    "$dir/kv-cli" --addr "$ALL" ${CLIENT[@]+"${CLIENT[@]}"} bench --duration "$SECONDS_EACH" --json "$@" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
 print("\t".join([sys.argv[1], sys.argv[2], str(round(r["requests_per_second"])), str(r["latency_ms"]["p99"])]))
@@ -49,8 +72,8 @@ if r["ok"] != r["requests"]: print("errors:", r["errors"], "unknown:", r["unknow
 
 run() {
     local build=$1 dir=$2
-    start "$dir"
-    "$dir/kv-cli" --addr "$ALL" bench --prefill -n 1 --clients 1 > /dev/null
+    start "$build" "$dir"
+    "$dir/kv-cli" --addr "$ALL" ${CLIENT[@]+"${CLIENT[@]}"} bench --prefill -n 1 --clients 1 > /dev/null
     for load in $LOADS; do
         case $load in
             writes) bench "$build" "$dir" writes --clients 50 ;;
