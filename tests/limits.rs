@@ -152,6 +152,12 @@ fn clients_that_never_read_their_answers_are_bounded_and_then_disconnected() {
     drop(readers);
 }
 
+/// A plain client connection to `addr`, waiting up to `timeout` for it and for each answer.
+async fn connect(addr: &str, timeout: Duration) -> Result<kv::client::Client, kv::client::ClientError> {
+    let transport = kv::client::Transport::plain();
+    kv::client::Client::connect(addr, timeout, &transport).await.map(|(client, _)| client)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -169,11 +175,7 @@ fn clients_filling_every_slot_cannot_keep_the_cluster_from_electing_and_committi
         let addr = node.addr.to_string();
         // The harness's own probes may hold a slot for a moment.
         common::wait_until("every client slot to be taken", Duration::from_secs(20), || {
-            if let Ok((client, _)) = runtime.block_on(kv::client::Client::connect(
-                &addr,
-                Duration::from_secs(5),
-                &kv::client::Transport::default(),
-            )) {
+            if let Ok(client) = runtime.block_on(connect(&addr, Duration::from_secs(5))) {
                 held.push((node.addr, client));
             }
             held.iter().filter(|(a, _)| *a == node.addr).count() == 4
@@ -205,20 +207,8 @@ fn idle_clients_are_disconnected() {
     let runtime = runtime();
     let addr = node.addr.to_string();
     let started = std::time::Instant::now();
-    let (mut idle, _) = runtime
-        .block_on(kv::client::Client::connect(
-            &addr,
-            Duration::from_secs(5),
-            &kv::client::Transport::default(),
-        ))
-        .unwrap();
-    let (mut busy, _) = runtime
-        .block_on(kv::client::Client::connect(
-            &addr,
-            Duration::from_secs(5),
-            &kv::client::Transport::default(),
-        ))
-        .unwrap();
+    let mut idle = runtime.block_on(connect(&addr, Duration::from_secs(5))).unwrap();
+    let mut busy = runtime.block_on(connect(&addr, Duration::from_secs(5))).unwrap();
     common::wait_until("the idle connection to be closed", Duration::from_secs(10), || {
         let ping = runtime.block_on(busy.call(vec![b"PING".to_vec()]));
         assert!(ping.is_ok(), "a client that keeps talking stays connected: {ping:?}");
@@ -293,13 +283,7 @@ fn one_clients_acknowledgement_wait_delays_no_other_client_on_a_shared_link() {
         let addr = addr.clone();
         std::thread::spawn(move || {
             let runtime = runtime();
-            let (mut client, _) = runtime
-                .block_on(kv::client::Client::connect(
-                    &addr,
-                    Duration::from_secs(30),
-                    &kv::client::Transport::default(),
-                ))
-                .unwrap();
+            let mut client = runtime.block_on(connect(&addr, Duration::from_secs(30))).unwrap();
             client.set_options(kv::client::RequestOptions {
                 min_acks: Some(2),
                 ack_timeout: Some(Duration::from_secs(4)),
@@ -312,13 +296,7 @@ fn one_clients_acknowledgement_wait_delays_no_other_client_on_a_shared_link() {
         })
     };
     let runtime = runtime();
-    let (mut client, _) = runtime
-        .block_on(kv::client::Client::connect(
-            &addr,
-            Duration::from_secs(30),
-            &kv::client::Transport::default(),
-        ))
-        .unwrap();
+    let mut client = runtime.block_on(connect(&addr, Duration::from_secs(30))).unwrap();
     // Give the patient write time to reach the leader first.
     std::thread::sleep(Duration::from_millis(300));
     let started = std::time::Instant::now();

@@ -392,27 +392,17 @@ fn users_get_what_their_roles_grant_and_nothing_more() {
     }
 
     // A client certificate logs its user in, no password needed; a user changes its own password.
-    let cert = certs.path("client-alice.crt");
-    let key = certs.path("client-alice.key");
     let addrs = cluster.addrs();
-    let by_cert = common::run_cli(
-        &[
-            "--addr",
-            &addrs,
-            "--ca",
-            ca,
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "-c",
-            "GET app/x",
-            "-c",
-            "USER PASSWD alice changed",
-        ],
-        None,
-        &[],
-    );
+    let with_certificate = |name: &str, commands: &[&str]| {
+        let (cert, key) = (certs.path(&format!("{name}.crt")), certs.path(&format!("{name}.key")));
+        let mut args = vec!["--addr", &addrs, "--ca", ca, "--cert", cert.to_str().unwrap()];
+        args.extend(["--key", key.to_str().unwrap()]);
+        for command in commands {
+            args.extend(["-c", command]);
+        }
+        common::run_cli(&args, None, &[])
+    };
+    let by_cert = with_certificate("client-alice", &["GET app/x", "USER PASSWD alice changed"]);
     assert_eq!((by_cert.code, by_cert.lines()), (0, vec!["1", "OK"]), "{by_cert:?}");
 
     // The bench works over TLS with a user: every request it sends is answered OK.
@@ -429,23 +419,7 @@ fn users_get_what_their_roles_grant_and_nothing_more() {
 
     // A lost root password is recovered by whoever holds the CA's key (docs/SECURITY.md).
     certs.cert(&["create-client", "root"]);
-    let (cert, key) = (certs.path("client-root.crt"), certs.path("client-root.key"));
-    let recovered = common::run_cli(
-        &[
-            "--addr",
-            &addrs,
-            "--ca",
-            ca,
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "-c",
-            "USER PASSWD root recovered",
-        ],
-        None,
-        &[],
-    );
+    let recovered = with_certificate("client-root", &["USER PASSWD root recovered"]);
     assert_eq!(recovered.code, 0, "{recovered:?}");
     assert_eq!(as_user(Some(("root", "recovered")), &["USER LIST"]).code, 0);
 }
