@@ -17,6 +17,7 @@ use super::Node;
 use super::acks::AckWait;
 use super::outcome::{NotApplied, Outcome};
 use super::{membership, reads, status};
+use crate::auth::Accounts;
 use crate::command::{Admin, Read, Write};
 use crate::protocol::message::{ErrorCode, Replication, Reply, Request, Response};
 use futures::StreamExt;
@@ -24,6 +25,7 @@ use futures::future::BoxFuture;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::ClientWriteError;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::RwLockReadGuard;
 use tokio::time::Instant;
@@ -94,6 +96,10 @@ pub trait Cluster: Sync {
 
     /// Answers reads from this node's own state.
     fn read(&self, reads: &[&Read]) -> Vec<Reply>;
+
+    /// The users and roles in this node's own state; none if they cannot be read (which
+    /// grants nothing).
+    fn accounts(&self) -> Arc<Accounts>;
 
     /// Sends `requests` in order to the leader `id` at `addr`; each comes back with its outcome.
     fn forward(
@@ -201,6 +207,13 @@ impl Cluster for Node {
 
     async fn applied_through(&self, index: u64, deadline: Instant) -> bool {
         reads::applied_through(&self.raft, index, deadline).await
+    }
+
+    fn accounts(&self) -> Arc<Accounts> {
+        self.store.accounts().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the users and roles; refusing every logged-in command");
+            Arc::default()
+        })
     }
 
     fn read(&self, reads: &[&Read]) -> Vec<Reply> {

@@ -18,8 +18,8 @@
 
 use super::cluster::Cluster;
 use super::executor::Item;
-use crate::auth::{Accounts, Needs};
-use crate::command::{Admin, Command, Read};
+use crate::auth::Needs;
+use crate::command::{Admin, Command};
 use crate::protocol::message::{ErrorCode, Reply, Response};
 
 /// A client connection's login.
@@ -78,7 +78,7 @@ impl Session {
         if !self.required {
             return;
         }
-        let accounts = accounts(cluster);
+        let accounts = cluster.accounts();
         let principal = self.user.as_deref().and_then(|user| accounts.principal(user));
         for item in items {
             let Some(command) = item.command() else { continue };
@@ -115,7 +115,7 @@ impl Session {
         if !self.required {
             return item.answer(Reply::Status { value: "OK (auth is off on this node)".into() });
         }
-        let hash = accounts(cluster).users.get(user).map(|u| u.password.clone());
+        let hash = cluster.accounts().users.get(user).map(|u| u.password.clone());
         let password = password.clone();
         let known = hash.is_some();
         // An unknown user costs the same as a wrong password, so that timing does not tell.
@@ -135,14 +135,3 @@ impl Session {
 /// A hash checked against for unknown users, made once.
 static UNKNOWN_USER_HASH: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| crate::auth::hash_password(b"no user has this password"));
-
-/// The users and roles as this node has applied them.
-fn accounts(cluster: &impl Cluster) -> Accounts {
-    let reads = Accounts::reads();
-    let replies = cluster.read(&reads.iter().collect::<Vec<&Read>>());
-    let record = |reply: &Reply| match reply {
-        Reply::Bulk { value } => Some(value.to_vec()),
-        _ => None,
-    };
-    Accounts::decode(record(&replies[0]).as_deref(), record(&replies[1]).as_deref())
-}

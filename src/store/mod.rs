@@ -23,6 +23,7 @@
 //!
 //! Not here: replication, and anything about connections or the wire.
 
+use crate::auth::Accounts;
 use crate::command::{Read, Write};
 use crate::protocol::message::Reply;
 use bytes::Bytes;
@@ -30,7 +31,8 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use serde_bytes::ByteBuf;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// The user's keys and values.
 pub(crate) const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
@@ -71,6 +73,12 @@ pub struct Store {
     /// What reads see. A flush commits, then clears the unflushed writes and takes a new view
     /// under the write lock, so a reader holding the read lock sees every applied write once.
     applied: RwLock<StoreState>,
+    /// Bumped whenever users or roles may have changed: a system write applied, or the whole
+    /// state replaced.
+    accounts_version: AtomicU64,
+    /// The users and roles decoded, as of a version: a login check per batch then costs no
+    /// read of the records and no decoding.
+    accounts: Mutex<Option<(u64, Arc<Accounts>)>>,
 }
 
 /// The applied state: the database as last flushed into, and the writes applied since.
@@ -96,7 +104,12 @@ impl Store {
         txn.open_table(KV).map_err(StoreError::storage)?;
         txn.commit().map_err(StoreError::storage)?;
         let flushed = view(&db)?;
-        Ok(Store { db, applied: RwLock::new(StoreState { unflushed: Unflushed::new(), flushed }) })
+        Ok(Store {
+            db,
+            applied: RwLock::new(StoreState { unflushed: Unflushed::new(), flushed }),
+            accounts_version: AtomicU64::new(0),
+            accounts: Mutex::new(None),
+        })
     }
 
     fn applied(&self) -> RwLockReadGuard<'_, StoreState> {
@@ -119,6 +132,29 @@ impl Store {
             .into_iter()
             .map(|read| apply_read(&applied.unflushed, &applied.flushed, read).map_err(StoreError::storage))
             .collect()
+    }
+
+    /// The users and roles as applied.
+    pub fn accounts(&self) -> Result<Arc<Accounts>, StoreError> {
+        // Read before the records: a change applied meanwhile leaves the result stale, and the
+        // next call, finding a newer version, reads again.
+        let version = self.accounts_version.load(Ordering::Acquire);
+        let cached = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, accounts)) = cached.as_ref()
+            && *at == version
+        {
+            return Ok(accounts.clone());
+        }
+        drop(cached);
+        let replies = self.read_many(Accounts::reads().iter())?;
+        let record = |reply: &Reply| match reply {
+            Reply::Bulk { value } => Some(value.to_vec()),
+            _ => None,
+        };
+        let accounts =
+            Arc::new(Accounts::decode(record(&replies[0]).as_deref(), record(&replies[1]).as_deref()));
+        *self.accounts.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, accounts.clone()));
+        Ok(accounts)
     }
 
     /// A view of the key-value table as last flushed (without the unflushed writes).
@@ -147,6 +183,7 @@ impl Store {
                 Reply::Integer { value: removed }
             }
             Write::System(change) => {
+                self.accounts_version.fetch_add(1, Ordering::Release);
                 let mut records = SystemRecords { unflushed, flushed, failed: None };
                 let reply = crate::auth::apply(&mut records, change);
                 if let Some(e) = records.failed {
@@ -207,6 +244,7 @@ impl Store {
         // The new state supersedes the unflushed writes even if no view of it can be taken.
         applied.unflushed.clear();
         applied.flushed = flushed?;
+        self.accounts_version.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -378,6 +416,21 @@ mod tests {
         flush(&again);
         assert_eq!(again.unflushed_keys(), 0);
         assert_eq!(seen(&again), expected, "after the flush");
+    }
+
+    #[test]
+    fn the_accounts_follow_every_system_write_flushed_or_not() {
+        use crate::auth::SystemWrite;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.accounts().unwrap().users.is_empty());
+        apply(&store, &[Write::System(SystemWrite::Bootstrap { root_password: "h".into() })]);
+        assert!(store.accounts().unwrap().users.contains_key("root"));
+        flush(&store);
+        let add = SystemWrite::UserAdd { name: "alice".into(), password: "h".into() };
+        apply(&store, &[Write::System(add)]);
+        let users: Vec<String> = store.accounts().unwrap().users.keys().cloned().collect();
+        assert_eq!(users, ["alice", "root"]);
     }
 
     #[test]

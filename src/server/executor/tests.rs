@@ -231,6 +231,11 @@ impl Cluster for FakeCluster {
         true
     }
 
+    fn accounts(&self) -> std::sync::Arc<crate::auth::Accounts> {
+        // The scripts run without auth.
+        std::sync::Arc::default()
+    }
+
     fn read(&self, reads: &[&Read]) -> Vec<Reply> {
         let state = self.lock();
         reads
