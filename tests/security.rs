@@ -305,6 +305,15 @@ fn a_forged_removal_notice_leaves_its_target_running() {
 
 /// TLS and auth on every node of a 3-node cluster, root's password from a file.
 fn secure_cluster(certs: &Certs, root_password: &str) -> (TestCluster, tempfile::TempDir) {
+    secure_cluster_with(certs, root_password, &[])
+}
+
+/// Like [`secure_cluster`], every node also given `flags`.
+fn secure_cluster_with(
+    certs: &Certs,
+    root_password: &str,
+    flags: &[&str],
+) -> (TestCluster, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let password_file = dir.path().join("root-password");
     std::fs::write(&password_file, format!("{root_password}\n")).unwrap();
@@ -318,7 +327,7 @@ fn secure_cluster(certs: &Certs, root_password: &str) -> (TestCluster, tempfile:
         flags.extend(["--auth".to_string(), "--root-password-file".to_string(), file.clone()]);
         flags
     };
-    (TestCluster::start_each(3, &[], &own, &access), dir)
+    (TestCluster::start_each(3, flags, &own, &access), dir)
 }
 
 #[test]
@@ -446,10 +455,21 @@ fn a_node_reachable_from_other_machines_refuses_to_start_without_tls_and_auth() 
 
 /// A node joins a secure cluster with its own certificate: that lets it add itself and promote
 /// itself, and nothing more. Another node's certificate cannot add a node under a different id.
+/// The log it needs is compacted, so it catches up by snapshot, which brings it the users.
 #[test]
 fn a_node_joins_a_secure_cluster_with_its_own_certificate() {
     let certs = Certs::make(5, &[]);
-    let (cluster, _dir) = secure_cluster(&certs, "root-secret");
+    let compacting = ["--snapshot-entries", "20", "--keep-log-entries", "0"];
+    let (cluster, _dir) = secure_cluster_with(&certs, "root-secret", &compacting);
+    let root = cluster.nodes[0].access.clone();
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
+    for i in 0..100 {
+        let key = format!("before-join-{i}");
+        assert!(common::call_over(&root, &addrs, &["SET", &key, "1"]).is_some_and(|r| !r.reply.is_error()));
+    }
+    common::wait_until("the log to be compacted", Duration::from_secs(30), || {
+        cluster.nodes[0].row(1).is_some_and(|row| row["purged"].as_u64().is_some_and(|p| p > 0))
+    });
     let through = cluster.nodes[0].addr.to_string();
     let mut flags = vec!["--id".to_string(), "4".into(), "--join".into(), through.clone(), "--auth".into()];
     flags.extend(certs.node_flags(4));
@@ -459,6 +479,11 @@ fn a_node_joins_a_secure_cluster_with_its_own_certificate() {
     common::wait_until("node 4 to be a caught-up follower", Duration::from_secs(30), || {
         cluster.nodes[0].row(4).is_some_and(|row| row["role"] == "follower" && row["lag"] == 0)
     });
+    assert!(joiner.log_text().contains("installed a snapshot"), "node 4 caught up by snapshot");
+    // Node 4 checks logins against the users the snapshot brought.
+    let local =
+        common::call_over(&root, &[joiner.addr.to_string()], &["USER", "LIST"]).expect("root logs in");
+    assert!(!local.reply.is_error(), "{local:?}");
 
     // Node 5's certificate, used as a client, may not add a node 6 (nor run anything else).
     let node5 = Transport::tls(certs.client(Some("node-5")));
