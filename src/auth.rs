@@ -3,7 +3,7 @@
 //!
 //! The state is three records under keys that begin with [`SYSTEM_PREFIX`], which no client
 //! command may name: the cluster id, every user, and every role. Keeping each table in one
-//! bounded record ([`MAX_USERS`], [`MAX_ROLES`], [`MAX_GRANTS`]) lets them ride the store's
+//! bounded record ([`MAX_USERS`], [`MAX_ROLES`], [`MAX_GRANTS`], ...) lets them ride the store's
 //! ordinary writes, flushes and snapshots, and makes `USER LIST` one read.
 //!
 //! A user has a password, stored as an argon2id hash in PHC form (hashed by the node that
@@ -25,10 +25,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Keys that begin with these bytes belong to the system; client commands cannot name them.
 pub const SYSTEM_PREFIX: &[u8] = b"\0kv/";
-/// The most users, roles, and grants per role.
+/// The most users, roles, roles per user, and grants per role; and the longest prefix a grant
+/// names. Together they keep each record, and the `USER LIST` and `ROLE LIST` answers, near a
+/// megabyte at most, well within a frame.
 pub const MAX_USERS: usize = 1024;
-pub const MAX_ROLES: usize = 1024;
-pub const MAX_GRANTS: usize = 64;
+pub const MAX_ROLES: usize = 256;
+pub const MAX_ROLES_PER_USER: usize = 16;
+pub const MAX_GRANTS: usize = 16;
+pub const MAX_PREFIX_BYTES: usize = 256;
 /// The longest user or role name.
 pub const MAX_NAME_BYTES: usize = 64;
 /// The name of the first user and of the role it holds.
@@ -94,7 +98,8 @@ pub struct Role {
     pub grants: BTreeSet<Grant>,
 }
 
-/// A change to the system's records. This is what the log carries (inside [`Write::System`]).
+/// A change to the system's records. This is what the log carries (inside
+/// [`crate::command::Write::System`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SystemWrite {
     /// Names the cluster, if it has no name yet.
@@ -361,6 +366,11 @@ pub fn apply(records: &mut impl Records, write: &SystemWrite) -> Reply {
                 Err(format!("no role '{role}'"))
             } else {
                 match accounts.users.get_mut(name) {
+                    Some(user) if user.roles.len() >= MAX_ROLES_PER_USER && !user.roles.contains(role) => {
+                        Err(format!(
+                            "user '{name}' has {MAX_ROLES_PER_USER} roles already, the most it can have"
+                        ))
+                    }
                     Some(user) => {
                         user.roles.insert(role.clone());
                         Ok(())

@@ -505,6 +505,13 @@ fn parse_role(sub: &Bytes, args: &[Bytes]) -> Result<Command, CommandError> {
         let permission = args.get(1).map(|p| p.to_ascii_lowercase());
         match (permission.as_deref(), args.get(2)) {
             (Some(b"admin"), None) => Ok(Grant::Admin),
+            (Some(b"read" | b"readwrite"), Some(prefix)) if prefix.len() > crate::auth::MAX_PREFIX_BYTES => {
+                Err(CommandError::TooLarge {
+                    what: "prefix",
+                    len: prefix.len(),
+                    max: crate::auth::MAX_PREFIX_BYTES,
+                })
+            }
             (Some(b"read"), Some(prefix)) => Ok(Grant::Keys { access: Access::Read, prefix: prefix.clone() }),
             (Some(b"readwrite"), Some(prefix)) => {
                 Ok(Grant::Keys { access: Access::ReadWrite, prefix: prefix.clone() })
@@ -713,6 +720,7 @@ mod tests {
             (&["ROLE", "GRANT", "app", "read"], ErrorCode::BadRequest, "a key prefix"),
             (&["AUTH", "bad name", "pw"], ErrorCode::BadRequest, "bad user name"),
             (&["GET", "\0kv/users"], ErrorCode::BadRequest, "reserved for the system"),
+            (&["ROLE", "GRANT", "app", "read", &"p".repeat(300)], ErrorCode::TooLarge, "prefix is 300 bytes"),
         ];
         for (words, code, text) in cases {
             let err = parse(words).unwrap_err();

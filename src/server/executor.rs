@@ -114,6 +114,7 @@ impl Item {
         match &self.command {
             Ok(Command::Read(Read::Get { .. })) => limits.max_value_bytes + SMALL_ANSWER_BYTES,
             Ok(Command::Cluster) => TABLE_ANSWER_BYTES,
+            Ok(Command::Read(Read::Users | Read::Roles)) => ACCOUNTS_ANSWER_BYTES,
             _ => SMALL_ANSWER_BYTES,
         }
     }
@@ -124,6 +125,8 @@ impl Item {
 const SMALL_ANSWER_BYTES: usize = 1024;
 /// The most the `CLUSTER` table takes.
 const TABLE_ANSWER_BYTES: usize = 64 * 1024;
+/// The most a `USER LIST` or `ROLE LIST` table takes (see `auth::MAX_USERS` and its kin).
+const ACCOUNTS_ANSWER_BYTES: usize = 2 * 1024 * 1024;
 
 /// Executes the batches of one client connection.
 pub(super) struct Executor<'n, C> {
