@@ -498,3 +498,33 @@ fn a_node_joins_a_secure_cluster_with_its_own_certificate() {
     );
     assert!(cluster.nodes[0].row(6).is_none());
 }
+
+/// Auth turned on for a cluster that ran without it (or that stopped before any leader created
+/// root): a node given root's password file creates root then, so nobody is locked out.
+#[test]
+fn auth_turned_on_later_creates_root_from_the_password_file() {
+    let certs = Certs::make(1, &[]);
+    let tls = certs.node_flags(1);
+    let mut node = TestNode::stopped_with(&tls.iter().map(String::as_str).collect::<Vec<_>>());
+    node.access = Access::tls(Transport::tls(certs.client(None)));
+    assert!(node.boot());
+    let addr = [node.addr.to_string()];
+    assert!(common::call_over(&node.access, &addr, &["SET", "before", "auth"]).is_some());
+    node.terminate();
+
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("root-password");
+    std::fs::write(&password_file, "later\n").unwrap();
+    node.flags.extend([
+        "--auth".into(),
+        "--root-password-file".into(),
+        password_file.to_str().unwrap().into(),
+    ]);
+    node.restart();
+    let root = Access { login: Some(("root".into(), "later".into())), ..node.access.clone() };
+    common::wait_until("root to be created", Duration::from_secs(20), || {
+        common::call_over(&root, &addr, &["GET", "before"]).is_some_and(|r| !r.reply.is_error())
+    });
+    let anonymous = common::call_over(&node.access, &addr, &["GET", "before"]).expect("an answer");
+    assert!(matches!(anonymous.reply, kv::protocol::message::Reply::Error { code: ErrorCode::NoAuth, .. }));
+}

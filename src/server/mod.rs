@@ -209,10 +209,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         return Err(refusal);
     }
     // Only a node that may lead a new cluster first needs root's password; others get root
-    // from the log.
-    let root_password = match fresh && config.auth && config.join.is_none() {
-        true => Some(root_password_hash(&config).await?),
-        false => None,
+    // from the log. A node of a cluster that stopped before any leader created root takes it
+    // from the file if it still has one, so that such a cluster is not locked out for good.
+    let may_lead = config.auth && config.join.is_none();
+    let no_root_yet = may_lead && !fresh && store.accounts().is_ok_and(|a| a.users.is_empty());
+    let file_left = config.root_password_file.as_ref().is_some_and(|f| f.exists());
+    let root_password = if (may_lead && fresh) || (no_root_yet && file_left) {
+        Some(root_password_hash(&config).await?)
+    } else {
+        if no_root_yet {
+            tracing::warn!("auth is on and no user exists yet: a node with root_password_file creates root");
+        }
+        None
     };
     let acks = AckTracker::start(&raft, Duration::from_millis(config.election_timeout_ms));
     let seen = Arc::new(SeenMembers::load(log.clone()));
