@@ -17,7 +17,6 @@
 //!
 //! Not done: per-key deny rules, password policies, and lockout after failed logins.
 
-use crate::command::Read;
 use crate::protocol::message::{Cell, ErrorCode, Reply};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -172,9 +171,13 @@ impl SystemWrite {
     }
 }
 
-/// The system records as the store holds them: a key's value, and setting one.
+/// The system records as the store holds them: a key's value.
 pub trait Records {
     fn get(&self, key: &[u8]) -> Option<Bytes>;
+}
+
+/// Records that a change can be applied to.
+pub trait RecordsMut: Records {
     fn put(&mut self, key: &[u8], value: Bytes);
 }
 
@@ -188,20 +191,11 @@ pub struct Accounts {
 impl Accounts {
     /// Decodes the two records (each absent until first written). An undecodable record, which
     /// only a bug could write, reads as empty, which grants nothing.
-    pub fn decode(users: Option<&[u8]>, roles: Option<&[u8]>) -> Accounts {
-        fn table<T: serde::de::DeserializeOwned + Default>(record: Option<&[u8]>) -> T {
-            record.and_then(|bytes| rmp_serde::from_slice(bytes).ok()).unwrap_or_default()
+    pub fn load(records: &(impl Records + ?Sized)) -> Accounts {
+        fn table<T: serde::de::DeserializeOwned + Default>(record: Option<Bytes>) -> T {
+            record.and_then(|bytes| rmp_serde::from_slice(&bytes).ok()).unwrap_or_default()
         }
-        Accounts { users: table(users), roles: table(roles) }
-    }
-
-    fn load(records: &impl Records) -> Accounts {
-        Accounts::decode(records.get(USERS_KEY).as_deref(), records.get(ROLES_KEY).as_deref())
-    }
-
-    /// The reads that fetch the records, for [`Accounts::decode`].
-    pub fn reads() -> [Read; 2] {
-        [Read::Get { key: Bytes::from_static(USERS_KEY) }, Read::Get { key: Bytes::from_static(ROLES_KEY) }]
+        Accounts { users: table(records.get(USERS_KEY)), roles: table(records.get(ROLES_KEY)) }
     }
 
     /// What `user` may do; `None` if there is no such user.
@@ -306,18 +300,13 @@ impl Principal {
 }
 
 /// The cluster's id, once it has one.
-pub fn cluster_id(records: &impl Records) -> Option<String> {
+pub fn cluster_id(records: &(impl Records + ?Sized)) -> Option<String> {
     records.get(CLUSTER_ID_KEY).map(|id| String::from_utf8_lossy(&id).into_owned())
-}
-
-/// The read that fetches the cluster id.
-pub fn cluster_id_read() -> Read {
-    Read::Get { key: Bytes::from_static(CLUSTER_ID_KEY) }
 }
 
 /// Applies one change to the records and returns its answer. Deterministic; a refused change
 /// (an error answer) writes nothing.
-pub fn apply(records: &mut impl Records, write: &SystemWrite) -> Reply {
+pub fn apply(records: &mut impl RecordsMut, write: &SystemWrite) -> Reply {
     let refused = |message: String| Reply::error(ErrorCode::Refused, message);
     let mut accounts = Accounts::load(records);
     let before = accounts.clone();
@@ -474,6 +463,9 @@ mod tests {
         fn get(&self, key: &[u8]) -> Option<Bytes> {
             self.0.get(key).cloned()
         }
+    }
+
+    impl RecordsMut for Map {
         fn put(&mut self, key: &[u8], value: Bytes) {
             self.0.insert(key.to_vec(), value);
         }

@@ -155,12 +155,7 @@ impl Node {
         if let Some(id) = self.dialer.cluster() {
             return Some(id);
         }
-        let id = match self.store.read(&crate::auth::cluster_id_read()) {
-            Ok(crate::protocol::message::Reply::Bulk { value }) => {
-                String::from_utf8_lossy(&value).into_owned()
-            }
-            _ => return None,
-        };
+        let id = self.store.cluster_id().ok().flatten()?;
         self.dialer.learn_cluster(id.clone());
         Some(id)
     }
@@ -357,9 +352,7 @@ async fn complete_system_records(node: Arc<Node>, root_password: Option<String>)
             _ = tick.tick() => {}
             () = node.stop.cancelled() => return,
         }
-        let has_root = !node.config.auth || node.store.read(&crate::command::Read::Users).is_ok_and(|users| {
-            matches!(users, crate::protocol::message::Reply::Table { rows, .. } if !rows.is_empty())
-        });
+        let has_root = !node.config.auth || node.store.accounts().is_ok_and(|a| !a.users.is_empty());
         let has_id = node.cluster_id().is_some();
         if has_id && has_root {
             return;

@@ -146,15 +146,25 @@ impl Store {
             return Ok(accounts.clone());
         }
         drop(cached);
-        let replies = self.read_many(Accounts::reads().iter())?;
-        let record = |reply: &Reply| match reply {
-            Reply::Bulk { value } => Some(value.to_vec()),
-            _ => None,
-        };
-        let accounts =
-            Arc::new(Accounts::decode(record(&replies[0]).as_deref(), record(&replies[1]).as_deref()));
+        let accounts = Arc::new(self.with_system_records(|records| Accounts::load(records))?);
         *self.accounts.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, accounts.clone()));
         Ok(accounts)
+    }
+
+    /// The cluster's id, once it has applied one.
+    pub fn cluster_id(&self) -> Result<Option<String>, StoreError> {
+        self.with_system_records(|records| crate::auth::cluster_id(records))
+    }
+
+    /// Runs `f` on the system's records in the applied state.
+    fn with_system_records<T>(
+        &self,
+        f: impl FnOnce(&dyn crate::auth::Records) -> T,
+    ) -> Result<T, StoreError> {
+        let applied = self.applied();
+        let records = SystemRecords::new(&applied.unflushed, &applied.flushed);
+        let found = f(&records);
+        records.checked(found)
     }
 
     /// A view of the key-value table as last flushed (without the unflushed writes).
@@ -184,12 +194,9 @@ impl Store {
             }
             Write::System(change) => {
                 self.accounts_version.fetch_add(1, Ordering::Release);
-                let mut records = SystemRecords { unflushed, flushed, failed: None };
+                let mut records = SystemRecords::new(unflushed, flushed);
                 let reply = crate::auth::apply(&mut records, change);
-                if let Some(e) = records.failed {
-                    return Err(StoreError::storage(e));
-                }
-                reply
+                records.checked(reply)?
             }
         })
     }
@@ -280,24 +287,52 @@ pub fn pong(message: Option<&[u8]>) -> Reply {
     }
 }
 
-/// The system's records ([`crate::auth`]) in the applied state, as the state machine sees them
-/// while applying. A read that fails is remembered, and fails the write.
-struct SystemRecords<'a> {
-    unflushed: &'a mut Unflushed,
+/// The system's records ([`crate::auth`]) in the applied state: `U` is the unflushed writes, to
+/// read, or to write as well while applying a change. A read that fails is remembered, and
+/// nothing is written after it: a change applied to a record that could not be read would
+/// overwrite what it holds.
+struct SystemRecords<'a, U> {
+    unflushed: U,
     flushed: &'a FlushedTable,
-    failed: Option<redb::StorageError>,
+    failed: std::cell::Cell<Option<redb::StorageError>>,
 }
 
-impl crate::auth::Records for SystemRecords<'_> {
-    fn get(&self, key: &[u8]) -> Option<Bytes> {
-        match self.unflushed.get(key) {
-            Some(value) => value.clone(),
-            None => self.flushed.get(key).ok().flatten().map(|v| Bytes::copy_from_slice(v.value())),
-        }
+impl<'a, U: std::ops::Deref<Target = Unflushed>> SystemRecords<'a, U> {
+    fn new(unflushed: U, flushed: &'a FlushedTable) -> Self {
+        SystemRecords { unflushed, flushed, failed: std::cell::Cell::new(None) }
     }
 
+    /// `value`, unless a read failed on the way to it.
+    fn checked<T>(self, value: T) -> Result<T, StoreError> {
+        match self.failed.into_inner() {
+            Some(e) => Err(StoreError::storage(e)),
+            None => Ok(value),
+        }
+    }
+}
+
+impl<U: std::ops::Deref<Target = Unflushed>> crate::auth::Records for SystemRecords<'_, U> {
+    fn get(&self, key: &[u8]) -> Option<Bytes> {
+        if let Some(value) = self.unflushed.get(key) {
+            return value.clone();
+        }
+        match self.flushed.get(key) {
+            Ok(value) => value.map(|v| Bytes::copy_from_slice(v.value())),
+            Err(e) => {
+                self.failed.set(Some(e));
+                None
+            }
+        }
+    }
+}
+
+impl crate::auth::RecordsMut for SystemRecords<'_, &mut Unflushed> {
     fn put(&mut self, key: &[u8], value: Bytes) {
-        self.unflushed.insert(Bytes::copy_from_slice(key), Some(value));
+        let failed = self.failed.take();
+        if failed.is_none() {
+            self.unflushed.insert(Bytes::copy_from_slice(key), Some(value));
+        }
+        self.failed.set(failed);
     }
 }
 
@@ -333,14 +368,11 @@ fn apply_read(
             Reply::Integer { value: found }
         }
         Read::Users | Read::Roles => {
-            let [users, roles] =
-                crate::auth::Accounts::reads().map(|read| apply_read(unflushed, flushed, &read));
-            let record = |reply: Reply| match reply {
-                Reply::Bulk { value } => Some(value.into_vec()),
-                _ => None,
-            };
-            let accounts =
-                crate::auth::Accounts::decode(record(users?).as_deref(), record(roles?).as_deref());
+            let records = SystemRecords::new(unflushed, flushed);
+            let accounts = Accounts::load(&records);
+            if let Some(e) = records.failed.into_inner() {
+                return Err(e);
+            }
             match read {
                 Read::Users => accounts.users_table(),
                 _ => accounts.roles_table(),
