@@ -13,7 +13,7 @@
 use crate::connection::{self, FrameReader, FrameWriter, ReadError, Stream};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::frame::DEFAULT_MAX_FRAME_BYTES;
-use crate::protocol::message::{ErrorCode, Hello, HelloReply, Request, Response};
+use crate::protocol::message::{ErrorCode, Hello, HelloReply, Reply, Request, Response};
 use crate::tls::ClientTls;
 use serde_bytes::ByteBuf;
 use std::time::Duration;
@@ -73,6 +73,8 @@ pub struct Client {
     sender: RequestSender,
     receiver: ResponseReceiver,
     timeout: Duration,
+    /// The address connected to, as given.
+    addr: String,
 }
 
 /// Facts the node told us in its welcome.
@@ -191,6 +193,7 @@ impl Client {
                     sender: RequestSender { writer, next_id: 1, options: RequestOptions::default() },
                     receiver: ResponseReceiver { reader },
                     timeout,
+                    addr: addr.to_string(),
                 };
                 Ok((client, NodeInfo { addr: addr.to_string(), node_id }))
             }
@@ -213,6 +216,17 @@ impl Client {
             .await
             .map_err(|_| ClientError::Timeout(self.timeout))??;
         expect_id(response, id)
+    }
+
+    /// Logs the connection in as `user` (`AUTH`); the node's refusal is an error.
+    pub async fn log_in(&mut self, user: &str, password: &str) -> Result<(), ClientError> {
+        let auth = ["AUTH", user, password].map(|a| a.as_bytes().to_vec()).to_vec();
+        match self.call(auth).await?.reply {
+            Reply::Error { code, message } => {
+                Err(ClientError::Refused { addr: self.addr.clone(), code, message })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// With no request outstanding: whether the node has already closed the connection or said it

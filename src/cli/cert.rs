@@ -202,7 +202,8 @@ fn write_pair(output: &Output, name: &str, cert: &str, key: &str) -> Result<Made
     Ok(made)
 }
 
-fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
+/// Writes a file readable as `mode` says, replacing any old one, and syncs it.
+pub(crate) fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
     use std::os::unix::fs::OpenOptionsExt;
     let failed =
         |e: std::io::Error| CertError::File { action: "write", path: path.into(), why: e.to_string() };

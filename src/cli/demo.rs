@@ -67,17 +67,8 @@ impl DemoSecurity {
         }
         let root_password: String = (0..20).map(|_| fastrand::alphanumeric()).collect();
         let password_file = dir.join("root-password");
-        {
-            use std::io::Write as _;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&password_file)
-                .map_err(DemoError::TempDir)?;
-            writeln!(file, "{root_password}").map_err(DemoError::TempDir)?;
-        }
+        super::cert::write_file(&password_file, &format!("{root_password}\n"), 0o600)
+            .map_err(|e| DemoError::Security(e.to_string()))?;
         Ok(DemoSecurity { ca: ca.cert, root_password, password_file })
     }
 
@@ -248,8 +239,7 @@ impl DemoCluster {
                     Client::connect_any(&addrs, Duration::from_secs(1), &transport).await.ok()?;
                 if let Some(login) = &login {
                     // Root exists once the first leader has created it.
-                    let auth = ["AUTH", &login.user, &login.password].map(|a| a.as_bytes().to_vec()).to_vec();
-                    client.call(auth).await.ok().filter(|r| !r.reply.is_error())?;
+                    client.log_in(&login.user, &login.password).await.ok()?;
                 }
                 client.call(vec![b"EXISTS".to_vec(), b"demo".to_vec()]).await.ok()
             });

@@ -253,10 +253,7 @@ pub async fn connect(options: &Options, first: usize) -> Result<(Client, NodeInf
     let (mut client, info) =
         Client::connect_any_from(&options.addrs, first, options.connect_timeout, &options.transport).await?;
     if let Some(login) = &options.login {
-        let auth = ["AUTH", &login.user, &login.password].map(|a| a.as_bytes().to_vec()).to_vec();
-        if let Reply::Error { code, message } = client.call(auth).await?.reply {
-            return Err(ClientError::Refused { addr: info.addr, code, message });
-        }
+        client.log_in(&login.user, &login.password).await?;
     }
     client.set_options(options.request.clone());
     let index = options.addrs.iter().position(|a| *a == info.addr).unwrap_or(first);

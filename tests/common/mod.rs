@@ -44,8 +44,7 @@ pub fn call_over(access: &Access, addrs: &[String], args: &[&str]) -> Option<Res
         let attempt = async {
             let (mut client, _) = Client::connect_any(addrs, CALL_DEADLINE, &access.transport).await.ok()?;
             if let Some((user, password)) = &access.login {
-                let auth = ["AUTH", user, password].map(|a| a.as_bytes().to_vec()).to_vec();
-                client.call(auth).await.ok().filter(|r| !r.reply.is_error())?;
+                client.log_in(user, password).await.ok()?;
             }
             client.call(args.iter().map(|a| a.as_bytes().to_vec()).collect()).await.ok()
         };
