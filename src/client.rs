@@ -103,10 +103,6 @@ impl Transport {
         Transport { tls: Some(tls) }
     }
 
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// Opens a connection to `addr`, with its TLS handshake if any.
     async fn dial(&self, addr: &str) -> std::io::Result<Stream> {
         let tcp = TcpStream::connect(addr).await?;

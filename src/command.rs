@@ -448,17 +448,20 @@ fn text(what: &str, arg: &Bytes) -> Result<String, CommandError> {
     Ok(String::from_utf8_lossy(arg).into_owned())
 }
 
-/// Finds a subcommand of `command` in `table` and checks its arity.
+/// Finds a subcommand of `command` in `table` and checks its arity. `bare` says what the
+/// command does with no subcommand, if it does anything.
 fn subcommand(
     command: &'static str,
     table: &[(&'static str, &'static str)],
+    bare: Option<&str>,
     sub: &Bytes,
     args: &[Bytes],
 ) -> Result<&'static str, CommandError> {
     let Some(&(name, synopsis)) = table.iter().find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(sub)) else {
         let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+        let or_none = bare.map(|what| format!(", or none for {what}")).unwrap_or_default();
         return Err(CommandError::BadArgument(format!(
-            "unknown {command} subcommand '{}'; expected one of {}",
+            "unknown {command} subcommand '{}'; expected one of {}{or_none}",
             String::from_utf8_lossy(&sub[..sub.len().min(64)]),
             names.join(", ")
         )));
@@ -479,7 +482,7 @@ fn subcommand(
 
 /// Parses `USER <subcommand> <args>`.
 fn parse_user(sub: &Bytes, args: &[Bytes]) -> Result<Command, CommandError> {
-    let name = subcommand("USER", USER_SUBCOMMANDS, sub, args)?;
+    let name = subcommand("USER", USER_SUBCOMMANDS, None, sub, args)?;
     if name == "LIST" {
         return Ok(Command::Read(Read::Users));
     }
@@ -496,7 +499,7 @@ fn parse_user(sub: &Bytes, args: &[Bytes]) -> Result<Command, CommandError> {
 
 /// Parses `ROLE <subcommand> <args>`.
 fn parse_role(sub: &Bytes, args: &[Bytes]) -> Result<Command, CommandError> {
-    let name = subcommand("ROLE", ROLE_SUBCOMMANDS, sub, args)?;
+    let name = subcommand("ROLE", ROLE_SUBCOMMANDS, None, sub, args)?;
     if name == "LIST" {
         return Ok(Command::Read(Read::Roles));
     }
@@ -533,24 +536,7 @@ fn parse_role(sub: &Bytes, args: &[Bytes]) -> Result<Command, CommandError> {
 
 /// Parses `CLUSTER <subcommand> <args>`.
 fn parse_admin(sub: &Bytes, args: &[Bytes]) -> Result<Admin, CommandError> {
-    let Some(&(name, synopsis)) =
-        CLUSTER_SUBCOMMANDS.iter().find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(sub))
-    else {
-        let names: Vec<&str> = CLUSTER_SUBCOMMANDS.iter().map(|(n, _)| *n).collect();
-        return Err(CommandError::BadArgument(format!(
-            "unknown CLUSTER subcommand '{}'; expected one of {}, or none for the status table",
-            String::from_utf8_lossy(&sub[..sub.len().min(64)]),
-            names.join(", ")
-        )));
-    };
-    let wanted = synopsis.split(' ').count();
-    if args.len() != wanted {
-        return Err(CommandError::WrongArity {
-            name: "CLUSTER",
-            expected: format!("{} ({name} {synopsis})", wanted + 1),
-            got: args.len() + 1,
-        });
-    }
+    let name = subcommand("CLUSTER", CLUSTER_SUBCOMMANDS, Some("the status table"), sub, args)?;
     let id = parse_node_id(&args[0])?;
     Ok(match name {
         "ADD-LEARNER" => {
