@@ -55,10 +55,15 @@ impl Session {
 
     /// Cuts a batch at each `AUTH`.
     pub fn segments(items: Vec<Item>) -> Vec<Segment> {
+        let is_auth = |item: &Item| matches!(item.command(), Some(Command::Auth { .. }));
+        // The usual batch, with no AUTH in it, is moved as it is.
+        if !items.iter().any(is_auth) {
+            return vec![Segment::Items(items)];
+        }
         let mut segments = Vec::new();
         let mut run = Vec::new();
         for item in items {
-            if matches!(item.command(), Some(Command::Auth { .. })) {
+            if is_auth(&item) {
                 if !run.is_empty() {
                     segments.push(Segment::Items(std::mem::take(&mut run)));
                 }
