@@ -2,7 +2,6 @@
 //! `RaftStateMachine::apply` openraft calls, in batches of 1 and 64 entries (one transaction
 //! each), with a table that already holds 100,000 keys.
 
-use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use kv::command::Write;
 use kv::raft::TypeConfig;
@@ -15,10 +14,7 @@ use std::sync::Arc;
 const KEYSPACE: u64 = 100_000;
 
 fn entry(index: u64) -> EntryResponder<TypeConfig> {
-    let write = Write::Set {
-        key: Bytes::from(format!("key:{:06}", index % KEYSPACE)),
-        value: Bytes::from(vec![b'x'; 16]),
-    };
+    let write = Write::set(format!("key:{:06}", index % KEYSPACE), vec![b'x'; 16]);
     (openraft::Entry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, index), write), None)
 }
 

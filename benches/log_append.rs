@@ -5,7 +5,6 @@
 //! What this measures is mostly the disk's sync, so run it on the machine whose numbers matter,
 //! and compare runs made one after the other.
 
-use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use kv::command::Write;
 use kv::raft::TypeConfig;
@@ -15,10 +14,7 @@ use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
 
 fn entry(index: u64) -> <TypeConfig as openraft::RaftTypeConfig>::Entry {
-    let write = Write::Set {
-        key: Bytes::from(format!("key:{:06}", index % 100_000)),
-        value: Bytes::from(vec![b'x'; 16]),
-    };
+    let write = Write::set(format!("key:{:06}", index % 100_000), vec![b'x'; 16]);
     RaftEntry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, index), write)
 }
 

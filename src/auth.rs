@@ -261,6 +261,13 @@ pub enum Needs<'a> {
         access: Access,
         keys: Vec<&'a [u8]>,
     },
+    /// Access to every key the range can hold, whether it holds it now or not.
+    Range {
+        access: Access,
+        range: &'a crate::command::KeyRange,
+    },
+    /// Everything each of these needs (a `TXN`'s parts).
+    Each(Vec<Needs<'a>>),
     Admin,
     /// Admin, or being this user (changing one's own password).
     AdminOrSelf(&'a str),
@@ -286,7 +293,35 @@ impl Principal {
                 None => Ok(()),
                 Some(key) => denied(format!("{} on '{}'", access.as_str(), String::from_utf8_lossy(key))),
             },
+            Needs::Range { access, range } if self.may_range(*access, range) => Ok(()),
+            Needs::Range { access, range } => denied(format!(
+                "{} on every key from '{}' to {}",
+                access.as_str(),
+                String::from_utf8_lossy(&range.start),
+                range
+                    .end
+                    .as_ref()
+                    .map_or("the last".to_string(), |e| format!("'{}'", String::from_utf8_lossy(e)))
+            )),
+            Needs::Each(each) => each.iter().try_for_each(|needs| self.check(needs)),
         }
+    }
+
+    /// Whether one grant covers every key `range` can hold: the range lies within its prefix.
+    fn may_range(&self, wanted: Access, range: &crate::command::KeyRange) -> bool {
+        self.grants.iter().any(|grant| match grant {
+            Grant::Admin => true,
+            Grant::Keys { access, prefix } => {
+                let within_end = match (crate::command::scan::prefix_end(prefix), &range.end) {
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                    (Some(limit), Some(end)) => end.as_ref() <= limit.as_slice(),
+                };
+                range.start.as_ref() >= prefix.as_ref()
+                    && within_end
+                    && (*access == Access::ReadWrite || wanted == Access::Read)
+            }
+        })
     }
 
     fn may(&self, wanted: Access, key: &[u8]) -> bool {
@@ -510,6 +545,35 @@ mod tests {
         let root = accounts.principal("root").unwrap();
         assert!(root.check(&Needs::Admin).is_ok() && root.check(&write("anything")).is_ok());
         assert!(accounts.principal("mallory").is_none());
+    }
+
+    #[test]
+    fn a_range_is_granted_only_if_one_prefix_covers_every_key_it_can_hold() {
+        use crate::command::KeyRange;
+        let accounts = Accounts::load(&setup());
+        let alice = accounts.principal("alice").unwrap();
+        let range = |start: &str, end: Option<&str>| KeyRange {
+            start: Bytes::from(start.to_string()),
+            end: end.map(|e| Bytes::from(e.to_string())),
+        };
+        let may = |range: &KeyRange, access| alice.check(&Needs::Range { access, range }).is_ok();
+        assert!(may(&KeyRange::prefix(b"app/"), Access::Read));
+        assert!(may(&range("app/a", Some("app/b")), Access::Read));
+        assert!(!may(&range("app/a", None), Access::Read), "runs past the prefix");
+        assert!(!may(&range("app", Some("app/b")), Access::Read), "starts before it");
+        assert!(!may(&KeyRange::prefix(b""), Access::Read));
+        assert!(!may(&KeyRange::prefix(b"app/"), Access::ReadWrite));
+        assert!(may(&KeyRange::prefix(b"app/own/"), Access::ReadWrite));
+        let root = accounts.principal("root").unwrap();
+        assert!(root.check(&Needs::Range { access: Access::ReadWrite, range: &range("", None) }).is_ok());
+        let each = Needs::Each(vec![
+            Needs::Keys { access: Access::Read, keys: vec![b"app/x"] },
+            Needs::Keys { access: Access::ReadWrite, keys: vec![b"app/y"] },
+        ]);
+        let Err(Reply::Error { message, .. }) = alice.check(&each) else {
+            panic!("a TXN part is not granted")
+        };
+        assert!(message.contains("readwrite on 'app/y'"), "{message}");
     }
 
     #[test]

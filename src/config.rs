@@ -543,7 +543,8 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         return Err(max_frame_bytes.origin.error("max_frame_bytes must fit a 32-bit length prefix"));
     }
     // The largest SET must fit a frame between nodes, with its log entry's envelope around it.
-    let largest_set = Write::Set { key: Bytes::new(), value: Bytes::new() }.encoded_len_estimate()
+    let largest_set = Write::Set { key: Bytes::new(), value: Bytes::new(), only_if: None }
+        .encoded_len_estimate()
         + max_key_bytes.value
         + max_value_bytes.value;
     if max_write_bytes(max_frame_bytes.value) < largest_set {

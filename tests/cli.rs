@@ -100,18 +100,20 @@ fn json_mode_prints_one_object_per_answer() {
     // A single node leads itself; a write's replication picture has no peers to show.
     assert_eq!(
         objects[0],
-        serde_json::json!({"type": "status", "value": "OK", "leader": 1, "replication": {
+        serde_json::json!({"type": "status", "value": "OK", "leader": 1, "revision": 1, "replication": {
             "term": objects[0]["replication"]["term"], "index": objects[0]["replication"]["index"], "peers": []
         }})
     );
     assert!(objects[1]["replication"]["index"].as_u64() > objects[0]["replication"]["index"].as_u64());
-    assert_eq!(objects[2], serde_json::json!({"type": "bulk", "value": "héllo", "leader": 1}));
+    assert_eq!(objects[1]["revision"], 2, "each write that changes a key takes the next revision");
+    // Reads carry the revision they read at.
+    assert_eq!(objects[2], serde_json::json!({"type": "bulk", "value": "héllo", "leader": 1, "revision": 2}));
     assert_eq!(
         objects[3],
-        serde_json::json!({"type": "bulk", "value": "AP8=", "encoding": "base64", "leader": 1})
+        serde_json::json!({"type": "bulk", "value": "AP8=", "encoding": "base64", "leader": 1, "revision": 2})
     );
-    assert_eq!(objects[4], serde_json::json!({"type": "nil", "leader": 1}));
-    assert_eq!(objects[5], serde_json::json!({"type": "integer", "value": 2, "leader": 1}));
+    assert_eq!(objects[4], serde_json::json!({"type": "nil", "leader": 1, "revision": 2}));
+    assert_eq!(objects[5], serde_json::json!({"type": "integer", "value": 2, "leader": 1, "revision": 2}));
     assert_eq!(objects[6]["type"], "error");
     assert_eq!(objects[6]["code"], "WRONG_ARITY");
     assert_eq!(objects[7]["type"], "help");
@@ -150,7 +152,13 @@ fn piped_input_skips_blanks_and_comments_and_reports_bad_lines() {
     assert_eq!(out.code, 1, "{out:?}");
     assert_eq!(
         out.lines(),
-        ["OK", "1", "  GET key", "  Get the value of key; (nil) when it does not exist."]
+        [
+            "OK",
+            "1",
+            "  GET key [WITHMETA]",
+            "  Get the value of key; (nil) when it does not exist. WITHMETA adds its create and mod revisions \
+             and version."
+        ]
     );
     assert!(out.stderr.contains("BAD_INPUT unbalanced quotes"), "{out:?}");
     assert_eq!(node.cli(&["-c", "EXISTS never"]).lines(), ["0"], "nothing after QUIT runs");

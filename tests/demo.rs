@@ -84,10 +84,10 @@ fn an_interactive_demo_stops_its_node_when_the_shell_ends() {
     assert!(matches!(answer.reply, Reply::Error { code: ErrorCode::NoAuth, .. }), "{answer:?}");
     p.send_line("SET demo works").unwrap();
     p.exp_string("OK").unwrap();
-    // The shell shows which peers acknowledged the write: the commit needed one of them; the
-    // other, listed first if its id is lower, may still be pending on a loaded machine.
+    // The shell shows the write's revision and which peers acknowledged it: the commit needed one
+    // of them; the other, listed first if its id is lower, may still be pending on a loaded machine.
     p.exp_regex(
-        r"leader n[123] \S+ term [0-9]+ \S+ index [0-9]+ \S+ (n[123] pending \S+ )?n[123] acked [0-9.]+ ms",
+        r"leader n[123] \S+ term [0-9]+ \S+ index [0-9]+ \S+ rev [0-9]+ \S+ (n[123] pending \S+ )?n[123] acked [0-9.]+ ms",
     )
     .unwrap();
     p.exp_string(&format!("{}> ", addrs[0])).unwrap();

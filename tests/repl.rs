@@ -22,11 +22,12 @@ impl Repl {
         self.session.flush().unwrap();
     }
 
-    /// Types `line`, expects `answer`, then waits for the next prompt.
+    /// Types `line`, expects `answer`, then waits for the next prompt: a fresh one, after a
+    /// newline, not a redraw of the line being edited (which repeats the prompt).
     fn run(&mut self, line: &str, answer: &str) {
         self.session.send_line(line).unwrap();
         self.session.exp_string(answer).unwrap();
-        self.session.exp_string(&self.prompt).unwrap();
+        self.session.exp_regex(&format!(r"\n[^\n]*{}", self.prompt.replace('.', r"\."))).unwrap();
     }
 }
 
@@ -59,10 +60,20 @@ fn the_shell_runs_commands_completes_hints_and_keeps_history() {
     r.run(r#"SET "unclosed"#, "(error) BAD_INPUT unbalanced quotes");
     r.run("HELP SET", "Set key to hold value");
 
-    // Tab completes the command name: "DE<tab>" becomes "DEL ".
-    r.type_keys("DE\t");
-    r.session.exp_string("DEL ").unwrap();
-    r.run("greeting", "(integer) 1");
+    // Tab completes the command name: "TX<tab>" becomes "TXN ".
+    r.type_keys("TX\t");
+    r.session.exp_string("TXN ").unwrap();
+    r.run("EXISTS greeting THEN GET greeting", "THEN ran");
+
+    // A TXN typed over several lines, from TXN to END, is one command; then the key's metadata.
+    let txn = std::mem::replace(&mut r.prompt, "txn... ".to_string());
+    for line in ["TXN", "VALUE greeting = \"hello world\"", "THEN", "DEL greeting"] {
+        r.run(line, "");
+    }
+    r.prompt = txn;
+    r.run("END", "1) (integer) 1");
+    r.run("SET k v", "rev ");
+    r.run("GET k WITHMETA", "create_rev");
 
     // The hint shows the arguments still to type; Ctrl-C drops the line without running it.
     r.type_keys("SET ");
@@ -76,7 +87,7 @@ fn the_shell_runs_commands_completes_hints_and_keeps_history() {
     r.session.send_control('d').unwrap();
     r.session.exp_eof().unwrap();
     let saved = std::fs::read_to_string(&history).unwrap();
-    for line in [r#"SET greeting "hello world""#, "GET greeting", "DEL greeting", "HELP SET"] {
+    for line in [r#"SET greeting "hello world""#, "GET greeting", "DEL greeting", "END", "HELP SET"] {
         assert!(saved.lines().any(|l| l == line), "{line:?} missing from history:\n{saved}");
     }
     assert!(!saved.contains("SET never"), "an interrupted line is not history");

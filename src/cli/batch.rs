@@ -12,7 +12,8 @@
 //! says so first (`SHUTTING_DOWN`), which means it applied nothing left unanswered: then writes
 //! are resent too, and a rolling restart costs the script nothing.
 //!
-//! Blank lines and lines starting with `#` are skipped; `QUIT` ends the input.
+//! Blank lines and lines starting with `#` are skipped; `QUIT` ends the input. A `TXN` may span
+//! lines, from a line holding only `TXN` to one holding only `END` ([`super::block`]).
 
 use super::output::{BAD_INPUT, CONNECTION, Printer, TOO_FEW_ACKS};
 use super::split::split_args;
@@ -87,6 +88,7 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
     let mut input_done = false;
     let mut status = ExitStatus::Success;
     let mut losses = 0;
+    let mut block = super::block::Block::default();
 
     loop {
         // Report everything at the front that is already known.
@@ -169,6 +171,9 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
             line = lines.recv(), if !input_done && in_flight < window && !barrier => {
                 let line = match line {
                     None => {
+                        if block.abandon() {
+                            queue.push_back(bad_input("the input ended inside a TXN block (no END)".to_string()));
+                        }
                         input_done = true;
                         let _ = link.sender.flush().await;
                         continue;
@@ -183,6 +188,15 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
                 if trimmed.is_empty() || trimmed.starts_with('#') {
                     continue;
                 }
+                let command = match block.feed(trimmed) {
+                    Ok(Some(command)) => command,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        queue.push_back(bad_input(e));
+                        continue;
+                    }
+                };
+                let trimmed = command.as_str();
                 match split_args(trimmed) {
                     Err(e) => queue.push_back(bad_input(format!("{e}: {trimmed}"))),
                     Ok(args) => match local_command(&args) {

@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod block;
 pub mod cert;
 pub mod demo;
 pub mod output;

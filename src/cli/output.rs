@@ -9,12 +9,15 @@
 //! | error   | `(error) CODE msg` on stderr | `(error) CODE msg` on stderr | `{"type":"error","code":"CODE","message":"msg"}` |
 //!
 //! | table   | aligned columns       | tab-separated, header first | `{"type":"table","columns":[..],"rows":[[..]]}` |
+//! | array   | `1) "v"` per item     | one item per line | `{"type":"array","items":[..]}` |
+//! | entries | key, value and metadata columns; `(more ...)` if the page stopped | `key<TAB>value` per line | `{"type":"entries","entries":[{"key":..,"value":..,"create_revision":..,"mod_revision":..,"version":..}],"more":false}` (+ `"next"`) |
+//! | txn     | the branch that ran, then `1) OK` per operation | `then` or `else`, then one result per line | `{"type":"txn","succeeded":true,"results":[..]}` |
 //!
 //! A write's replication picture follows its answer in the shell, and in scripts with `--acks`:
-//! in the human format as a second, coloured line (`leader n1 · term 2 · index 42 · n2 acked
-//! 0.8 ms · n3 unreachable`), in the raw format as `leader=1 term=2 index=42 n2=acked:0.80ms
-//! n3=unreachable`. JSON always carries it, as `"leader"` and `"replication"` fields of the
-//! answer's object.
+//! in the human format as a second, coloured line (`leader n1 · term 2 · index 42 · rev 7 · n2
+//! acked 0.8 ms · n3 unreachable`), in the raw format as `leader=1 term=2 index=42 revision=7
+//! n2=acked:0.80ms n3=unreachable`. JSON always carries it, as `"leader"`, `"revision"` and
+//! `"replication"` fields of the answer's object (reads of keys carry `"revision"` too).
 //!
 //! Help text is printed as it is (in JSON: `{"type":"help","value":"..."}`).
 //! Errors found by kv-cli itself (bad quoting, lost connection) are shown like error answers,
@@ -22,7 +25,7 @@
 //! reading kv-cli's output line by line never waits on a buffer.
 
 use super::split::quote;
-use crate::protocol::message::{AckState, Cell, Replication, Reply, Response};
+use crate::protocol::message::{AckState, Cell, KeyValue, Replication, Reply, Response};
 use base64::Engine as _;
 use colored::Colorize;
 use std::io::{self, Write};
@@ -63,6 +66,9 @@ impl Printer {
             if let Some(leader) = response.leader {
                 json["leader"] = leader.into();
             }
+            if let Some(revision) = response.revision {
+                json["revision"] = revision.into();
+            }
             if let Some(replication) = &response.replication {
                 json["replication"] = serde_json::to_value(replication).unwrap_or_default();
             }
@@ -72,8 +78,8 @@ impl Printer {
         let (Some(leader), Some(replication)) = (response.leader, &response.replication) else { return };
         if self.acks {
             let line = match self.format {
-                Format::Human => ack_line(leader, replication),
-                _ => raw_ack_line(leader, replication),
+                Format::Human => ack_line(leader, response.revision, replication),
+                _ => raw_ack_line(leader, response.revision, replication),
             };
             print_line(&mut io::stdout().lock(), &line);
         }
@@ -95,22 +101,14 @@ impl Printer {
         }
         let line = match self.format {
             Format::Json => json_value(reply).to_string(),
-            Format::Raw => match reply {
-                Reply::Status { value } => value.clone(),
-                Reply::Nil => String::new(),
-                Reply::Integer { value } => value.to_string(),
-                Reply::Bulk { value } => return write_raw_bulk(value),
-                Reply::Table { columns, rows } => raw_table(columns, rows),
-                Reply::Error { .. } => unreachable!("handled above"),
-            },
-            Format::Human => match reply {
-                Reply::Status { value } => value.green().to_string(),
-                Reply::Nil => "(nil)".dimmed().to_string(),
-                Reply::Integer { value } => format!("(integer) {}", value.to_string().cyan()),
-                Reply::Bulk { value } => quote(value).yellow().to_string(),
-                Reply::Table { columns, rows } => human_table(columns, rows),
-                Reply::Error { .. } => unreachable!("handled above"),
-            },
+            Format::Raw => {
+                let mut out = Vec::new();
+                raw(reply, &mut out);
+                let mut stdout = io::stdout().lock();
+                let _ = stdout.write_all(&out).and_then(|()| stdout.flush());
+                return;
+            }
+            Format::Human => human(reply),
         };
         print_line(&mut io::stdout().lock(), &line);
     }
@@ -146,6 +144,119 @@ impl Printer {
     }
 }
 
+/// An answer for people: typed, quoted and coloured.
+fn human(reply: &Reply) -> String {
+    let numbered = |items: &[Reply]| {
+        let lines: Vec<String> = items
+            .iter()
+            .enumerate()
+            .map(|(n, item)| {
+                let text = human(item).replace('\n', &format!("\n{:width$}", "", width = 4));
+                format!("{}) {text}", n + 1)
+            })
+            .collect();
+        lines.join("\n")
+    };
+    match reply {
+        Reply::Status { value } => value.green().to_string(),
+        Reply::Nil => "(nil)".dimmed().to_string(),
+        Reply::Integer { value } => format!("(integer) {}", value.to_string().cyan()),
+        Reply::Bulk { value } => quote(value).yellow().to_string(),
+        Reply::Table { columns, rows } => human_table(columns, rows),
+        Reply::Error { code, message } => format!("(error) {code} {message}").red().to_string(),
+        Reply::Array { items } if items.is_empty() => "(empty array)".dimmed().to_string(),
+        Reply::Array { items } => numbered(items),
+        Reply::Entries { entries, more, next } => {
+            human_entries(entries, *more, next.as_ref().map(|n| n.as_slice()))
+        }
+        Reply::Txn { succeeded, results } => {
+            let branch = match succeeded {
+                true => "THEN ran: every compare held".green().to_string(),
+                false => "ELSE ran: a compare failed".yellow().to_string(),
+            };
+            if results.is_empty() { branch } else { format!("{branch}\n{}", numbered(results)) }
+        }
+    }
+}
+
+/// A page of keys as a table: key, value (unless keys only), and metadata.
+fn human_entries(entries: &[KeyValue], more: bool, next: Option<&[u8]>) -> String {
+    if entries.is_empty() {
+        return "(no keys)".dimmed().to_string();
+    }
+    let with_values = entries.iter().any(|e| e.value.is_some());
+    let mut columns = vec!["key".to_string()];
+    if with_values {
+        columns.push("value".to_string());
+    }
+    columns.extend(["create_rev", "mod_rev", "version"].map(String::from));
+    let rows: Vec<Vec<Cell>> = entries
+        .iter()
+        .map(|e| {
+            let mut row = vec![Cell::Text(quote(&e.key))];
+            if with_values {
+                row.push(e.value.as_ref().map_or(Cell::Nil, |v| Cell::Text(quote(v))));
+            }
+            let number = |n: u64| Cell::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+            row.extend([number(e.create_revision), number(e.mod_revision), number(e.version)]);
+            row
+        })
+        .collect();
+    let mut text = human_table(&columns, &rows);
+    if more {
+        let next = next.map(quote).unwrap_or_default();
+        text.push_str(&format!(
+            "\n{}",
+            format!("(more keys follow; the next page continues at {next})").dimmed()
+        ));
+    }
+    text
+}
+
+/// An answer for scripts: bare values, one per line.
+fn raw(reply: &Reply, out: &mut Vec<u8>) {
+    let mut line = |bytes: &[u8]| {
+        out.extend_from_slice(bytes);
+        out.push(b'\n');
+    };
+    match reply {
+        Reply::Status { value } => line(value.as_bytes()),
+        Reply::Nil => line(b""),
+        Reply::Integer { value } => line(value.to_string().as_bytes()),
+        Reply::Bulk { value } => line(value),
+        Reply::Table { columns, rows } => line(raw_table(columns, rows).as_bytes()),
+        Reply::Error { code, message } => line(format!("(error) {code} {message}").as_bytes()),
+        Reply::Array { items } => items.iter().for_each(|item| raw(item, out)),
+        Reply::Entries { entries, .. } => {
+            for entry in entries {
+                let mut row = entry.key.to_vec();
+                if let Some(value) = &entry.value {
+                    row.push(b'\t');
+                    row.extend_from_slice(value);
+                }
+                line(&row);
+            }
+        }
+        Reply::Txn { succeeded, results } => {
+            line(if *succeeded { b"then" } else { b"else" });
+            results.iter().for_each(|item| raw(item, out));
+        }
+    }
+}
+
+/// A byte string in JSON: as text if it is UTF-8, else base64 with `<field>_encoding` beside it.
+fn json_bytes(object: &mut serde_json::Map<String, serde_json::Value>, field: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => {
+            object.insert(field.to_string(), text.into());
+        }
+        Err(_) => {
+            object.insert(field.to_string(), base64::engine::general_purpose::STANDARD.encode(bytes).into());
+            object.insert(format!("{field}_encoding"), "base64".into());
+        }
+    }
+}
+
 /// The JSON form of an answer.
 pub fn json_value(reply: &Reply) -> serde_json::Value {
     match reply {
@@ -166,6 +277,38 @@ pub fn json_value(reply: &Reply) -> serde_json::Value {
         Reply::Error { code, message } => {
             serde_json::json!({"type": "error", "code": code, "message": message})
         }
+        Reply::Array { items } => {
+            serde_json::json!({"type": "array", "items": items.iter().map(json_value).collect::<Vec<_>>()})
+        }
+        Reply::Entries { entries, more, next } => {
+            let entries: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| {
+                    let mut object = serde_json::Map::new();
+                    json_bytes(&mut object, "key", &e.key);
+                    if let Some(value) = &e.value {
+                        json_bytes(&mut object, "value", value);
+                    }
+                    object.insert("create_revision".into(), e.create_revision.into());
+                    object.insert("mod_revision".into(), e.mod_revision.into());
+                    object.insert("version".into(), e.version.into());
+                    serde_json::Value::Object(object)
+                })
+                .collect();
+            let mut object = serde_json::Map::new();
+            object.insert("type".into(), "entries".into());
+            object.insert("entries".into(), entries.into());
+            object.insert("more".into(), (*more).into());
+            if let Some(next) = next {
+                json_bytes(&mut object, "next", next);
+            }
+            serde_json::Value::Object(object)
+        }
+        Reply::Txn { succeeded, results } => serde_json::json!({
+            "type": "txn",
+            "succeeded": succeeded,
+            "results": results.iter().map(json_value).collect::<Vec<_>>(),
+        }),
     }
 }
 
@@ -174,12 +317,13 @@ fn json_error(code: &str, message: &str) -> String {
 }
 
 /// `leader n1 · term 2 · index 42 · n2 acked 0.8 ms · n3 unreachable`, coloured by state.
-pub fn ack_line(leader: u64, replication: &Replication) -> String {
+pub fn ack_line(leader: u64, revision: Option<u64>, replication: &Replication) -> String {
     let mut parts = vec![
         format!("leader n{leader}"),
         format!("term {}", replication.term),
         format!("index {}", replication.index),
     ];
+    parts.extend(revision.map(|r| format!("rev {r}")));
     for peer in &replication.peers {
         parts.push(match (peer.state, peer.ms) {
             (AckState::Acked, Some(ms)) => format!("n{} acked {ms:.1} ms", peer.node).green().to_string(),
@@ -192,8 +336,11 @@ pub fn ack_line(leader: u64, replication: &Replication) -> String {
 }
 
 /// `leader=1 term=2 index=42 n2=acked:0.80ms n3=unreachable`: one line, easy to split.
-pub fn raw_ack_line(leader: u64, replication: &Replication) -> String {
+pub fn raw_ack_line(leader: u64, revision: Option<u64>, replication: &Replication) -> String {
     let mut line = format!("leader={leader} term={} index={}", replication.term, replication.index);
+    if let Some(revision) = revision {
+        line.push_str(&format!(" revision={revision}"));
+    }
     for peer in &replication.peers {
         line.push_str(&match (peer.state, peer.ms) {
             (AckState::Acked, Some(ms)) => format!(" n{}=acked:{ms:.2}ms", peer.node),
@@ -260,11 +407,6 @@ fn print_line(out: &mut impl Write, line: &str) {
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
-fn write_raw_bulk(value: &[u8]) {
-    let mut out = io::stdout().lock();
-    let _ = out.write_all(value).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,12 +442,12 @@ mod tests {
             ],
         };
         assert_eq!(
-            ack_line(1, &replication),
-            "  leader n1 · term 2 · index 42 · n2 acked 0.8 ms · n3 unreachable · n4 pending"
+            ack_line(1, Some(7), &replication),
+            "  leader n1 · term 2 · index 42 · rev 7 · n2 acked 0.8 ms · n3 unreachable · n4 pending"
         );
         assert_eq!(
-            raw_ack_line(1, &replication),
-            "leader=1 term=2 index=42 n2=acked:0.84ms n3=unreachable n4=pending"
+            raw_ack_line(1, Some(7), &replication),
+            "leader=1 term=2 index=42 revision=7 n2=acked:0.84ms n3=unreachable n4=pending"
         );
     }
 

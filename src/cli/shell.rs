@@ -61,15 +61,22 @@ pub fn run(runtime: Runtime, options: Options, printer: Printer) -> ExitStatus {
 
     let mut shell = Shell { runtime, options, printer, connection: None, next_addr: 0 };
     shell.connect();
+    let mut block = super::block::Block::default();
     loop {
         let user = shell.options.login.as_ref().map(|l| format!("{}@", l.user)).unwrap_or_default();
         let prompt = match &shell.connection {
+            _ if block.is_open() => "txn... ".to_string(),
             Some((_, info)) => format!("{user}{}> ", info.addr),
             None => "not connected> ".to_string(),
         };
         let line = match editor.readline(&prompt) {
             Ok(line) => line,
-            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Interrupted) => {
+                if block.abandon() {
+                    shell.printer.info("(TXN block dropped)");
+                }
+                continue;
+            }
             Err(ReadlineError::Eof) => return ExitStatus::Success,
             Err(e) => return fail(&shell.printer, &e),
         };
@@ -86,7 +93,15 @@ pub fn run(runtime: Runtime, options: Options, printer: Printer) -> ExitStatus {
                 shell.printer.error(BAD_INPUT, &format!("cannot write history to {}: {e}", path.display()));
             }
         }
-        match split_args(line) {
+        let line = match block.feed(line) {
+            Ok(Some(command)) => command,
+            Ok(None) => continue,
+            Err(e) => {
+                shell.printer.error(BAD_INPUT, &e);
+                continue;
+            }
+        };
+        match split_args(&line) {
             Err(e) => shell.printer.error(BAD_INPUT, &e.to_string()),
             Ok(args) if args.is_empty() => {}
             Ok(args) => match local_command(&args) {
@@ -325,7 +340,11 @@ fn hint(line: &str) -> Option<String> {
         let tokens = arg_tokens(synopsis);
         return tokens.get(after.len()..).filter(|rest| !rest.is_empty()).map(|rest| rest.join(" "));
     }
-    let tokens = arg_tokens(lookup(first.as_bytes())?.args);
+    // Where a synopsis offers other forms (`key [key ...] | key IFREV rev`), the first one.
+    let mut tokens = arg_tokens(lookup(first.as_bytes())?.args);
+    if let Some(other_forms) = tokens.iter().position(|t| t == "|") {
+        tokens.truncate(other_forms);
+    }
     match tokens.get(typed.len()..) {
         Some(rest) if !rest.is_empty() => Some(rest.join(" ")),
         _ => tokens.last().filter(|t| t.contains("...")).cloned(),
@@ -365,17 +384,19 @@ mod tests {
     fn completes_command_names_in_the_users_case() {
         assert_eq!(complete("GE"), (0, vec!["GET ".to_string()]));
         assert_eq!(complete("e"), (0, vec!["exists ".to_string(), "exit ".to_string()]));
-        assert_eq!(complete("help s"), (5, vec!["set ".to_string()]));
+        assert_eq!(complete("help s"), (5, vec!["set ".to_string(), "scan ".to_string()]));
         assert_eq!(complete("SET ke"), (4, vec![]));
     }
 
     #[test]
     fn hints_show_the_arguments_still_to_type() {
-        assert_eq!(hint("SE").as_deref(), Some("T key value"));
-        assert_eq!(hint("set").as_deref(), Some(" key value"));
-        assert_eq!(hint("SET ").as_deref(), Some("key value"));
-        assert_eq!(hint("SET k ").as_deref(), Some("value"));
-        assert_eq!(hint("SET k v "), None);
+        assert_eq!(hint("SE").as_deref(), Some("T key value [NX | XX | IFREV rev]"));
+        assert_eq!(hint("set").as_deref(), Some(" key value [NX | XX | IFREV rev]"));
+        assert_eq!(hint("SET ").as_deref(), Some("key value [NX | XX | IFREV rev]"));
+        assert_eq!(hint("SET k ").as_deref(), Some("value [NX | XX | IFREV rev]"));
+        assert_eq!(hint("SET k v ").as_deref(), Some("[NX | XX | IFREV rev]"));
+        assert_eq!(hint("CAS k ").as_deref(), Some("expected new"));
+        assert_eq!(hint("SCAN a ").as_deref(), Some("[end] [LIMIT n] [REVERSE] [KEYSONLY | COUNT]"));
         assert_eq!(hint("DEL ").as_deref(), Some("key [key ...]"));
         assert_eq!(hint("DEL a b ").as_deref(), Some("[key ...]"));
         assert_eq!(hint("E"), None, "EXISTS and EXIT both match");

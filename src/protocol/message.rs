@@ -99,12 +99,16 @@ pub struct Response {
     /// For a write that was committed: where it sits in the log and which peers have it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<Replication>,
+    /// The store's revision: for a write, the one it made (or, if it changed nothing, the one it
+    /// saw); for a read of keys, the one it read at. Absent where no data was touched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
 }
 
 impl Response {
     /// An answer that carries no cluster information.
     pub fn new(id: u64, reply: Reply) -> Response {
-        Response { id, reply, leader: None, replication: None }
+        Response { id, reply, leader: None, replication: None, revision: None }
     }
 }
 
@@ -163,6 +167,36 @@ pub enum Reply {
     Error { code: ErrorCode, message: String },
     /// Rows of named columns, such as the answer to `CLUSTER`.
     Table { columns: Vec<String>, rows: Vec<Vec<Cell>> },
+    /// Several answers in order, such as `MGET`'s values.
+    Array { items: Vec<Reply> },
+    /// Keys in order with their metadata: a `SCAN` page, or `GET key WITHMETA`.
+    Entries {
+        entries: Vec<KeyValue>,
+        /// Whether keys beyond these are in the range (the page stopped at its limit).
+        #[serde(default)]
+        more: bool,
+        /// When `more`: where the next page starts (forward: its `start`; `REVERSE`: its `end`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<ByteBuf>,
+    },
+    /// A `TXN`'s answer: whether its compares held (so the `THEN` branch ran, else the `ELSE`
+    /// branch), and the answer of each operation of the branch that ran.
+    Txn { succeeded: bool, results: Vec<Reply> },
+}
+
+/// One key of an [`Reply::Entries`] answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: ByteBuf,
+    /// Absent for `KEYSONLY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<ByteBuf>,
+    /// The revision that created the key (since it last did not exist).
+    pub create_revision: u64,
+    /// The revision that last changed it.
+    pub mod_revision: u64,
+    /// How many writes changed it since it was created (1 after creation).
+    pub version: u64,
 }
 
 /// One value in a [`Reply::Table`].
@@ -236,6 +270,10 @@ pub enum ErrorCode {
     PermissionDenied,
     /// A member's hello names another cluster than this node's.
     WrongCluster,
+    /// `INCR` and its kin found a value that is not a 64-bit integer; nothing changed.
+    NotInteger,
+    /// `INCR` and its kin would take the value past a 64-bit integer; nothing changed.
+    Overflow,
     /// A code this build does not know (sent by a newer node).
     #[serde(other)]
     Unknown,
@@ -263,6 +301,8 @@ impl ErrorCode {
             ErrorCode::NoAuth => "NOAUTH",
             ErrorCode::PermissionDenied => "PERMISSION_DENIED",
             ErrorCode::WrongCluster => "WRONG_CLUSTER",
+            ErrorCode::NotInteger => "NOT_INTEGER",
+            ErrorCode::Overflow => "OVERFLOW",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }

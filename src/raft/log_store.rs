@@ -610,9 +610,9 @@ mod tests {
             Entry::new_membership(log_id::<TypeConfig>(1, 1, 2), openraft::Membership::from(members)),
             Entry::new_normal(
                 log_id::<TypeConfig>(2, 1, 3),
-                Write::Set { key: Bytes::from("k"), value: Bytes::from_static(b"\0\xff") },
+                Write::set(Bytes::from("k"), Bytes::from_static(b"\0\xff")),
             ),
-            Entry::new_normal(log_id::<TypeConfig>(2, 1, 4), Write::Del { keys: vec![Bytes::from("k")] }),
+            Entry::new_normal(log_id::<TypeConfig>(2, 1, 4), Write::del(vec![Bytes::from("k")])),
         ];
         for entry in entries {
             let compact = encode_entry(&entry).unwrap();

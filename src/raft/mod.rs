@@ -24,15 +24,16 @@ pub mod state_machine;
 
 use crate::command::Write;
 use crate::config::NodeConfig;
-use crate::protocol::message::Reply;
+use crate::store::Applied;
 use openraft::Raft;
 
 openraft::declare_raft_types!(
     /// The types our Raft group is made of: log entries carry [`Write`]s, applying one yields the
-    /// [`Reply`] the client sees, and a node is known by one address that serves clients and peers.
+    /// [`Applied`] answer the client sees, and a node is known by one address that serves clients
+    /// and peers.
     pub TypeConfig:
         D = Write,
-        R = Reply,
+        R = Applied,
         NodeId = u64,
         Node = openraft::BasicNode,
 );

@@ -541,14 +541,11 @@ mod tests {
     }
 
     fn get(store: &Store, key: &str) -> Reply {
-        store.read(&Read::Get { key: Bytes::copy_from_slice(key.as_bytes()) }).unwrap()
+        store.read(&Read::get(Bytes::copy_from_slice(key.as_bytes()))).unwrap()
     }
 
     fn set(key: &str, value: &str) -> Write {
-        Write::Set {
-            key: Bytes::copy_from_slice(key.as_bytes()),
-            value: Bytes::copy_from_slice(value.as_bytes()),
-        }
+        Write::set(Bytes::copy_from_slice(key.as_bytes()), Bytes::copy_from_slice(value.as_bytes()))
     }
 
     /// Writes through `node`, retrying while a fresh leader's lease is not yet confirmed by a
@@ -652,7 +649,7 @@ mod tests {
 
         let leader = leader_among(&nodes, None).await;
         let written = write(&nodes[&leader].raft, set("k", "v1")).await;
-        assert_eq!(written.data, Reply::ok());
+        assert_eq!(written.data.reply, Reply::ok());
         let index = written.log_id.index;
         for node in nodes.values() {
             node.raft.wait(Some(DEADLINE)).applied_index_at_least(Some(index), "the write").await.unwrap();

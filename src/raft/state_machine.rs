@@ -34,7 +34,7 @@
 
 use super::{KvRaft, TypeConfig, io_error, written_bytes};
 use crate::protocol::message::Reply;
-use crate::store::{KV, Store, StoreError};
+use crate::store::{Applied, KV, Store, StoreError};
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
@@ -70,10 +70,12 @@ pub const FLUSH_EVERY_ENTRIES: u64 = 8192;
 /// ... or once their keys and values come to this many bytes, which bounds the memory they hold.
 pub const FLUSH_EVERY_BYTES: u64 = 16 * 1024 * 1024;
 
-/// What a snapshot carries.
+/// What a snapshot carries: the store's keys with their records (`crate::store::record`), and
+/// its revision.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SnapshotBody {
     members_ever: BTreeSet<u64>,
+    revision: u64,
     pairs: Vec<(ByteBuf, ByteBuf)>,
 }
 
@@ -178,9 +180,9 @@ impl Progress {
                 EntryPayload::Normal(write) => store.apply_write(&flushed, write)?,
                 EntryPayload::Membership(membership) => {
                     memberships.push(StoredMembership::new(Some(entry.log_id()), membership.clone()));
-                    Reply::ok()
+                    Applied { reply: Reply::ok(), revision: store.revision() }
                 }
-                EntryPayload::Blank => Reply::ok(),
+                EntryPayload::Blank => Applied { reply: Reply::ok(), revision: store.revision() },
             });
         }
         drop(flushed);
@@ -218,7 +220,7 @@ impl Progress {
 
 /// What applying a batch gave.
 struct AppliedBatch {
-    replies: Vec<Reply>,
+    replies: Vec<Applied>,
     snapshot_due: bool,
 }
 
@@ -300,14 +302,17 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, redb::Error
 /// megabytes more for every snapshot it builds).
 fn encode_body(
     members_ever: &BTreeSet<u64>,
+    revision: u64,
     kv: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
 ) -> Result<Vec<u8>, redb::Error> {
     let corrupted = |e: &dyn std::fmt::Display| redb::Error::Corrupted(e.to_string());
     let mut out = Vec::new();
     // The same bytes `rmp_serde::to_vec_named(&SnapshotBody { .. })` would write.
-    rmp::encode::write_map_len(&mut out, 2).map_err(|e| corrupted(&e))?;
+    rmp::encode::write_map_len(&mut out, 3).map_err(|e| corrupted(&e))?;
     rmp::encode::write_str(&mut out, "members_ever").map_err(|e| corrupted(&e))?;
     out.extend_from_slice(&encode(members_ever)?);
+    rmp::encode::write_str(&mut out, "revision").map_err(|e| corrupted(&e))?;
+    rmp::encode::write_uint(&mut out, revision).map_err(|e| corrupted(&e))?;
     rmp::encode::write_str(&mut out, "pairs").map_err(|e| corrupted(&e))?;
     let len = u32::try_from(kv.len()?).map_err(|e| corrupted(&e))?;
     rmp::encode::write_array_len(&mut out, len).map_err(|e| corrupted(&e))?;
@@ -399,12 +404,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let progress = self.progress.clone();
         self.blocking(move |store| {
             let mut progress = lock(&progress);
-            store.replace(|txn| {
-                let mut kv = txn.open_table(KV)?;
-                kv.retain(|_, _| false)?;
-                for (key, value) in &body.pairs {
-                    kv.insert(key.as_slice(), value.as_slice())?;
-                }
+            let records = body.pairs.iter().map(|(key, record)| (key.as_slice(), record.as_slice()));
+            store.replace(records, body.revision, |txn| {
                 let mut table = txn.open_table(RAFT_META)?;
                 table.insert(MEMBERS_EVER, encode(&body.members_ever)?.as_slice())?;
                 table.insert(APPLIED, encode(&state.0)?.as_slice())?;
@@ -438,18 +439,19 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 // Everything applied goes into the database, because the log will be purged up
                 // to the log id the snapshot reflects; no apply comes in between, so the view
                 // taken then shows exactly that.
-                let (txn, kv) = {
+                let (txn, kv, revision) = {
                     let mut progress = lock(&progress);
                     progress.flush(store, &[])?;
+                    let revision = store.revision();
                     let txn = store.begin_read()?;
                     let kv = txn.open_table(KV).map_err(StoreError::storage)?;
                     progress.snapshots.taken(kv.len().map_err(StoreError::storage)?);
-                    (txn, kv)
+                    (txn, kv, revision)
                 };
                 let meta = txn.open_table(RAFT_META).map_err(StoreError::storage)?;
                 let (applied, membership) = read_state(&meta)?;
                 let members_ever = read_members_ever(&meta)?;
-                let data = encode_body(&members_ever, &kv).map_err(StoreError::storage)?;
+                let data = encode_body(&members_ever, revision, &kv).map_err(StoreError::storage)?;
                 Ok((SnapshotMeta { last_log_id: applied, last_membership: membership }, data))
             })
             .await?;
@@ -476,7 +478,7 @@ mod tests {
     }
 
     fn get(sm: &StateMachine, key: &str) -> Reply {
-        sm.store.read(&Read::Get { key: Bytes::copy_from_slice(key.as_bytes()) }).unwrap()
+        sm.store.read(&Read::get(Bytes::copy_from_slice(key.as_bytes()))).unwrap()
     }
 
     #[test]
@@ -486,16 +488,29 @@ mod tests {
         let pairs = [("a", "1"), ("b", ""), ("c\0", "\u{ff}")];
         let flushed = store.flushed();
         for (k, v) in pairs {
-            let write = Write::Set { key: Bytes::from(k), value: Bytes::from(v) };
+            let write = Write::set(Bytes::from(k), Bytes::from(v));
             store.apply_write(&flushed, &write).unwrap();
         }
         store.flush(|_| Ok(())).unwrap();
         let members_ever = BTreeSet::from([1, 2, 5]);
         let txn = store.begin_read().unwrap();
-        let streamed = encode_body(&members_ever, &txn.open_table(KV).unwrap()).unwrap();
-        let pairs =
-            pairs.iter().map(|(k, v)| (ByteBuf::from(k.as_bytes()), ByteBuf::from(v.as_bytes()))).collect();
-        assert_eq!(streamed, encode(&SnapshotBody { members_ever, pairs }).unwrap());
+        let streamed = encode_body(&members_ever, 3, &txn.open_table(KV).unwrap()).unwrap();
+        // Each key as its record: the revision that wrote it, version 1.
+        let pairs = (1..)
+            .zip(pairs)
+            .map(|(revision, (k, v))| {
+                let meta = crate::store::record::Meta {
+                    create_revision: revision,
+                    mod_revision: revision,
+                    version: 1,
+                };
+                (
+                    ByteBuf::from(k.as_bytes()),
+                    ByteBuf::from(crate::store::record::encode(meta, v.as_bytes()).to_vec()),
+                )
+            })
+            .collect();
+        assert_eq!(streamed, encode(&SnapshotBody { members_ever, revision: 3, pairs }).unwrap());
     }
 
     #[test]
@@ -520,9 +535,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = StateMachine::open(Arc::new(Store::open(dir.path()).unwrap()), 3).unwrap();
         let due = sm.snapshot_due();
-        let set = |index: u64| {
-            normal(index, Write::Set { key: Bytes::from(format!("k{index}")), value: Bytes::new() })
-        };
+        let set = |index: u64| normal(index, Write::set(format!("k{index}"), Bytes::new()));
         // `notify_one` leaves a permit when no one waits, so a due snapshot is seen at once.
         sm.apply(futures::stream::iter([Ok(set(1)), Ok(set(2))])).await.unwrap();
         assert!(due.notified().now_or_never().is_none(), "not due after 2 of 3 entries");
@@ -544,7 +557,7 @@ mod tests {
         let value = Bytes::from(vec![b'v'; FLUSH_EVERY_BYTES as usize / 4]);
         let mut unflushed = Vec::new();
         for index in 1..=5 {
-            let write = Write::Set { key: Bytes::from(format!("k{index}")), value: value.clone() };
+            let write = Write::set(format!("k{index}"), value.clone());
             sm.apply(futures::stream::iter([Ok(normal(index, write))])).await.unwrap();
             unflushed.push(lock(&sm.progress).unflushed);
         }
@@ -568,7 +581,7 @@ mod tests {
             let _ = release_rx.recv_timeout(std::time::Duration::from_secs(5));
         });
         held.recv().unwrap();
-        let write = Write::Set { key: Bytes::from("k"), value: Bytes::from("v") };
+        let write = Write::set(Bytes::from("k"), Bytes::from("v"));
         let mut applying =
             tokio::spawn(async move { sm.apply(futures::stream::iter([Ok(normal(1, write))])).await });
         // This runtime has one thread: the timer fires only if the apply left it free.
@@ -583,14 +596,11 @@ mod tests {
     async fn a_snapshot_carries_the_data_and_its_position_to_another_node() {
         let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut a = open(a_dir.path());
-        let set = |k: &str, v: &str| Write::Set {
-            key: Bytes::from(k.to_string()),
-            value: Bytes::from(v.to_string()),
-        };
+        let set = |k: &str, v: &str| Write::set(k.to_string(), v.to_string());
         let entries = vec![
             normal(1, set("kept", "1")),
             normal(2, set("gone", "2")),
-            normal(3, Write::Del { keys: vec![Bytes::from("gone")] }),
+            normal(3, Write::del(vec![Bytes::from("gone")])),
             normal(4, set("bin", "\0\u{ff}")),
         ];
         a.apply(futures::stream::iter(entries.into_iter().map(Ok))).await.unwrap();

@@ -42,6 +42,8 @@ pub enum Leader {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Written {
     pub reply: Reply,
+    /// The store's revision after it.
+    pub revision: u64,
     pub replication: Option<Replication>,
 }
 
@@ -94,8 +96,9 @@ pub trait Cluster: Sync {
     /// Waits until this node has applied through `index`; false if `deadline` came first.
     fn applied_through(&self, index: u64, deadline: Instant) -> impl Future<Output = bool> + Send;
 
-    /// Answers reads from this node's own state.
-    fn read(&self, reads: &[&Read]) -> Vec<Reply>;
+    /// Answers reads from this node's own state, and gives the revision they read at (none if
+    /// the state could not be read).
+    fn read(&self, reads: &[&Read]) -> (Vec<Reply>, Option<u64>);
 
     /// The users and roles in this node's own state; none if they cannot be read (which
     /// grants nothing).
@@ -216,10 +219,10 @@ impl Cluster for Node {
         })
     }
 
-    fn read(&self, reads: &[&Read]) -> Vec<Reply> {
+    fn read(&self, reads: &[&Read]) -> (Vec<Reply>, Option<u64>) {
         match self.store.read_many(reads.iter().copied()) {
-            Ok(replies) => replies,
-            Err(e) => reads.iter().map(|_| storage_error(&e)).collect(),
+            Ok((replies, revision)) => (replies, Some(revision)),
+            Err(e) => (reads.iter().map(|_| storage_error(&e)).collect(), None),
         }
     }
 
@@ -300,7 +303,12 @@ async fn submit<'n>(
             settled.push(match tokio::time::timeout_at(deadline, outcomes.next()).await {
                 Ok(Some(Ok(Ok(written)))) => {
                     indexes.push(written.log_id.index);
-                    Outcome::Done(Written { reply: written.response, replication: None })
+                    let applied = written.response;
+                    Outcome::Done(Written {
+                        reply: applied.reply,
+                        revision: applied.revision,
+                        replication: None,
+                    })
                 }
                 // Rejected before it was appended: another node leads, or the lease lapsed.
                 Ok(Some(Ok(Err(ClientWriteError::ForwardToLeader(_))))) => {

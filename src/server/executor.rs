@@ -113,6 +113,13 @@ impl Item {
     pub fn answer_bound(&self, limits: &Limits) -> usize {
         match &self.command {
             Ok(Command::Read(Read::Get { .. })) => limits.max_value_bytes + SMALL_ANSWER_BYTES,
+            // Their keys and values stop at a budget, past which one value may run.
+            Ok(Command::Read(Read::MGet { .. } | Read::Scan(_)) | Command::Write(Write::Txn(_))) => {
+                crate::store::ANSWER_BYTES
+                    + limits.max_key_bytes
+                    + limits.max_value_bytes
+                    + TABLE_ANSWER_BYTES
+            }
             Ok(Command::Cluster) => TABLE_ANSWER_BYTES,
             Ok(Command::Read(Read::Users | Read::Roles)) => ACCOUNTS_ANSWER_BYTES,
             _ => SMALL_ANSWER_BYTES,
@@ -189,7 +196,12 @@ impl<'n, C: Cluster> Executor<'n, C> {
             Err(reply) => reply.clone(),
             Ok(Command::Ping { message }) => pong(message.as_deref()),
             Ok(Command::Cluster) => self.cluster.cluster_table().await,
-            Ok(Command::Read(read)) => self.cluster.read(&[read]).remove(0),
+            Ok(Command::Read(read)) => {
+                let (mut replies, revision) = self.cluster.read(&[read]);
+                let mut response = item.answer(replies.remove(0));
+                response.revision = revision.filter(|_| read.is_of_keys());
+                return response;
+            }
             Ok(Command::Write(_) | Command::Admin(_) | Command::Password(_)) => {
                 unreachable!("changes always go through the leader")
             }
@@ -322,11 +334,13 @@ impl<'n, C: Cluster> Executor<'n, C> {
         };
         self.batch_read_index = Some((confirmed_by, index));
         let reads: Vec<&Read> = run.iter().filter_map(|i| i.read()).collect();
+        let (replies, revision) = self.cluster.read(&reads);
         run.iter()
-            .zip(self.cluster.read(&reads))
+            .zip(replies)
             .map(|(item, reply)| {
                 let mut response = item.answer(reply);
                 response.leader = Some(confirmed_by);
+                response.revision = revision.filter(|_| item.read().is_some_and(Read::is_of_keys));
                 Outcome::Done(response)
             })
             .collect()
@@ -364,10 +378,11 @@ pub(super) fn written_answers(
         .zip(outcomes)
         .enumerate()
         .map(|(n, (item, outcome))| match outcome {
-            Outcome::Done(Written { reply, replication }) => {
+            Outcome::Done(Written { reply, revision, replication }) => {
                 let mut response = item.answer(reply);
                 response.leader = Some(me);
                 response.replication = replication;
+                response.revision = Some(revision);
                 Outcome::Done(response)
             }
             Outcome::NotApplied(_) if last_done.is_some_and(|last| n < last) => {

@@ -21,21 +21,52 @@
 //! database, taken after each commit, rather than opening its own read transaction: opening one
 //! per read showed in a leader's profile under a read load (docs/BENCHMARKS.md).
 //!
+//! Every key carries its metadata ([`record`]): the revision that created it, the one that last
+//! changed it, and how many writes did. The store's revision counts the writes that changed
+//! any key (the system's records, users and roles, do not count). Each such write is also kept
+//! in a change log, by revision, for the last [`HISTORY_REVISIONS`] revisions: what a watch
+//! resuming from a recent revision will read. Older entries are dropped at each flush, and a
+//! node that installs a snapshot starts its log afresh at the snapshot's revision.
+//!
 //! Not here: replication, and anything about connections or the wire.
+
+mod apply;
+mod range;
+
+pub use apply::ANSWER_BYTES;
+pub mod record;
+#[cfg(test)]
+mod scripts;
 
 use crate::auth::Accounts;
 use crate::command::{Read, Write};
 use crate::protocol::message::Reply;
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde_bytes::ByteBuf;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-/// The user's keys and values.
+/// Every key with its record ([`record`]): the user's, and the system's (under
+/// [`crate::auth::SYSTEM_PREFIX`]).
 pub(crate) const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+
+/// The change log: by revision, the keys that write changed with their new records (or none for
+/// a deletion), MessagePack-encoded.
+const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+
+/// The store's own numbers: its revision and its format.
+const STORE_META: TableDefinition<&str, u64> = TableDefinition::new("store_meta");
+const REVISION: &str = "revision";
+const FORMAT: &str = "format";
+/// The layout of [`KV`]'s records. A store holding keys without it was written before keys had
+/// metadata, and is refused rather than misread.
+const FORMAT_VERSION: u64 = 2;
+
+/// How many revisions of changes the change log keeps.
+pub const HISTORY_REVISIONS: u64 = 10_000;
 
 /// redb's page cache for this file. Its default (1 GiB) would let a node grow to hold the whole
 /// file; pages beyond this are read back from the operating system's file cache, which is fast
@@ -53,6 +84,11 @@ pub enum StoreError {
     Open { path: PathBuf, source: redb::DatabaseError },
     #[error("storage error: {0}")]
     Storage(#[from] redb::Error),
+    #[error(
+        "{path} holds keys in an older layout (without revisions) that this version does not read; \
+         move it away and let the node catch up from the cluster"
+    )]
+    OldFormat { path: PathBuf },
 }
 
 impl StoreError {
@@ -61,8 +97,15 @@ impl StoreError {
     }
 }
 
-/// StoreState writes not yet in the database, by key: the value, or `None` for a deleted key.
+/// Applied writes not yet in the database, by key: the record, or `None` for a deleted key.
 type Unflushed = BTreeMap<Bytes, Option<Bytes>>;
+
+/// A write's answer and the store's revision after it (unchanged if it changed no key).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Applied {
+    pub reply: Reply,
+    pub revision: u64,
+}
 
 /// A consistent view of the database's key-value table.
 pub(crate) type FlushedTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
@@ -83,8 +126,12 @@ pub struct Store {
 
 /// The applied state: the database as last flushed into, and the writes applied since.
 struct StoreState {
-    /// StoreState writes that `flush` has not moved into the database yet.
+    /// Applied writes that `flush` has not moved into the database yet.
     unflushed: Unflushed,
+    /// Their change log entries, by revision.
+    unflushed_changes: Vec<(u64, Vec<apply::Change>)>,
+    /// The revision of the last write that changed a key.
+    revision: u64,
     /// A view of the key-value table as of the last commit, shared by every reader.
     flushed: Arc<FlushedTable>,
 }
@@ -98,15 +145,26 @@ impl Store {
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(&path)
-            .map_err(|source| StoreError::Open { path, source })?;
-        // Create the table up front so that read transactions never see it missing.
+            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        // Create the tables up front so that read transactions never see them missing.
         let txn = db.begin_write().map_err(StoreError::storage)?;
-        txn.open_table(KV).map_err(StoreError::storage)?;
+        let kv = txn.open_table(KV).map_err(StoreError::storage)?;
+        let mut meta = txn.open_table(STORE_META).map_err(StoreError::storage)?;
+        let format = meta.get(FORMAT).map_err(StoreError::storage)?.map(|v| v.value());
+        if format.is_none() && !kv.is_empty().map_err(StoreError::storage)? {
+            return Err(StoreError::OldFormat { path });
+        }
+        meta.insert(FORMAT, FORMAT_VERSION).map_err(StoreError::storage)?;
+        let revision = meta.get(REVISION).map_err(StoreError::storage)?.map_or(0, |v| v.value());
+        drop((kv, meta));
+        txn.open_table(CHANGES).map_err(StoreError::storage)?;
         txn.commit().map_err(StoreError::storage)?;
         let flushed = view(&db)?;
+        let state =
+            StoreState { unflushed: Unflushed::new(), unflushed_changes: Vec::new(), revision, flushed };
         Ok(Store {
             db,
-            applied: RwLock::new(StoreState { unflushed: Unflushed::new(), flushed }),
+            applied: RwLock::new(state),
             accounts_version: AtomicU64::new(0),
             accounts: Mutex::new(None),
         })
@@ -120,18 +178,28 @@ impl Store {
         self.applied.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Answers a read from the latest flushed state.
+    /// Answers a read from the latest applied state.
     pub fn read(&self, read: &Read) -> Result<Reply, StoreError> {
-        Ok(self.read_many([read])?.remove(0))
+        Ok(self.read_many([read])?.0.remove(0))
     }
 
-    /// Answers reads from one consistent view of the latest applied state.
-    pub fn read_many<'a>(&self, reads: impl IntoIterator<Item = &'a Read>) -> Result<Vec<Reply>, StoreError> {
+    /// Answers reads from one consistent view of the latest applied state, and gives the
+    /// revision they read at.
+    pub fn read_many<'a>(
+        &self,
+        reads: impl IntoIterator<Item = &'a Read>,
+    ) -> Result<(Vec<Reply>, u64), StoreError> {
         let applied = self.applied();
-        reads
+        let replies = reads
             .into_iter()
             .map(|read| apply_read(&applied.unflushed, &applied.flushed, read).map_err(StoreError::storage))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((replies, applied.revision))
+    }
+
+    /// The revision of the last write that changed a key.
+    pub fn revision(&self) -> u64 {
+        self.applied().revision
     }
 
     /// The users and roles as applied.
@@ -175,30 +243,24 @@ impl Store {
     /// Applies one write and returns its answer. Deterministic: both depend only on the write and
     /// the state before it. `flushed` is a view taken after the last flush; only the state
     /// machine calls this and `flush`, one call at a time.
-    pub(crate) fn apply_write(&self, flushed: &FlushedTable, write: &Write) -> Result<Reply, StoreError> {
-        let unflushed = &mut self.applied_mut().unflushed;
-        Ok(match write {
-            Write::Set { key, value } => {
-                unflushed.insert(key.clone(), Some(value.clone()));
-                Reply::ok()
-            }
-            Write::Del { keys } => {
-                let mut removed = 0;
-                for key in keys {
-                    if exists(unflushed, flushed, key).map_err(StoreError::storage)? {
-                        unflushed.insert(key.clone(), None);
-                        removed += 1;
-                    }
-                }
-                Reply::Integer { value: removed }
-            }
-            Write::System(change) => {
-                self.accounts_version.fetch_add(1, Ordering::Release);
-                let mut records = SystemRecords::new(unflushed, flushed);
-                let reply = crate::auth::apply(&mut records, change);
-                records.checked(reply)?
-            }
-        })
+    pub(crate) fn apply_write(&self, flushed: &FlushedTable, write: &Write) -> Result<Applied, StoreError> {
+        let mut applied = self.applied_mut();
+        let state = &mut *applied;
+        if let Write::System(change) = write {
+            self.accounts_version.fetch_add(1, Ordering::Release);
+            let mut records = SystemRecords::new(&mut state.unflushed, flushed);
+            let reply = crate::auth::apply(&mut records, change);
+            return Ok(Applied { reply: records.checked(reply)?, revision: state.revision });
+        }
+        let mut staged = apply::Staged::new(&state.unflushed, flushed, state.revision);
+        let reply = staged.apply(write).map_err(StoreError::storage)?;
+        let (overlay, changes) = staged.finish();
+        if !changes.is_empty() {
+            state.revision += 1;
+            state.unflushed.extend(overlay);
+            state.unflushed_changes.push((state.revision, changes));
+        }
+        Ok(Applied { reply, revision: state.revision })
     }
 
     /// How many keys have unflushed writes.
@@ -216,6 +278,7 @@ impl Store {
         // Readers share the read lock meanwhile. Only the state machine takes the write lock,
         // and it is the caller, so nothing waits on it and nothing came in meanwhile.
         let applied = self.applied();
+        let revision = applied.revision;
         self.transact(|txn| {
             let mut table = txn.open_table(KV)?;
             for (key, value) in applied.unflushed.iter() {
@@ -225,34 +288,86 @@ impl Store {
                 };
             }
             drop(table);
+            let mut changes = txn.open_table(CHANGES)?;
+            for (at, change) in &applied.unflushed_changes {
+                changes.insert(*at, encode_changes(change)?.as_slice())?;
+            }
+            let oldest_kept = revision.saturating_sub(HISTORY_REVISIONS) + 1;
+            changes.retain_in(..oldest_kept, |_, _| false)?;
+            drop(changes);
+            txn.open_table(STORE_META)?.insert(REVISION, revision)?;
             also(txn)
         })?;
         drop(applied);
         // Taken before the write lock: it holds what `unflushed` holds, so readers in between
         // see the same either way.
         let flushed = view(&self.db)?;
-        *self.applied_mut() = StoreState { unflushed: Unflushed::new(), flushed };
+        let mut applied = self.applied_mut();
+        applied.unflushed.clear();
+        applied.unflushed_changes.clear();
+        applied.flushed = flushed;
         Ok(())
     }
 
-    /// Replaces the whole state: drops the unflushed writes and runs `f`, which rewrites the
-    /// tables, in one durable transaction. Readers see the state before it until it is
-    /// committed, then the new one. They do not wait for it: writing a big snapshot takes
-    /// seconds, and a read blocked on the lock meanwhile would hold an async thread (on a node
-    /// with one worker thread, everything else).
-    pub(crate) fn replace(
+    /// Replaces the whole state with `records` (key and record pairs, as [`KV`] holds them) at
+    /// `revision`: drops the unflushed writes and the change log, and runs `also` beside, in one
+    /// durable transaction. Readers see the state before it until it is committed, then the new
+    /// one. They do not wait for it: writing a big snapshot takes seconds, and a read blocked on
+    /// the lock meanwhile would hold an async thread (on a node with one worker thread,
+    /// everything else).
+    pub(crate) fn replace<'r>(
         &self,
-        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+        records: impl IntoIterator<Item = (&'r [u8], &'r [u8])>,
+        revision: u64,
+        also: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
         // Only the state machine writes, and it is the caller: nothing is applied meanwhile.
-        self.transact(f)?;
+        self.transact(|txn| {
+            let mut kv = txn.open_table(KV)?;
+            kv.retain(|_, _| false)?;
+            for (key, record) in records {
+                record::decode(record).map_err(redb::StorageError::from)?;
+                kv.insert(key, record)?;
+            }
+            drop(kv);
+            txn.open_table(CHANGES)?.retain(|_, _| false)?;
+            txn.open_table(STORE_META)?.insert(REVISION, revision)?;
+            also(txn)
+        })?;
         let flushed = view(&self.db);
         let mut applied = self.applied_mut();
         // The new state supersedes the unflushed writes even if no view of it can be taken.
         applied.unflushed.clear();
+        applied.unflushed_changes.clear();
+        applied.revision = revision;
         applied.flushed = flushed?;
         self.accounts_version.fetch_add(1, Ordering::Release);
         Ok(())
+    }
+
+    /// The change log's entries from revision `from` on, oldest first: each revision with the
+    /// keys it changed and their new records (`None` for a deletion).
+    pub fn changes_since(&self, from: u64) -> Result<Vec<(u64, Vec<apply::Change>)>, StoreError> {
+        // Held so that no flush clears the unflushed entries between the two reads; one that has
+        // committed but not cleared them yet shows them twice, once in each.
+        let applied = self.applied();
+        let txn = self.begin_read()?;
+        let table = txn.open_table(CHANGES).map_err(StoreError::storage)?;
+        let mut out = Vec::new();
+        for item in table.range(from..).map_err(StoreError::storage)? {
+            let (at, change) = item.map_err(StoreError::storage)?;
+            let change: Vec<(ByteBuf, Option<ByteBuf>)> = rmp_serde::from_slice(change.value())
+                .map_err(|e| StoreError::storage(redb::StorageError::Corrupted(e.to_string())))?;
+            let change = change
+                .into_iter()
+                .map(|(k, v)| (Bytes::from(k.into_vec()), v.map(|v| Bytes::from(v.into_vec()))))
+                .collect();
+            out.push((at.value(), change));
+        }
+        let flushed_to = out.last().map_or(0, |(at, _)| *at);
+        let unflushed = applied.unflushed_changes.iter().filter(|(at, _)| *at >= from && *at > flushed_to);
+        out.extend(unflushed.cloned());
+        Ok(out)
     }
 
     /// Runs `f` in one write transaction and commits it durably (fsynced before this returns) if
@@ -277,6 +392,15 @@ impl Store {
 fn view(db: &Database) -> Result<Arc<FlushedTable>, StoreError> {
     let txn = db.begin_read().map_err(StoreError::storage)?;
     Ok(Arc::new(txn.open_table(KV).map_err(StoreError::storage)?))
+}
+
+/// A change log entry as the database holds it.
+fn encode_changes(changes: &[apply::Change]) -> Result<Vec<u8>, redb::Error> {
+    let borrowed: Vec<(&serde_bytes::Bytes, Option<&serde_bytes::Bytes>)> = changes
+        .iter()
+        .map(|(k, v)| (serde_bytes::Bytes::new(k), v.as_deref().map(serde_bytes::Bytes::new)))
+        .collect();
+    rmp_serde::to_vec(&borrowed).map_err(|e| redb::Error::Corrupted(e.to_string()))
 }
 
 /// The answer to `PING [message]`.
@@ -313,11 +437,18 @@ impl<'a, U: std::ops::Deref<Target = Unflushed>> SystemRecords<'a, U> {
 
 impl<U: std::ops::Deref<Target = Unflushed>> crate::auth::Records for SystemRecords<'_, U> {
     fn get(&self, key: &[u8]) -> Option<Bytes> {
-        if let Some(value) = self.unflushed.get(key) {
-            return value.clone();
+        let value = |record: &[u8]| match record::decode(record) {
+            Ok((_, value)) => Some(Bytes::copy_from_slice(value)),
+            Err(e) => {
+                self.failed.set(Some(e.into()));
+                None
+            }
+        };
+        if let Some(record) = self.unflushed.get(key) {
+            return record.as_deref().and_then(value);
         }
         match self.flushed.get(key) {
-            Ok(value) => value.map(|v| Bytes::copy_from_slice(v.value())),
+            Ok(record) => record.and_then(|r| value(r.value())),
             Err(e) => {
                 self.failed.set(Some(e));
                 None
@@ -330,17 +461,35 @@ impl crate::auth::RecordsMut for SystemRecords<'_, &mut Unflushed> {
     fn put(&mut self, key: &[u8], value: Bytes) {
         let failed = self.failed.take();
         if failed.is_none() {
-            self.unflushed.insert(Bytes::copy_from_slice(key), Some(value));
+            // The system's records carry no revisions: they are not keys a client sees.
+            self.unflushed
+                .insert(Bytes::copy_from_slice(key), Some(record::encode(record::Meta::default(), &value)));
         }
         self.failed.set(failed);
     }
 }
 
-/// Whether `key` exists in the applied state.
-fn exists(unflushed: &Unflushed, flushed: &FlushedTable, key: &Bytes) -> Result<bool, redb::StorageError> {
+/// Runs `f` on `key`'s record in the applied state, if it exists.
+fn with_record<T>(
+    unflushed: &Unflushed,
+    flushed: &FlushedTable,
+    key: &[u8],
+    f: impl FnOnce(&[u8]) -> T,
+) -> Result<Option<T>, redb::StorageError> {
     Ok(match unflushed.get(key) {
-        Some(value) => value.is_some(),
-        None => flushed.get(key.as_ref())?.is_some(),
+        Some(record) => record.as_deref().map(f),
+        None => flushed.get(key)?.map(|record| f(record.value())),
+    })
+}
+
+/// The value of a key as an answer: `Bulk`, or `Nil` for a missing key.
+fn value_of(unflushed: &Unflushed, flushed: &FlushedTable, key: &[u8]) -> Result<Reply, redb::StorageError> {
+    let value = with_record(unflushed, flushed, key, |record| {
+        record::decode(record).map(|(_, value)| ByteBuf::from(value))
+    })?;
+    Ok(match value.transpose()? {
+        Some(value) => Reply::Bulk { value },
+        None => Reply::Nil,
     })
 }
 
@@ -350,22 +499,35 @@ fn apply_read(
     read: &Read,
 ) -> Result<Reply, redb::StorageError> {
     Ok(match read {
-        Read::Get { key } => match unflushed.get(key) {
-            Some(Some(value)) => Reply::Bulk { value: ByteBuf::from(value.as_ref()) },
-            Some(None) => Reply::Nil,
-            None => match flushed.get(key.as_ref())? {
-                Some(value) => Reply::Bulk { value: ByteBuf::from(value.value()) },
+        Read::Get { key, with_meta: false } => value_of(unflushed, flushed, key)?,
+        Read::Get { key, with_meta: true } => {
+            match with_record(unflushed, flushed, key, |r| record::key_value(key, r, true))?.transpose()? {
+                Some(entry) => Reply::Entries { entries: vec![entry], more: false, next: None },
                 None => Reply::Nil,
-            },
-        },
+            }
+        }
+        Read::MGet { keys } => {
+            let mut budget = apply::ANSWER_BYTES;
+            let mut items = Vec::with_capacity(keys.len());
+            for key in keys {
+                let item = match value_of(unflushed, flushed, key)? {
+                    Reply::Bulk { value } if value.len() > budget => apply::over_budget(),
+                    item => item,
+                };
+                budget -= apply::answer_bytes(&item);
+                items.push(item);
+            }
+            Reply::Array { items }
+        }
         Read::Exists { keys } => {
             let mut found = 0;
             for key in keys {
-                if exists(unflushed, flushed, key)? {
-                    found += 1;
-                }
+                found += i64::from(with_record(unflushed, flushed, key, |_| ())?.is_some());
             }
             Reply::Integer { value: found }
+        }
+        Read::Scan(scan) => {
+            range::page(range::layers(&[unflushed], flushed, scan)?, scan, apply::ANSWER_BYTES)?
         }
         Read::Users | Read::Roles => {
             let records = SystemRecords::new(unflushed, flushed);
@@ -390,20 +552,20 @@ mod tests {
         Bytes::copy_from_slice(s.as_bytes())
     }
     fn set(k: &str, v: &str) -> Write {
-        Write::Set { key: b(k), value: b(v) }
+        Write::set(b(k), b(v))
     }
     fn del(ks: &[&str]) -> Write {
-        Write::Del { keys: ks.iter().map(|k| b(k)).collect() }
+        Write::del(ks.iter().map(|k| b(k)).collect())
     }
     fn apply(store: &Store, writes: &[Write]) -> Vec<Reply> {
         let flushed = store.flushed();
-        writes.iter().map(|w| store.apply_write(&flushed, w).unwrap()).collect()
+        writes.iter().map(|w| store.apply_write(&flushed, w).unwrap().reply).collect()
     }
     fn flush(store: &Store) {
         store.flush(|_| Ok(())).unwrap();
     }
     fn get(store: &Store, key: &str) -> Reply {
-        store.read(&Read::Get { key: b(key) }).unwrap()
+        store.read(&Read::get(b(key))).unwrap()
     }
     fn bulk(v: &[u8]) -> Reply {
         Reply::Bulk { value: ByteBuf::from(v) }
@@ -418,8 +580,8 @@ mod tests {
             replies,
             vec![Reply::ok(), Reply::ok(), Reply::Integer { value: 1 }, Reply::Integer { value: 0 }]
         );
-        let reads = [Read::Get { key: b("a") }, Read::Get { key: b("b") }];
-        assert_eq!(store.read_many(&reads).unwrap(), vec![Reply::Nil, bulk(b"2")]);
+        let reads = [Read::get(b("a")), Read::get(b("b"))];
+        assert_eq!(store.read_many(&reads).unwrap(), (vec![Reply::Nil, bulk(b"2")], 3));
     }
 
     #[test]
@@ -477,9 +639,9 @@ mod tests {
             apply(&store, &[set("unflushed", "1")]);
         }
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.read(&Read::Get { key: b("k") }).unwrap(), bulk(b"v"));
-        assert_eq!(store.read(&Read::Get { key: b("bin") }).unwrap(), bulk(b"\0\x01"));
-        assert_eq!(store.read(&Read::Get { key: b("gone") }).unwrap(), Reply::Nil);
+        assert_eq!(store.read(&Read::get(b("k"))).unwrap(), bulk(b"v"));
+        assert_eq!(store.read(&Read::get(b("bin"))).unwrap(), bulk(b"\0\x01"));
+        assert_eq!(store.read(&Read::get(b("gone"))).unwrap(), Reply::Nil);
         let exists = Read::Exists { keys: vec![b("k"), b("k"), b("gone")] };
         assert_eq!(store.read(&exists).unwrap(), Reply::Integer { value: 2 });
         assert_eq!(get(&store, "unflushed"), Reply::Nil);
@@ -501,11 +663,8 @@ mod tests {
         let replacer = {
             let store = store.clone();
             std::thread::spawn(move || {
-                store.replace(|txn| {
-                    let mut kv = txn.open_table(KV)?;
-                    kv.retain(|_, _| false)?;
-                    kv.insert(b"flushed".as_slice(), b"2".as_slice())?;
-                    drop(kv);
+                let record = record::encode(record::Meta::default(), b"2");
+                store.replace([(b"flushed".as_slice(), record.as_ref())], 9, |_| {
                     writing.send(()).unwrap();
                     // A read that waited for this transaction would never let it finish.
                     wait_read
@@ -519,6 +678,59 @@ mod tests {
         read.send(()).unwrap();
         replacer.join().unwrap().unwrap();
         assert_eq!((get(&store, "flushed"), get(&store, "unflushed")), (bulk(b"2"), Reply::Nil));
+    }
+
+    #[test]
+    fn multi_key_answers_stop_at_their_byte_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let big = "v".repeat(apply::ANSWER_BYTES * 2 / 5);
+        apply(&store, &[set("a", &big), set("b", &big), set("c", &big), set("d", "small")]);
+        let keys = ["a", "b", "c", "d"].map(b).to_vec();
+        let Reply::Array { items } = store.read(&Read::MGet { keys }).unwrap() else { panic!("an array") };
+        assert!(matches!(&items[..2], [Reply::Bulk { .. }, Reply::Bulk { .. }]));
+        assert!(matches!(
+            &items[2],
+            Reply::Error { code: crate::protocol::message::ErrorCode::TooLarge, .. }
+        ));
+        assert_eq!(items[3], bulk(b"small"), "what still fits is answered");
+        let scan = crate::command::scan::parse(&[b("a")], 64).unwrap();
+        let Reply::Entries { entries, more, next } = store.read(&Read::Scan(scan)).unwrap() else { panic!() };
+        assert_eq!((entries.len(), more, next.map(|n| n.into_vec())), (2, true, Some(b"b\0".to_vec())));
+    }
+
+    #[test]
+    fn a_store_written_before_keys_had_metadata_is_refused_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = redb::Database::create(dir.path().join(STATE_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(KV).unwrap().insert(b"k".as_slice(), b"v".as_slice()).unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Store::open(dir.path()).err().expect("an old layout is refused");
+        assert!(err.to_string().contains("older layout"), "{err}");
+    }
+
+    #[test]
+    fn a_short_record_on_disk_is_a_storage_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .transact(|txn| {
+                txn.open_table(KV)?.insert(b"k".as_slice(), b"short".as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+        let store = {
+            drop(store);
+            Store::open(dir.path()).unwrap()
+        };
+        assert!(store.read(&Read::get(b("k"))).is_err());
+        let flushed = store.flushed();
+        assert!(store.apply_write(&flushed, &Write::Incr { key: b("k"), by: 1 }).is_err());
+        let scan = crate::command::scan::parse(&[b("")], 64).unwrap();
+        assert!(store.read(&Read::Scan(scan)).is_err());
     }
 
     #[test]

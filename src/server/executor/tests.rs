@@ -26,9 +26,8 @@ use crate::protocol::message::{Cell, Replication};
 use crate::server::acks::AckWait;
 use crate::server::cluster::{Proposed, Written};
 use crate::server::forward::Ahead;
-use bytes::Bytes;
 use serde_bytes::ByteBuf;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::error::Error;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -57,6 +56,9 @@ struct FakeCluster {
     id: u64,
     timeout: Duration,
     state: Mutex<FakeState>,
+    /// The replicated data, as the leader applied it: a real store, so that answers are real.
+    store: crate::store::Store,
+    _dir: tempfile::TempDir,
 }
 
 #[derive(Default)]
@@ -66,8 +68,6 @@ struct FakeState {
     steps: HashMap<String, VecDeque<Step>>,
     /// The calls made, in order, for the output.
     trace: Vec<String>,
-    /// The replicated data, as the leader applied it.
-    data: BTreeMap<Bytes, Bytes>,
     /// The last log index used.
     index: u64,
 }
@@ -105,22 +105,10 @@ impl FakeCluster {
     }
 
     /// Applies a write as the leader would.
-    fn apply(&self, write: &Write) -> (Reply, u64) {
+    fn apply(&self, write: &Write) -> (crate::store::Applied, u64) {
         let mut state = self.lock();
         state.index += 1;
-        let reply = match write {
-            Write::Set { key, value } => {
-                state.data.insert(key.clone(), value.clone());
-                Reply::ok()
-            }
-            Write::Del { keys } => {
-                let removed = keys.iter().filter(|k| state.data.remove(*k).is_some()).count();
-                Reply::Integer { value: removed as i64 }
-            }
-            // The scripts manage no accounts.
-            Write::System(_) => Reply::ok(),
-        };
-        (reply, state.index)
+        (self.store.apply_write(&self.store.flushed(), write).unwrap(), state.index)
     }
 }
 
@@ -190,9 +178,10 @@ impl Cluster for FakeCluster {
             .enumerate()
             .map(|(n, write)| match FakeCluster::outcome(&step, n).as_str() {
                 "ok" => {
-                    let (reply, index) = self.apply(write);
+                    let (applied, index) = self.apply(write);
                     let replication = Replication { term: 1, index, peers: Vec::new() };
-                    Outcome::Done(Written { reply, replication: Some(replication) })
+                    let (reply, revision) = (applied.reply, applied.revision);
+                    Outcome::Done(Written { reply, revision, replication: Some(replication) })
                 }
                 word => failed(word),
             })
@@ -236,21 +225,9 @@ impl Cluster for FakeCluster {
         std::sync::Arc::default()
     }
 
-    fn read(&self, reads: &[&Read]) -> Vec<Reply> {
-        let state = self.lock();
-        reads
-            .iter()
-            .map(|read| match read {
-                Read::Get { key } => match state.data.get(key) {
-                    Some(value) => Reply::Bulk { value: ByteBuf::from(value.to_vec()) },
-                    None => Reply::Nil,
-                },
-                Read::Exists { keys } => Reply::Integer {
-                    value: keys.iter().filter(|k| state.data.contains_key(*k)).count() as i64,
-                },
-                Read::Users | Read::Roles => Reply::Nil,
-            })
-            .collect()
+    fn read(&self, reads: &[&Read]) -> (Vec<Reply>, Option<u64>) {
+        let (replies, revision) = self.store.read_many(reads.iter().copied()).unwrap();
+        (replies, Some(revision))
     }
 
     async fn forward(
@@ -270,7 +247,7 @@ impl Cluster for FakeCluster {
                 "ok" => {
                     let item = Item::parse((*request).clone(), &limits);
                     let reply = match item.write() {
-                        Some(write) => self.apply(write).0,
+                        Some(write) => self.apply(write).0.reply,
                         None => Reply::Status { value: "changed at the leader".to_string() },
                     };
                     let mut response = item.answer(reply);
@@ -335,6 +312,15 @@ fn show_reply(reply: &Reply) -> String {
         Reply::Bulk { value } => format!("{:?}", String::from_utf8_lossy(value)),
         Reply::Error { code, message } => format!("{code} {message}"),
         Reply::Table { rows, .. } => format!("(table of {} rows)", rows.len()),
+        Reply::Array { items } => {
+            format!("[{}]", items.iter().map(show_reply).collect::<Vec<_>>().join(", "))
+        }
+        Reply::Entries { entries, more, .. } => format!("({} entries, more: {more})", entries.len()),
+        Reply::Txn { succeeded, results } => format!(
+            "(txn {}: {})",
+            if *succeeded { "then" } else { "else" },
+            results.iter().map(show_reply).collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 
@@ -403,7 +389,9 @@ impl Runner {
 
 fn fake(id: u64, leader: Option<Leader>, timeout: Duration, handover: bool) -> FakeCluster {
     let state = FakeState { leader, handover, ..FakeState::default() };
-    FakeCluster { id, timeout, state: Mutex::new(state) }
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(dir.path()).unwrap();
+    FakeCluster { id, timeout, state: Mutex::new(state), store, _dir: dir }
 }
 
 impl goldenscript::Runner for Runner {
