@@ -9,13 +9,20 @@
 //!
 //! [`RequestOptions`] apply to every request of a connection: local (possibly stale) reads, and
 //! how many peer acknowledgements a write should wait for.
+//!
+//! With a [`ClientSession`], every write is numbered in the session, so that a write whose answer
+//! was lost can be sent again, to any node, and is applied at most once (the node answers a
+//! repeat with the first answer). The session outlives connections: a client that reconnects
+//! keeps it, and resends with the same numbers.
 
 use crate::connection::{self, FrameReader, FrameWriter, ReadError, Stream};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::frame::DEFAULT_MAX_FRAME_BYTES;
-use crate::protocol::message::{ErrorCode, Hello, HelloReply, Reply, Request, Response};
+use crate::protocol::message::{ErrorCode, Hello, HelloReply, Once, Reply, Request, Response};
 use crate::tls::ClientTls;
 use serde_bytes::ByteBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -66,6 +73,32 @@ pub struct RequestOptions {
     pub ack_timeout: Option<Duration>,
     /// Writes wait briefly for every healthy peer, so that their replication picture is complete.
     pub wait_acks: bool,
+}
+
+/// A client's session for writes applied exactly once: a random id, and the next write number.
+#[derive(Debug)]
+pub struct ClientSession {
+    id: u64,
+    next_seq: AtomicU64,
+}
+
+impl ClientSession {
+    /// A new session with a random id (64 random bits: two clients never share one in practice).
+    pub fn new() -> std::io::Result<Arc<ClientSession>> {
+        let id = getrandom::u64().map_err(std::io::Error::other)?;
+        Ok(Arc::new(ClientSession { id, next_seq: AtomicU64::new(1) }))
+    }
+
+    /// The number for the next write.
+    fn next(&self) -> Once {
+        Once { session: self.id, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) }
+    }
+}
+
+/// Whether a request with these arguments is a write the node numbers in a session: anything
+/// that changes data or accounts (not a membership change, which is not a replicated write).
+fn numbered(args: &[Vec<u8>]) -> bool {
+    crate::command::changes_state(args) && !args[0].eq_ignore_ascii_case(b"CLUSTER")
 }
 
 /// A connection to one node, after a successful hello.
@@ -186,7 +219,12 @@ impl Client {
                 let limit = usize::try_from(max_frame_bytes).unwrap_or(usize::MAX);
                 reader.set_max_frame_bytes(limit.saturating_add(64 * 1024).max(DEFAULT_MAX_FRAME_BYTES));
                 let client = Client {
-                    sender: RequestSender { writer, next_id: 1, options: RequestOptions::default() },
+                    sender: RequestSender {
+                        writer,
+                        next_id: 1,
+                        options: RequestOptions::default(),
+                        session: None,
+                    },
                     receiver: ResponseReceiver { reader },
                     timeout,
                     addr: addr.to_string(),
@@ -204,14 +242,31 @@ impl Client {
         self.sender.options = options;
     }
 
-    /// Sends one command and waits for its answer.
-    pub async fn call(&mut self, args: Vec<Vec<u8>>) -> Result<Response, ClientError> {
-        let id = self.sender.send(args).await?;
+    /// The request for a command, as [`RequestSender::prepare`] makes it.
+    pub fn prepare(&self, args: Vec<Vec<u8>>) -> Request {
+        self.sender.prepare(args)
+    }
+
+    /// Numbers every write sent from now on in `session`.
+    pub fn set_session(&mut self, session: Arc<ClientSession>) {
+        self.sender.session = Some(session);
+    }
+
+    /// Sends `request` (its id replaced) and waits for its answer: to send again a request first
+    /// made by [`RequestSender::prepare`] on another connection.
+    pub async fn call_request(&mut self, request: Request) -> Result<Response, ClientError> {
+        let id = self.sender.send_request(request).await?;
         self.sender.flush().await?;
         let response = tokio::time::timeout(self.timeout, self.receiver.next())
             .await
             .map_err(|_| ClientError::Timeout(self.timeout))??;
         expect_id(response, id)
+    }
+
+    /// Sends one command and waits for its answer.
+    pub async fn call(&mut self, args: Vec<Vec<u8>>) -> Result<Response, ClientError> {
+        let request = self.sender.prepare(args);
+        self.call_request(request).await
     }
 
     /// Logs the connection in as `user` (`AUTH`); the node's refusal is an error.
@@ -262,20 +317,29 @@ pub struct RequestSender {
     writer: FrameWriter,
     next_id: u64,
     options: RequestOptions,
+    session: Option<Arc<ClientSession>>,
 }
 
 impl RequestSender {
-    /// Queues a command with the connection's options; returns the id its answer will carry.
-    /// Call [`Self::flush`] to send.
-    pub async fn send(&mut self, args: Vec<Vec<u8>>) -> Result<u64, ClientError> {
-        let request = Request {
+    /// The request for a command, with the connection's options, numbered in the session if it
+    /// is a write. Keep it to send it again elsewhere ([`Self::send_request`]).
+    pub fn prepare(&self, args: Vec<Vec<u8>>) -> Request {
+        let once = self.session.as_ref().filter(|_| numbered(&args)).map(|s| s.next());
+        Request {
             id: 0,
             args: args.into_iter().map(ByteBuf::from).collect(),
             local: self.options.local,
             min_acks: self.options.min_acks,
             ack_timeout_ms: self.options.ack_timeout.map(|t| t.as_millis() as u64),
             wait_acks: self.options.wait_acks,
-        };
+            once,
+        }
+    }
+
+    /// Queues a command with the connection's options; returns the id its answer will carry.
+    /// Call [`Self::flush`] to send.
+    pub async fn send(&mut self, args: Vec<Vec<u8>>) -> Result<u64, ClientError> {
+        let request = self.prepare(args);
         self.send_request(request).await
     }
 

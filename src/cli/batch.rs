@@ -6,11 +6,11 @@
 //! sent, let alone applied.
 //!
 //! If the connection is lost (the node died), kv-cli connects to the next address that answers
-//! and carries on. Commands that were in flight are handled by what they do: a read is sent
-//! again (it changed nothing), a write is reported as `OUTCOME_UNKNOWN` and never resent, since
-//! it may have been applied and resending could apply it twice. A node that stops gracefully
-//! says so first (`SHUTTING_DOWN`), which means it applied nothing left unanswered: then writes
-//! are resent too, and a rolling restart costs the script nothing.
+//! and sends again what was in flight: reads changed nothing, and writes are numbered in
+//! kv-cli's session, so the cluster applies each at most once however often it is sent. A write
+//! the node answers `OUTCOME_UNKNOWN` is handled the same way: kv-cli moves to the next node and
+//! sends it (and everything after it) again. A command is sent at most [`super::MAX_SENDS`] times;
+//! a write still unanswered then is reported as `OUTCOME_UNKNOWN` (exit status 4).
 //!
 //! Blank lines and lines starting with `#` are skipped; `QUIT` ends the input. A `TXN` may span
 //! lines, from a line holding only `TXN` to one holding only `END` ([`super::block`]).
@@ -19,7 +19,7 @@ use super::output::{BAD_INPUT, CONNECTION, Printer, TOO_FEW_ACKS};
 use super::split::split_args;
 use super::{ExitStatus, LocalCommand, Options, connect, judge, local_command, writes};
 use crate::client::{ClientError, RequestSender, ResponseReceiver, expect_id};
-use crate::protocol::message::{ErrorCode, Response};
+use crate::protocol::message::{ErrorCode, Reply, Request, Response};
 use std::collections::VecDeque;
 use tokio::sync::mpsc;
 
@@ -33,8 +33,8 @@ pub type Line = Result<String, String>;
 
 /// One line of input, in the order it must be reported.
 enum Slot {
-    /// Sent; waiting for the answer with this id.
-    Sent { id: u64, args: Vec<Vec<u8>>, writes: bool },
+    /// Sent `sends` times, the last with this id; waiting for its answer.
+    Sent { id: u64, request: Request, writes: bool, sends: usize },
     /// Known without the node: help text, or an error with its code and exit status.
     Done(Result<String, (String, String, ExitStatus)>),
     /// A demo dot command, run once everything before it is answered.
@@ -131,9 +131,28 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
         tokio::select! {
             biased;
             answer = next_answer(&mut link.receiver, options), if in_flight > 0 => {
-                let Some(Slot::Sent { id, .. }) = queue.front() else { unreachable!("the front is a sent command") };
+                let Some(Slot::Sent { id, request, sends, .. }) = queue.front() else { unreachable!("the front is a sent command") };
+                let resend = request.once.is_some() && *sends < super::MAX_SENDS;
                 match answer.and_then(|response| expect_id(response, *id)) {
+                    Ok(Response { reply: Reply::Error { code: ErrorCode::OutcomeUnknown, message }, .. }) if resend => {
+                        // Sent again to the next node, with everything behind it, in order.
+                        let lost = format!("{} could not learn a write's outcome ({message})", link.addr);
+                        match reconnect(&mut queue, &link, options, &lost, false).await {
+                            Ok((new_link, resent)) => {
+                                link = new_link;
+                                in_flight = resent;
+                            }
+                            Err(e) => {
+                                printer.error(CONNECTION, &format!("{lost}; cannot reconnect: {e}"));
+                                return status.or(ExitStatus::Failure);
+                            }
+                        }
+                    }
                     Ok(response) => {
+                        let response = match queue.front() {
+                            Some(Slot::Sent { writes: true, sends, .. }) if *sends > 1 => super::after_resending(response),
+                            _ => response,
+                        };
                         queue.pop_front();
                         in_flight -= 1;
                         losses = 0;
@@ -215,9 +234,10 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
                                 return status.or(ExitStatus::Failure);
                             }
                             let writes = writes(&args);
+                            let request = link.sender.prepare(args);
                             // A failed send shows up as a lost connection on the read side.
-                            let id = link.sender.send(args.clone()).await.unwrap_or(0);
-                            queue.push_back(Slot::Sent { id, args, writes });
+                            let id = link.sender.send_request(request.clone()).await.unwrap_or(0);
+                            queue.push_back(Slot::Sent { id, request, writes, sends: 1 });
                             in_flight += 1;
                         }
                     },
@@ -238,9 +258,10 @@ fn bad_input(message: String) -> Slot {
     Slot::Done(Err((BAD_INPUT.to_string(), message, ExitStatus::ErrorReply)))
 }
 
-/// After a lost connection: marks in-flight writes as of unknown outcome (unless the node said
-/// it applied none of them), connects to the next node that answers and resends the rest there.
-/// Returns the new link and how many commands are in flight on it.
+/// After a lost connection (or an unknown outcome): marks in-flight writes that may not be sent
+/// again as of unknown outcome (unnumbered ones, unless the node said it applied none of them,
+/// and any sent [`super::MAX_SENDS`] times), connects to the next node that answers and resends
+/// the rest there, as they were. Returns the new link and how many commands are in flight on it.
 async fn reconnect(
     queue: &mut VecDeque<Slot>,
     old: &Link,
@@ -249,17 +270,25 @@ async fn reconnect(
     unapplied: bool,
 ) -> Result<(Link, usize), ClientError> {
     for slot in queue.iter_mut() {
-        if let (Slot::Sent { writes: true, .. }, false) = (&slot, unapplied) {
-            let message = format!("{lost} after the write was sent: it may or may not have been applied");
-            *slot =
-                Slot::Done(Err((ErrorCode::OutcomeUnknown.to_string(), message, ExitStatus::OutcomeUnknown)));
+        if let Slot::Sent { writes: true, request, sends, .. } = &slot {
+            let numbered = request.once.is_some();
+            let give_up = if numbered { *sends >= super::MAX_SENDS } else { !unapplied };
+            if give_up {
+                let message = format!("{lost} after the write was sent: it may or may not have been applied");
+                *slot = Slot::Done(Err((
+                    ErrorCode::OutcomeUnknown.to_string(),
+                    message,
+                    ExitStatus::OutcomeUnknown,
+                )));
+            }
         }
     }
     let mut link = Link::open(options, old.index + 1).await?;
     let mut resent = 0;
     for slot in queue.iter_mut() {
-        if let Slot::Sent { id, args, .. } = slot {
-            *id = link.sender.send(args.clone()).await?;
+        if let Slot::Sent { id, request, sends, .. } = slot {
+            *id = link.sender.send_request(request.clone()).await?;
+            *sends += 1;
             resent += 1;
         }
     }

@@ -228,6 +228,9 @@ async fn measure(args: &BenchArgs, options: &Options) -> Result<Report, ClientEr
         request.local = args.consistency == Consistency::Local;
         request.wait_acks = false;
         client.set_options(request);
+        // A session per connection: each keeps its pipeline's writes within what a session
+        // remembers, as a client of its own would.
+        client.set_session(crate::client::ClientSession::new()?);
         connections.push(client);
     }
     if args.prefill {

@@ -174,6 +174,9 @@ pub struct Options {
     pub login: Option<Login>,
     /// Sent with every request.
     pub request: RequestOptions,
+    /// Numbers every write, so that one whose outcome is unknown can be sent again, to another
+    /// node, and is still applied at most once.
+    pub session: Option<Arc<crate::client::ClientSession>>,
     /// The demo's nodes, when running `kv-cli demo`: the target of dot commands.
     pub demo: Option<DemoControl>,
 }
@@ -248,6 +251,23 @@ pub fn writes(args: &[Vec<u8>]) -> bool {
     crate::command::changes_state(args)
 }
 
+/// How many times kv-cli sends one command at most: a read, or a write numbered in its session,
+/// is sent again to the next node after a lost connection or an unknown outcome.
+pub const MAX_SENDS: usize = 4;
+
+/// The answer to a write sent again: a refusal now (`NO_QUORUM`) does not undo an earlier send
+/// whose outcome was unknown, which may still be applied; that is reported as it is.
+pub fn after_resending(mut response: Response) -> Response {
+    if let Reply::Error { code: ErrorCode::NoQuorum, message } = &response.reply {
+        let message = format!(
+            "{message}; but an earlier send of this write had an unknown outcome: it may or may not have \
+             been applied"
+        );
+        response.reply = Reply::error(ErrorCode::OutcomeUnknown, message);
+    }
+    response
+}
+
 /// Connects to the first address that answers, starting at `addrs[first]`, and applies the
 /// request options. Also returns the address's index, so that a reconnection can start after it.
 pub async fn connect(options: &Options, first: usize) -> Result<(Client, NodeInfo, usize), ClientError> {
@@ -257,6 +277,9 @@ pub async fn connect(options: &Options, first: usize) -> Result<(Client, NodeInf
         client.log_in(&login.user, &login.password).await?;
     }
     client.set_options(options.request.clone());
+    if let Some(session) = &options.session {
+        client.set_session(session.clone());
+    }
     let index = options.addrs.iter().position(|a| *a == info.addr).unwrap_or(first);
     Ok((client, info, index))
 }
@@ -346,8 +369,16 @@ pub fn run(args: CliArgs) -> ExitStatus {
             // Whoever will see the pictures gets complete ones.
             wait_acks: args.acks || args.json || (args.commands.is_empty() && std::io::stdin().is_terminal()),
         },
+        session: None,
         demo: None,
     };
+    match crate::client::ClientSession::new() {
+        Ok(session) => options.session = Some(session),
+        Err(e) => {
+            printer.error(output::CONNECTION, &format!("cannot draw a random session id: {e}"));
+            return ExitStatus::Failure;
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -5,16 +5,17 @@
 //! and for each peer whether (and how fast) it acknowledged the write.
 //!
 //! The shell survives its node: when the connection is lost it connects to the next address
-//! that answers. A read in flight is then sent again (it changed nothing); a write in flight is
-//! reported as `OUTCOME_UNKNOWN` and never resent, since a resent write could be applied twice,
-//! unless the node said it was going away without applying it (`SHUTTING_DOWN`).
+//! that answers and sends the command in flight there again. A read changed nothing; a write is
+//! numbered in the shell's session, so the cluster applies it at most once however often it is
+//! sent. A write the node answers `OUTCOME_UNKNOWN` is sent again to the next node too; after
+//! [`super::MAX_SENDS`] tries the shell reports `OUTCOME_UNKNOWN` itself.
 
 use super::output::{BAD_INPUT, CONNECTION, Printer, TOO_FEW_ACKS};
 use super::split::split_args;
 use super::{ExitStatus, LocalCommand, Options, connect, judge, local_command, writes};
 use crate::client::{Client, ClientError, NodeInfo};
 use crate::command::{COMMANDS, lookup, subcommands};
-use crate::protocol::message::ErrorCode;
+use crate::protocol::message::{ErrorCode, Reply, Request};
 use colored::Colorize;
 use rustyline::completion::Completer;
 use rustyline::error::ReadlineError;
@@ -187,8 +188,10 @@ impl Shell {
 
     fn call(&mut self, args: Vec<Vec<u8>>) {
         let writes = writes(&args);
-        // A read may be sent twice: once, and again on another node if the first one died.
-        for attempt in 0..2 {
+        // Made once, on the first connection, and sent as it is (with its session number) to
+        // each node tried.
+        let mut request: Option<Request> = None;
+        for attempt in 1..=super::MAX_SENDS {
             if self.connection.is_none() && !self.connect() {
                 return;
             }
@@ -208,8 +211,26 @@ impl Shell {
                 }
             }
             let Some((client, info)) = self.connection.as_mut() else { return };
-            match self.runtime.block_on(client.call(args.clone())) {
+            let request = request.get_or_insert_with(|| client.prepare(args.clone()));
+            let resendable = !writes || request.once.is_some();
+            match self.runtime.block_on(client.call_request(request.clone())) {
+                Ok(response)
+                    if resendable
+                        && attempt < super::MAX_SENDS
+                        && matches!(response.reply, Reply::Error { code: ErrorCode::OutcomeUnknown, .. }) =>
+                {
+                    let message = format!(
+                        "{} (node {}) could not learn the write's outcome; sending it again to the next node \
+                         (it is applied at most once)",
+                        info.addr, info.node_id
+                    );
+                    self.printer.warn(ErrorCode::OutcomeUnknown.as_str(), &message);
+                    self.connection = None;
+                    self.next_addr += 1;
+                }
                 Ok(response) => {
+                    let response =
+                        if writes && attempt > 1 { super::after_resending(response) } else { response };
                     if let (Some(Ok(user)), Some(Ok(password)), false) = (
                         args.get(1).map(|u| String::from_utf8(u.clone())),
                         args.get(2).map(|p| String::from_utf8(p.clone())),
@@ -234,11 +255,11 @@ impl Shell {
                     let unapplied = matches!(e, ClientError::GoingAway(_));
                     self.connection = None;
                     self.next_addr += 1;
-                    if writes && !unapplied {
+                    if writes && (!unapplied && !resendable || attempt == super::MAX_SENDS) {
                         let message = format!("{lost}; the write may or may not have been applied");
                         return self.printer.error(ErrorCode::OutcomeUnknown.as_str(), &message);
                     }
-                    if attempt == 1 {
+                    if attempt == super::MAX_SENDS {
                         return self.printer.error(code, &lost);
                     }
                     self.printer.warn(CONNECTION, &format!("{lost}; trying the next node"));

@@ -242,6 +242,13 @@ pub enum Write {
     Txn(Txn),
     /// A change to users, roles or the cluster's id ([`crate::auth`]).
     System(SystemWrite),
+    /// `write`, applied only if this session's write `seq` was not applied before
+    /// ([`crate::store`]'s sessions).
+    Once {
+        session: u64,
+        seq: u64,
+        write: Box<Write>,
+    },
 }
 
 /// When a `SET` applies.
@@ -277,6 +284,7 @@ impl Write {
             Write::Incr { key, .. } => key.len() + 24,
             Write::Txn(txn) => txn.encoded_len_estimate(),
             Write::System(change) => change.encoded_len_estimate(),
+            Write::Once { write, .. } => write.encoded_len_estimate() + 40,
         }
     }
 }
@@ -299,6 +307,7 @@ impl std::fmt::Display for Write {
             ),
             // Never a password hash.
             Write::System(change) => write!(f, "{}", system_name(change)),
+            Write::Once { write, .. } => write.fmt(f),
         }
     }
 }
@@ -456,7 +465,9 @@ impl Command {
                 );
                 Needs::Each(each)
             }
-            Command::Write(Write::System(_)) | Command::Password(PasswordChange::Add { .. }) => Needs::Admin,
+            // No client sends `Once`: the node wraps what it proposes.
+            Command::Write(Write::System(_) | Write::Once { .. })
+            | Command::Password(PasswordChange::Add { .. }) => Needs::Admin,
             Command::Password(change @ PasswordChange::Passwd { .. }) => Needs::AdminOrSelf(change.user()),
         }
     }

@@ -72,6 +72,10 @@ pub struct Request {
     /// How long a write may wait for `min_acks`, in milliseconds (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack_timeout_ms: Option<u64>,
+    /// For a write: the client's session and the write's number in it. A write sent again with
+    /// the same pair is applied at most once; a repeat gets the first answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub once: Option<Once>,
     /// For a write: before answering, wait a few milliseconds for every peer in contact with the
     /// leader to acknowledge it, so that the answer's `replication` is usually complete. For
     /// clients that show the picture to a person; it costs latency, so the default is not to.
@@ -82,8 +86,16 @@ pub struct Request {
 impl Request {
     /// A plain request: linearizable, no acknowledgement wait.
     pub fn new(id: u64, args: Vec<ByteBuf>) -> Request {
-        Request { id, args, local: false, min_acks: None, ack_timeout_ms: None, wait_acks: false }
+        Request { id, args, local: false, min_acks: None, ack_timeout_ms: None, wait_acks: false, once: None }
     }
+}
+
+/// Identifies a write for exactly-once application: a session the client chose at random, and
+/// the write's number in it (distinct for each write of the session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Once {
+    pub session: u64,
+    pub seq: u64,
 }
 
 /// The node's answer to one [`Request`].
@@ -274,6 +286,9 @@ pub enum ErrorCode {
     NotInteger,
     /// `INCR` and its kin would take the value past a 64-bit integer; nothing changed.
     Overflow,
+    /// A write sent again (same session and number) was applied when first sent, but its answer
+    /// was too large to keep; it was not applied again.
+    AlreadyApplied,
     /// A code this build does not know (sent by a newer node).
     #[serde(other)]
     Unknown,
@@ -303,6 +318,7 @@ impl ErrorCode {
             ErrorCode::WrongCluster => "WRONG_CLUSTER",
             ErrorCode::NotInteger => "NOT_INTEGER",
             ErrorCode::Overflow => "OVERFLOW",
+            ErrorCode::AlreadyApplied => "ALREADY_APPLIED",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }

@@ -34,7 +34,7 @@
 
 use super::{KvRaft, TypeConfig, io_error, written_bytes};
 use crate::protocol::message::Reply;
-use crate::store::{Applied, KV, Store, StoreError};
+use crate::store::{Applied, KV, SessionsSnapshot, Store, StoreError};
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
@@ -76,6 +76,8 @@ pub const FLUSH_EVERY_BYTES: u64 = 16 * 1024 * 1024;
 struct SnapshotBody {
     members_ever: BTreeSet<u64>,
     revision: u64,
+    /// Which writes of each client session were applied (`crate::store::sessions`).
+    sessions: SessionsSnapshot,
     pairs: Vec<(ByteBuf, ByteBuf)>,
 }
 
@@ -303,16 +305,19 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, redb::Error
 fn encode_body(
     members_ever: &BTreeSet<u64>,
     revision: u64,
+    sessions: &SessionsSnapshot,
     kv: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
 ) -> Result<Vec<u8>, redb::Error> {
     let corrupted = |e: &dyn std::fmt::Display| redb::Error::Corrupted(e.to_string());
     let mut out = Vec::new();
     // The same bytes `rmp_serde::to_vec_named(&SnapshotBody { .. })` would write.
-    rmp::encode::write_map_len(&mut out, 3).map_err(|e| corrupted(&e))?;
+    rmp::encode::write_map_len(&mut out, 4).map_err(|e| corrupted(&e))?;
     rmp::encode::write_str(&mut out, "members_ever").map_err(|e| corrupted(&e))?;
     out.extend_from_slice(&encode(members_ever)?);
     rmp::encode::write_str(&mut out, "revision").map_err(|e| corrupted(&e))?;
     rmp::encode::write_uint(&mut out, revision).map_err(|e| corrupted(&e))?;
+    rmp::encode::write_str(&mut out, "sessions").map_err(|e| corrupted(&e))?;
+    out.extend_from_slice(&encode(sessions)?);
     rmp::encode::write_str(&mut out, "pairs").map_err(|e| corrupted(&e))?;
     let len = u32::try_from(kv.len()?).map_err(|e| corrupted(&e))?;
     rmp::encode::write_array_len(&mut out, len).map_err(|e| corrupted(&e))?;
@@ -405,7 +410,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.blocking(move |store| {
             let mut progress = lock(&progress);
             let records = body.pairs.iter().map(|(key, record)| (key.as_slice(), record.as_slice()));
-            store.replace(records, body.revision, |txn| {
+            store.replace(records, body.revision, &body.sessions, |txn| {
                 let mut table = txn.open_table(RAFT_META)?;
                 table.insert(MEMBERS_EVER, encode(&body.members_ever)?.as_slice())?;
                 table.insert(APPLIED, encode(&state.0)?.as_slice())?;
@@ -451,7 +456,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 let meta = txn.open_table(RAFT_META).map_err(StoreError::storage)?;
                 let (applied, membership) = read_state(&meta)?;
                 let members_ever = read_members_ever(&meta)?;
-                let data = encode_body(&members_ever, revision, &kv).map_err(StoreError::storage)?;
+                let sessions = crate::store::sessions_snapshot(&txn)?;
+                let data =
+                    encode_body(&members_ever, revision, &sessions, &kv).map_err(StoreError::storage)?;
                 Ok((SnapshotMeta { last_log_id: applied, last_membership: membership }, data))
             })
             .await?;
@@ -494,7 +501,8 @@ mod tests {
         store.flush(|_| Ok(())).unwrap();
         let members_ever = BTreeSet::from([1, 2, 5]);
         let txn = store.begin_read().unwrap();
-        let streamed = encode_body(&members_ever, 3, &txn.open_table(KV).unwrap()).unwrap();
+        let sessions = SessionsSnapshot::default();
+        let streamed = encode_body(&members_ever, 3, &sessions, &txn.open_table(KV).unwrap()).unwrap();
         // Each key as its record: the revision that wrote it, version 1.
         let pairs = (1..)
             .zip(pairs)
@@ -510,7 +518,7 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(streamed, encode(&SnapshotBody { members_ever, revision: 3, pairs }).unwrap());
+        assert_eq!(streamed, encode(&SnapshotBody { members_ever, revision: 3, sessions, pairs }).unwrap());
     }
 
     #[test]

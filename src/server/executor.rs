@@ -15,9 +15,11 @@
 //! Every part ends in an [`Outcome`] per request. Waiting is bounded by the node's request
 //! timeout, counted for each part from when it starts. What is certainly not applied is tried
 //! again (at whichever node leads by then) until that time is up, and then fails with
-//! `NO_QUORUM`; what may have been applied is answered `OUTCOME_UNKNOWN` and never tried again,
-//! so no retry can apply a write twice. A run stops at its first part that did not go through,
-//! so that nothing behind it is applied before it.
+//! `NO_QUORUM`. What may have been applied is tried again only if the client numbered it in a
+//! session (`Request::once`): the state machine then applies it at most once, whoever proposes
+//! it how often. Such a write is answered `OUTCOME_UNKNOWN` only if its time runs out; an
+//! unnumbered one at once, and never tried again, so no retry can apply it twice. A run stops at
+//! its first part that did not go through, so that nothing behind it is applied before it.
 //!
 //! Everything here reaches the cluster through [`Cluster`], so these rules are tested in-process
 //! by the golden scripts in `testscripts/executor/`.
@@ -66,17 +68,37 @@ impl Item {
         matches!(&self.command, Ok(Command::Write(_) | Command::Password(_)))
     }
 
-    /// The write to propose: hashes a password first, off the async threads.
+    /// Whether it is a write the state machine applies at most once (numbered in a session), so
+    /// that it may be proposed again after an unknown outcome.
+    fn resendable(&self) -> bool {
+        self.is_write() && self.request.once.is_some()
+    }
+
+    /// The write to propose: hashes a password first, off the async threads, and wraps it in
+    /// its session's number if it has one.
     async fn write_to_propose(&self) -> Option<Write> {
         match &self.command {
-            Ok(Command::Write(write)) => Some(write.clone()),
+            Ok(Command::Write(_)) => self.plain_write_to_propose(),
             Ok(Command::Password(change)) => {
                 let change = change.clone();
-                Some(
-                    tokio::task::spawn_blocking(move || change.hashed()).await.expect("hashing never panics"),
-                )
+                let hashed =
+                    tokio::task::spawn_blocking(move || change.hashed()).await.expect("hashing never panics");
+                Some(self.numbered(hashed))
             }
             _ => None,
+        }
+    }
+
+    /// For a write that needs no password hashed: the write to propose, wrapped in its
+    /// session's number if it has one.
+    pub fn plain_write_to_propose(&self) -> Option<Write> {
+        self.write().map(|write| self.numbered(write.clone()))
+    }
+
+    fn numbered(&self, write: Write) -> Write {
+        match self.request.once {
+            Some(once) => Write::Once { session: once.session, seq: once.seq, write: Box::new(write) },
+            None => write,
         }
     }
 
@@ -223,6 +245,8 @@ impl<'n, C: Cluster> Executor<'n, C> {
         let timeout = self.cluster.request_timeout();
         let mut deadline = Instant::now() + timeout;
         let mut answers: Vec<Option<Response>> = items.iter().map(|_| None).collect();
+        // Why the outcome of a numbered write is unknown, while it is being tried again.
+        let mut unknown: Vec<Option<String>> = items.iter().map(|_| None).collect();
         let mut watch = self.cluster.watch();
         loop {
             let pending: Vec<usize> = (0..items.len()).filter(|&i| answers[i].is_none()).collect();
@@ -237,7 +261,23 @@ impl<'n, C: Cluster> Executor<'n, C> {
             };
             let mut progressed = false;
             for (&i, outcome) in pending.iter().zip(outcomes) {
-                answers[i] = outcome.settled(items[i].request.id);
+                answers[i] = match outcome {
+                    // Tried again by the node the client reached (a node it forwarded to reports
+                    // back), which the session's number makes safe.
+                    Outcome::Unknown(why) if items[i].resendable() && self.forwarded_by.is_none() => {
+                        unknown[i] = Some(why);
+                        None
+                    }
+                    outcome => match (outcome.settled(items[i].request.id), &unknown[i]) {
+                        // Refused now, but an earlier proposal of it may still be applied.
+                        (Some(response), Some(why))
+                            if matches!(response.reply, Reply::Error { code: ErrorCode::NoQuorum, .. }) =>
+                        {
+                            Some(items[i].answer(super::outcome::unknown(why)))
+                        }
+                        (answer, _) => answer,
+                    },
+                };
                 progressed |= answers[i].is_some();
             }
             if progressed {
@@ -255,6 +295,13 @@ impl<'n, C: Cluster> Executor<'n, C> {
                      are down); the command was not applied",
                     timeout.as_millis()
                 );
+                for ((slot, item), why) in answers.iter_mut().zip(items).zip(&unknown) {
+                    if slot.is_none()
+                        && let Some(why) = why
+                    {
+                        *slot = Some(item.answer(super::outcome::unknown(why)));
+                    }
+                }
                 fill(&mut answers, items, || Reply::error(ErrorCode::NoQuorum, message.clone()));
                 break;
             }

@@ -490,7 +490,7 @@ impl<'n> Ahead<'n> {
         let mut proposed_any = false;
         let mut groups = groups.into_iter();
         while let Some(group) = groups.next() {
-            let writes = group.iter().filter_map(|i| i.write().cloned()).collect();
+            let writes = group.iter().filter_map(Item::plain_write_to_propose).collect();
             let run: Vec<&Item> = group.iter().collect();
             let acks = executor::ack_wait(&run, timeout);
             let Some(proposed) = cluster.propose_now(writes, acks, deadline).await else {
@@ -562,7 +562,7 @@ mod tests {
 
     fn request(id: u64, word: &str) -> Request {
         let args = vec![ByteBuf::from(word.as_bytes().to_vec())];
-        Request { id, args, local: false, min_acks: None, ack_timeout_ms: None, wait_acks: false }
+        Request::new(id, args)
     }
 
     fn value(word: &str) -> Reply {

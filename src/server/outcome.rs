@@ -5,7 +5,8 @@
 //! check) ends in an [`Outcome`]. Only [`Outcome::NotApplied`] may be retried, here or at another
 //! node, because only then is it certain that nothing took effect; an [`Outcome::Unknown`] is
 //! reported to the client as `OUTCOME_UNKNOWN` and never sent again, since that could apply a
-//! write twice. The executor turns what is still `NotApplied` when its time is up into
+//! write twice, unless the client numbered the write in a session: the state machine then
+//! applies it at most once (`crate::store::sessions`), and the executor tries it again. The executor turns what is still `NotApplied` when its time is up into
 //! `NO_QUORUM`.
 
 use crate::protocol::message::{ErrorCode, Reply, Response};

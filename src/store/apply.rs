@@ -141,7 +141,9 @@ impl<'a> Staged<'a> {
                 Reply::Integer { value: new }
             }
             Write::Txn(txn) => self.transaction(txn)?,
-            Write::System(_) => unreachable!("system writes are applied to the system's records"),
+            Write::System(_) | Write::Once { .. } => {
+                unreachable!("system writes and sessions are the store's, not a key's")
+            }
         })
     }
 

@@ -32,6 +32,7 @@
 
 mod apply;
 mod range;
+pub mod sessions;
 
 pub use apply::ANSWER_BYTES;
 pub mod record;
@@ -60,6 +61,10 @@ const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
 /// The store's own numbers: its revision and its format.
 const STORE_META: TableDefinition<&str, u64> = TableDefinition::new("store_meta");
 const REVISION: &str = "revision";
+const SESSION_CLOCK: &str = "session_clock";
+
+/// Each client session's applied writes and answers ([`sessions`]), MessagePack-encoded.
+const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
 const FORMAT: &str = "format";
 /// The layout of [`KV`]'s records. A store holding keys without it was written before keys had
 /// metadata, and is refused rather than misread.
@@ -132,6 +137,8 @@ struct StoreState {
     unflushed_changes: Vec<(u64, Vec<apply::Change>)>,
     /// The revision of the last write that changed a key.
     revision: u64,
+    /// Which writes of each client session were applied.
+    sessions: sessions::Sessions,
     /// A view of the key-value table as of the last commit, shared by every reader.
     flushed: Arc<FlushedTable>,
 }
@@ -156,12 +163,19 @@ impl Store {
         }
         meta.insert(FORMAT, FORMAT_VERSION).map_err(StoreError::storage)?;
         let revision = meta.get(REVISION).map_err(StoreError::storage)?.map_or(0, |v| v.value());
+        let clock = meta.get(SESSION_CLOCK).map_err(StoreError::storage)?.map_or(0, |v| v.value());
         drop((kv, meta));
         txn.open_table(CHANGES).map_err(StoreError::storage)?;
+        let records = read_sessions(&txn.open_table(SESSIONS).map_err(StoreError::storage)?)?;
         txn.commit().map_err(StoreError::storage)?;
         let flushed = view(&db)?;
-        let state =
-            StoreState { unflushed: Unflushed::new(), unflushed_changes: Vec::new(), revision, flushed };
+        let state = StoreState {
+            unflushed: Unflushed::new(),
+            unflushed_changes: Vec::new(),
+            revision,
+            sessions: sessions::Sessions::load(clock, records),
+            flushed,
+        };
         Ok(Store {
             db,
             applied: RwLock::new(state),
@@ -246,6 +260,26 @@ impl Store {
     pub(crate) fn apply_write(&self, flushed: &FlushedTable, write: &Write) -> Result<Applied, StoreError> {
         let mut applied = self.applied_mut();
         let state = &mut *applied;
+        let Write::Once { session, seq, write } = write else {
+            return self.apply_locked(state, flushed, write);
+        };
+        match state.sessions.seen(*session, *seq, state.revision) {
+            sessions::Seen::Answered(first) => Ok(first),
+            sessions::Seen::New => {
+                let applied = self.apply_locked(state, flushed, write)?;
+                state.sessions.record(*session, *seq, &applied);
+                Ok(applied)
+            }
+        }
+    }
+
+    /// Applies one write that is not wrapped in a session's number.
+    fn apply_locked(
+        &self,
+        state: &mut StoreState,
+        flushed: &FlushedTable,
+        write: &Write,
+    ) -> Result<Applied, StoreError> {
         if let Write::System(change) = write {
             self.accounts_version.fetch_add(1, Ordering::Release);
             let mut records = SystemRecords::new(&mut state.unflushed, flushed);
@@ -277,6 +311,19 @@ impl Store {
     ) -> Result<(), StoreError> {
         // Readers share the read lock meanwhile. Only the state machine takes the write lock,
         // and it is the caller, so nothing waits on it and nothing came in meanwhile.
+        // The sessions changed since the last flush, encoded under the write lock (which the
+        // state machine, the only writer, takes uncontended here).
+        let (dirty_sessions, session_clock) = {
+            let mut applied = self.applied_mut();
+            let clock = applied.sessions.clock();
+            let dirty: Result<Vec<EncodedSession>, redb::Error> = applied
+                .sessions
+                .take_dirty()
+                .into_iter()
+                .map(|(id, record)| Ok((id, record.map(encode_record).transpose()?)))
+                .collect();
+            (dirty.map_err(StoreError::from)?, clock)
+        };
         let applied = self.applied();
         let revision = applied.revision;
         self.transact(|txn| {
@@ -295,7 +342,18 @@ impl Store {
             let oldest_kept = revision.saturating_sub(HISTORY_REVISIONS) + 1;
             changes.retain_in(..oldest_kept, |_, _| false)?;
             drop(changes);
-            txn.open_table(STORE_META)?.insert(REVISION, revision)?;
+            let mut meta = txn.open_table(STORE_META)?;
+            meta.insert(REVISION, revision)?;
+            meta.insert(SESSION_CLOCK, session_clock)?;
+            drop(meta);
+            let mut table = txn.open_table(SESSIONS)?;
+            for (id, record) in &dirty_sessions {
+                match record {
+                    Some(record) => table.insert(*id, record.as_slice())?,
+                    None => table.remove(*id)?,
+                };
+            }
+            drop(table);
             also(txn)
         })?;
         drop(applied);
@@ -319,10 +377,18 @@ impl Store {
         &self,
         records: impl IntoIterator<Item = (&'r [u8], &'r [u8])>,
         revision: u64,
+        sessions: &SessionsSnapshot,
         also: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
         // Only the state machine writes, and it is the caller: nothing is applied meanwhile.
         self.transact(|txn| {
+            let mut table = txn.open_table(SESSIONS)?;
+            table.retain(|_, _| false)?;
+            for (id, record) in &sessions.records {
+                table.insert(*id, encode_record(record)?.as_slice())?;
+            }
+            drop(table);
+            txn.open_table(STORE_META)?.insert(SESSION_CLOCK, sessions.clock)?;
             let mut kv = txn.open_table(KV)?;
             kv.retain(|_, _| false)?;
             for (key, record) in records {
@@ -340,6 +406,7 @@ impl Store {
         applied.unflushed.clear();
         applied.unflushed_changes.clear();
         applied.revision = revision;
+        applied.sessions = sessions::Sessions::load(sessions.clock, sessions.records.iter().cloned());
         applied.flushed = flushed?;
         self.accounts_version.fetch_add(1, Ordering::Release);
         Ok(())
@@ -392,6 +459,42 @@ impl Store {
 fn view(db: &Database) -> Result<Arc<FlushedTable>, StoreError> {
     let txn = db.begin_read().map_err(StoreError::storage)?;
     Ok(Arc::new(txn.open_table(KV).map_err(StoreError::storage)?))
+}
+
+/// A session's id and its record encoded, or none for a session dropped.
+type EncodedSession = (u64, Option<Vec<u8>>);
+
+/// The sessions' table as a snapshot carries it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct SessionsSnapshot {
+    pub clock: u64,
+    pub records: Vec<(u64, sessions::SessionRecord)>,
+}
+
+/// The sessions' table as the database holds it after the last flush.
+pub fn sessions_snapshot(txn: &redb::ReadTransaction) -> Result<SessionsSnapshot, StoreError> {
+    let meta = txn.open_table(STORE_META).map_err(StoreError::storage)?;
+    let clock = meta.get(SESSION_CLOCK).map_err(StoreError::storage)?.map_or(0, |v| v.value());
+    let records = read_sessions(&txn.open_table(SESSIONS).map_err(StoreError::storage)?)?;
+    Ok(SessionsSnapshot { clock, records })
+}
+
+fn read_sessions(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<Vec<(u64, sessions::SessionRecord)>, StoreError> {
+    let mut records = Vec::new();
+    for item in table.iter().map_err(StoreError::storage)? {
+        let (id, record) = item.map_err(StoreError::storage)?;
+        let record = rmp_serde::from_slice(record.value()).map_err(|e| {
+            StoreError::storage(redb::StorageError::Corrupted(format!("a session record: {e}")))
+        })?;
+        records.push((id.value(), record));
+    }
+    Ok(records)
+}
+
+fn encode_record(record: &sessions::SessionRecord) -> Result<Vec<u8>, redb::Error> {
+    rmp_serde::to_vec_named(record).map_err(|e| redb::Error::Corrupted(e.to_string()))
 }
 
 /// A change log entry as the database holds it.
@@ -664,13 +767,18 @@ mod tests {
             let store = store.clone();
             std::thread::spawn(move || {
                 let record = record::encode(record::Meta::default(), b"2");
-                store.replace([(b"flushed".as_slice(), record.as_ref())], 9, |_| {
-                    writing.send(()).unwrap();
-                    // A read that waited for this transaction would never let it finish.
-                    wait_read
-                        .recv_timeout(Duration::from_secs(10))
-                        .map_err(|_| redb::Error::Corrupted("no read answered meanwhile".into()))
-                })
+                store.replace(
+                    [(b"flushed".as_slice(), record.as_ref())],
+                    9,
+                    &SessionsSnapshot::default(),
+                    |_| {
+                        writing.send(()).unwrap();
+                        // A read that waited for this transaction would never let it finish.
+                        wait_read
+                            .recv_timeout(Duration::from_secs(10))
+                            .map_err(|_| redb::Error::Corrupted("no read answered meanwhile".into()))
+                    },
+                )
             })
         };
         wait_writing.recv_timeout(Duration::from_secs(10)).unwrap();

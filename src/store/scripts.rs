@@ -6,6 +6,7 @@
 //! - `bootstrap`: writes the system's records (root and the cluster id).
 //! - `reopen`: flushes, closes and opens the store again.
 //! - `changes from=N`: the change log from revision N.
+//! - `once session=S seq=N "LINE"`: applies a write as numbered in a client session.
 //!
 //! Rewrite the expected output with `UPDATE_GOLDENFILES=1 cargo test --lib store`.
 
@@ -115,6 +116,23 @@ impl goldenscript::Runner for Runner {
                 }
             }
             "flush" => self.store().flush(|_| Ok(()))?,
+            "once" => {
+                let mut args = command.consume_args();
+                let session: u64 = args.take_key("session").ok_or("once needs session=")?.parse()?;
+                let seq: u64 = args.take_key("seq").ok_or("once needs seq=")?.parse()?;
+                let line = args.next_pos().ok_or("once needs a command")?.to_string();
+                args.reject_next()?;
+                let words = crate::cli::split::split_args(&line)?.into_iter().map(ByteBuf::from).collect();
+                let Ok(Command::Write(write)) = Command::parse(words, &LIMITS) else {
+                    return Err(format!("not a write: {line}").into());
+                };
+                let write = crate::command::Write::Once { session, seq, write: Box::new(write) };
+                let store = self.store();
+                let applied = store.apply_write(&store.flushed(), &write)?;
+                writeln!(output, "> {line} (session {session}, seq {seq})")?;
+                show(&applied.reply, &mut output, "  ");
+                writeln!(output, "  @{}", applied.revision)?;
+            }
             "bootstrap" => {
                 // The system's records (root, the cluster id), as a new cluster writes them.
                 use crate::auth::SystemWrite;

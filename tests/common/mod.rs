@@ -454,6 +454,12 @@ impl WritingClient {
     /// Starts kv-cli with `addrs` (comma-separated); it writes `SET {prefix}{i} {i}` about once a
     /// millisecond until [`Self::finish`].
     pub fn start(addrs: &str, prefix: &str) -> WritingClient {
+        let prefix = prefix.to_string();
+        WritingClient::start_lines(addrs, move |i| format!("SET {prefix}{i} {i}"))
+    }
+
+    /// Like [`Self::start`], sending `line(i)` as the `i`th command.
+    pub fn start_lines(addrs: &str, line: impl Fn(usize) -> String + Send + 'static) -> WritingClient {
         let mut child = Command::new(CLI_BIN)
             .args(["--addr", addrs])
             .env_remove("KV_ADDR")
@@ -466,7 +472,6 @@ impl WritingClient {
         let pid = Pid::from_raw(child.id() as i32);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping = stop.clone();
-        let prefix = prefix.to_string();
         let feeder = std::thread::spawn(move || {
             let started = Instant::now();
             let mut sent = 0;
@@ -474,7 +479,7 @@ impl WritingClient {
                 && started.elapsed() < WRITER_MAX_TIME
                 && !stopping.load(std::sync::atomic::Ordering::Relaxed)
             {
-                if writeln!(stdin, "SET {prefix}{sent} {sent}").and_then(|_| stdin.flush()).is_err() {
+                if writeln!(stdin, "{}", line(sent)).and_then(|_| stdin.flush()).is_err() {
                     break;
                 }
                 sent += 1;

@@ -12,9 +12,11 @@
 //!   `delay` of (paused) time, answers the outcomes given (one per request; the last repeats),
 //!   and then leaves this node believing `leader` leads. `OP` is `propose`, `forward`,
 //!   `read-index`, `change` or `news` (a wait for leadership news). Outcomes: `ok`,
-//!   `not-leader`, `unreachable`, `stopping`, `unknown`, `refused` (a change), `none` (no read
-//!   index). An `OP` with nothing scripted succeeds at once.
-//! - `run [forwarded-by=N] [local] [min-acks=N] [ack-timeout=MS] "CMD ARGS" ...`: executes one batch; prints each
+//!   `not-leader`, `unreachable`, `stopping`, `unknown`, `applied-unknown` (a proposal applied,
+//!   its answer lost), `refused` (a change), `none` (no read index). An `OP` with nothing
+//!   scripted succeeds at once.
+//! - `run [forwarded-by=N] [local] [min-acks=N] [ack-timeout=MS] [session=S] "CMD ARGS" ...`:
+//!   executes one batch (with `session`, each request numbered by its place in it); prints each
 //!   call the executor made of the cluster, then each answer, and the (paused) time it took.
 //! - `ahead [forwarded-by=N] "CMD ARGS" ...`: offers the batch to a forwarding connection's
 //!   propose-ahead window (the leader's half of forwarding); prints whether it was proposed
@@ -32,6 +34,10 @@ use std::error::Error;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use test_each_file::test_each_path;
+
+fn kv_once(session: u64, seq: u64) -> crate::protocol::message::Once {
+    crate::protocol::message::Once { session, seq }
+}
 
 /// The limits the scripts' commands are parsed with.
 const LIMITS: Limits =
@@ -182,6 +188,10 @@ impl Cluster for FakeCluster {
                     let replication = Replication { term: 1, index, peers: Vec::new() };
                     let (reply, revision) = (applied.reply, applied.revision);
                     Outcome::Done(Written { reply, revision, replication: Some(replication) })
+                }
+                "applied-unknown" => {
+                    self.apply(write);
+                    Outcome::Unknown("the scripted leader vanished after applying it".to_string())
                 }
                 word => failed(word),
             })
@@ -353,6 +363,7 @@ impl Runner {
         let mut local = false;
         let mut min_acks = None;
         let mut ack_timeout_ms = None;
+        let mut session = None;
         let mut requests = Vec::new();
         for arg in &command.args {
             match arg {
@@ -360,6 +371,7 @@ impl Runner {
                     "forwarded-by" => forwarded_by = Some(value.parse()?),
                     "min-acks" => min_acks = Some(value.parse()?),
                     "ack-timeout" => ack_timeout_ms = Some(value.parse()?),
+                    "session" => session = Some(value.parse()?),
                     other => return Err(format!("unknown key {other}").into()),
                 },
                 goldenscript::Argument::Positional(word) if word == "local" => local = true,
@@ -372,6 +384,8 @@ impl Runner {
             }
         }
         for request in &mut requests {
+            // With a session, every request is numbered by its place in the run.
+            request.once = session.map(|session| kv_once(session, request.id));
             request.local = local;
             request.min_acks = min_acks;
             request.ack_timeout_ms = ack_timeout_ms;

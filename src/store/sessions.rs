@@ -1,0 +1,237 @@
+//! Writes applied exactly once: for each client session, which of its numbered writes were
+//! applied, and their answers (the Raft dissertation, §6.3).
+//!
+//! A client that lost the answer to a write sends it again with the same session and sequence
+//! number, to any node. The state machine, finding the number among the session's applied writes,
+//! answers what it answered the first time and applies nothing. Since this is part of the
+//! replicated state, every node decides the same: the table is changed only by applying entries,
+//! in log order, and travels in snapshots.
+//!
+//! Every bound is counted, never timed, so that each node drops the same records at the same entry:
+//!
+//! - a session remembers its last [`ANSWERS_PER_SESSION`] writes (more than kv-cli keeps in
+//!   flight); an older number is answered "cannot tell" and not applied;
+//! - an answer over [`MAX_KEPT_ANSWER_BYTES`] is remembered as applied without its answer;
+//! - at most [`MAX_SESSIONS`] sessions are kept, and at most [`MAX_REMEMBERED_WRITES`] writes
+//!   across them: past either, the session used least recently is dropped whole.
+//!
+//! Not done: a write resent for a session already dropped is applied again (it takes thousands of
+//! sessions writing in between). Sessions are not registered, so a node cannot tell a dropped
+//! session from a new one.
+
+use super::Applied;
+use crate::protocol::message::{ErrorCode, Reply};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Writes each session remembers.
+pub const ANSWERS_PER_SESSION: usize = 1024;
+/// Sessions remembered.
+pub const MAX_SESSIONS: usize = 4096;
+/// Writes remembered across every session.
+pub const MAX_REMEMBERED_WRITES: usize = 1 << 20;
+/// The largest answer kept; a larger one (a `TXN` with big reads) is remembered without it.
+pub const MAX_KEPT_ANSWER_BYTES: usize = 1024;
+
+/// What one session remembers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// When it last applied a write, by [`Sessions`]' clock.
+    pub used: u64,
+    /// Numbers at or below this are no longer remembered.
+    pub forgotten_through: u64,
+    /// Applied numbers, with their answers (none if too large to keep).
+    pub applied: BTreeMap<u64, Option<Applied>>,
+}
+
+/// What is known of a write by its session and number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// Never applied: apply it.
+    New,
+    /// Applied before: answer this instead.
+    Answered(Applied),
+}
+
+/// Every session's record, and what changed since the last flush.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    records: HashMap<u64, SessionRecord>,
+    /// Sessions by when they were last used: the least recently used first.
+    by_use: BTreeMap<u64, u64>,
+    /// Counts the writes recorded; orders the sessions by use.
+    clock: u64,
+    /// Writes remembered, all sessions together.
+    remembered: usize,
+    /// Sessions changed or dropped since the last flush.
+    dirty: BTreeSet<u64>,
+}
+
+impl Sessions {
+    /// The table as a snapshot or the database holds it.
+    pub fn load(clock: u64, records: impl IntoIterator<Item = (u64, SessionRecord)>) -> Sessions {
+        let mut sessions = Sessions { clock, ..Sessions::default() };
+        for (id, record) in records {
+            sessions.by_use.insert(record.used, id);
+            sessions.remembered += record.applied.len();
+            sessions.records.insert(id, record);
+        }
+        sessions
+    }
+
+    /// Whether `seq` of `session` was applied, and what it answered; `revision` is the store's
+    /// now, for the answers that report none of their own.
+    pub fn seen(&self, session: u64, seq: u64, revision: u64) -> Seen {
+        let Some(record) = self.records.get(&session) else { return Seen::New };
+        match record.applied.get(&seq) {
+            Some(Some(applied)) => Seen::Answered(applied.clone()),
+            Some(None) => Seen::Answered(Applied {
+                reply: Reply::error(
+                    ErrorCode::AlreadyApplied,
+                    format!(
+                        "this write was applied when first sent; its answer (over {MAX_KEPT_ANSWER_BYTES} \
+                         bytes) was not kept"
+                    ),
+                ),
+                revision,
+            }),
+            None if seq <= record.forgotten_through => Seen::Answered(Applied {
+                reply: Reply::error(
+                    ErrorCode::OutcomeUnknown,
+                    format!(
+                        "write {seq} of this session is older than the {ANSWERS_PER_SESSION} it remembers: \
+                         whether it was applied can no longer be told; it was not applied now"
+                    ),
+                ),
+                revision,
+            }),
+            None => Seen::New,
+        }
+    }
+
+    /// Records that `seq` of `session` was applied and answered `applied`.
+    pub fn record(&mut self, session: u64, seq: u64, applied: &Applied) {
+        self.clock += 1;
+        let record = self.records.entry(session).or_default();
+        if record.used != 0 {
+            self.by_use.remove(&record.used);
+        }
+        record.used = self.clock;
+        self.by_use.insert(self.clock, session);
+        let kept = (encoded_len(&applied.reply) <= MAX_KEPT_ANSWER_BYTES).then(|| applied.clone());
+        if record.applied.insert(seq, kept).is_none() {
+            self.remembered += 1;
+        }
+        while record.applied.len() > ANSWERS_PER_SESSION {
+            let (oldest, _) = record.applied.pop_first().expect("over the bound, so not empty");
+            record.forgotten_through = record.forgotten_through.max(oldest);
+            self.remembered -= 1;
+        }
+        self.dirty.insert(session);
+        while self.records.len() > MAX_SESSIONS || self.remembered > MAX_REMEMBERED_WRITES {
+            let Some((_, least)) = self.by_use.pop_first() else { break };
+            if let Some(dropped) = self.records.remove(&least) {
+                self.remembered -= dropped.applied.len();
+            }
+            self.dirty.insert(least);
+        }
+    }
+
+    /// The clock, for the database.
+    pub fn clock(&self) -> u64 {
+        self.clock
+    }
+
+    /// The sessions changed since the last call, with their records (none for a dropped one).
+    pub fn take_dirty(&mut self) -> Vec<(u64, Option<&SessionRecord>)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty.into_iter().map(|id| (id, self.records.get(&id))).collect()
+    }
+
+    /// How many sessions are remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+}
+
+/// About how many bytes an answer takes.
+fn encoded_len(reply: &Reply) -> usize {
+    match reply {
+        Reply::Status { value } => value.len() + 16,
+        Reply::Nil | Reply::Integer { .. } => 16,
+        Reply::Bulk { value } => value.len() + 16,
+        Reply::Error { message, .. } => message.len() + 32,
+        Reply::Array { items } | Reply::Txn { results: items, .. } => {
+            items.iter().map(encoded_len).sum::<usize>() + 16
+        }
+        Reply::Entries { entries, .. } => {
+            entries.iter().map(|e| e.key.len() + e.value.as_ref().map_or(0, |v| v.len()) + 32).sum::<usize>()
+        }
+        Reply::Table { rows, .. } => rows.len() * 64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(revision: u64) -> Applied {
+        Applied { reply: Reply::ok(), revision }
+    }
+
+    #[test]
+    fn an_applied_write_is_answered_again_not_applied_again() {
+        let mut sessions = Sessions::default();
+        assert_eq!(sessions.seen(7, 1, 0), Seen::New);
+        sessions.record(7, 1, &ok(5));
+        sessions.record(7, 3, &ok(6));
+        assert_eq!(sessions.seen(7, 1, 9), Seen::Answered(ok(5)));
+        assert_eq!(sessions.seen(7, 3, 9), Seen::Answered(ok(6)));
+        assert_eq!(sessions.seen(7, 2, 9), Seen::New, "a number skipped is not taken as applied");
+        assert_eq!(sessions.seen(8, 1, 9), Seen::New, "sessions are apart");
+        let big =
+            Applied { reply: Reply::Bulk { value: vec![0u8; MAX_KEPT_ANSWER_BYTES].into() }, revision: 7 };
+        sessions.record(7, 4, &big);
+        let Seen::Answered(Applied { reply: Reply::Error { code, .. }, .. }) = sessions.seen(7, 4, 9) else {
+            panic!("remembered as applied")
+        };
+        assert_eq!(code, ErrorCode::AlreadyApplied);
+    }
+
+    #[test]
+    fn old_numbers_and_idle_sessions_are_dropped_by_count() {
+        let mut sessions = Sessions::default();
+        for seq in 1..=ANSWERS_PER_SESSION as u64 + 2 {
+            sessions.record(1, seq, &ok(seq));
+        }
+        let Seen::Answered(Applied { reply: Reply::Error { code, .. }, .. }) = sessions.seen(1, 2, 0) else {
+            panic!("too old to tell")
+        };
+        assert_eq!(code, ErrorCode::OutcomeUnknown);
+        assert_eq!(sessions.seen(1, 3, 0), Seen::Answered(ok(3)));
+        for session in 2..=MAX_SESSIONS as u64 + 1 {
+            sessions.record(session, 1, &ok(1));
+        }
+        assert_eq!(sessions.len(), MAX_SESSIONS);
+        assert_eq!(sessions.seen(1, 3, 0), Seen::New, "the least recently used session was dropped");
+        assert_eq!(sessions.seen(2, 1, 0), Seen::Answered(ok(1)));
+        let dirty = sessions.take_dirty();
+        assert!(dirty.contains(&(1, None)), "the drop is flushed too");
+        assert!(sessions.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn a_loaded_table_decides_as_the_one_it_was_saved_from() {
+        let mut sessions = Sessions::default();
+        sessions.record(1, 1, &ok(1));
+        sessions.record(2, 1, &ok(2));
+        let saved: Vec<(u64, SessionRecord)> =
+            sessions.records.iter().map(|(id, r)| (*id, r.clone())).collect();
+        let mut loaded = Sessions::load(sessions.clock(), saved);
+        assert_eq!(loaded.seen(1, 1, 0), Seen::Answered(ok(1)));
+        loaded.record(3, 1, &ok(3));
+        sessions.record(3, 1, &ok(3));
+        assert_eq!(loaded.by_use, sessions.by_use);
+    }
+}
