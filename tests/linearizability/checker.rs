@@ -17,9 +17,19 @@ pub enum Op {
     Del(i64),
     /// `GET key`, answering the value or nil.
     Get(Option<String>),
+    /// `CAS key expected new`, answering whether it swapped.
+    Cas {
+        expected: String,
+        new: String,
+        swapped: bool,
+    },
     /// A write whose answer was lost: it may or may not have been applied.
     SetUnknown(String),
     DelUnknown,
+    CasUnknown {
+        expected: String,
+        new: String,
+    },
 }
 
 /// One operation: what it was, and when it was invoked and returned (any monotonic unit).
@@ -39,6 +49,13 @@ fn step(state: &Option<String>, op: &Op) -> Option<Option<String>> {
         Op::Del(removed) => (*removed == i64::from(state.is_some())).then_some(None),
         Op::DelUnknown => Some(None),
         Op::Get(seen) => (seen == state).then(|| state.clone()),
+        Op::Cas { expected, new, swapped } => {
+            let holds = state.as_ref() == Some(expected);
+            (holds == *swapped).then(|| if holds { Some(new.clone()) } else { state.clone() })
+        }
+        Op::CasUnknown { expected, new } => {
+            Some(if state.as_ref() == Some(expected) { Some(new.clone()) } else { state.clone() })
+        }
     }
 }
 
@@ -157,6 +174,45 @@ mod tests {
         let flicker =
             [event(set("a"), 0, 1), unknown, event(get(Some("u")), 3, 4), event(get(Some("a")), 9, 10)];
         assert!(!linearizable(&flicker));
+    }
+
+    fn cas(expected: &str, new: &str, swapped: bool) -> Op {
+        Op::Cas { expected: expected.to_string(), new: new.to_string(), swapped }
+    }
+
+    #[test]
+    fn a_cas_swaps_only_from_the_value_it_expects() {
+        let history = [
+            event(set("a"), 0, 1),
+            event(cas("a", "b", true), 2, 3),
+            event(cas("a", "c", false), 4, 5),
+            event(get(Some("b")), 6, 7),
+        ];
+        assert!(linearizable(&history));
+        // Two concurrent CASes from the same value cannot both win.
+        let both =
+            [event(set("a"), 0, 1), event(cas("a", "b", true), 2, 5), event(cas("a", "c", true), 3, 6)];
+        assert!(!linearizable(&both));
+    }
+
+    #[test]
+    fn a_wrong_cas_result_is_rejected() {
+        // The key held "a" when the CAS ran alone, yet it answered that it did not swap.
+        let refused = [event(set("a"), 0, 1), event(cas("a", "b", false), 2, 3)];
+        assert!(!linearizable(&refused));
+        // It answered that it swapped, yet a later read still sees "a".
+        let lost = [event(set("a"), 0, 1), event(cas("a", "b", true), 2, 3), event(get(Some("a")), 4, 5)];
+        assert!(!linearizable(&lost));
+        // A CAS whose answer was lost may have swapped, or not.
+        let unknown = Event {
+            op: Op::CasUnknown { expected: "a".into(), new: "b".into() },
+            invoked: 2,
+            returned: None,
+        };
+        for seen in ["a", "b"] {
+            let history = [event(set("a"), 0, 1), unknown.clone(), event(get(Some(seen)), 4, 5)];
+            assert!(linearizable(&history), "{seen}");
+        }
     }
 
     #[test]
