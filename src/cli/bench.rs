@@ -13,6 +13,11 @@
 //!
 //! Nothing is dropped: every request ends as OK, an error answer (counted by code) or an unknown
 //! outcome (`OUTCOME_UNKNOWN`, or a write in flight on a connection that broke).
+//!
+//! `--workload` picks the requests: `kv` (`SET` and `GET` on random keys, `--reads` deciding the
+//! mix), `scan` (a `SCAN` page of `--scan-limit` keys from a random key; the report adds keys per
+//! second), `incr` (`INCR` on one hot key), `txn` (a `TXN` with two compares and two writes on
+//! random keys, whose compares always hold).
 
 use super::{ExitStatus, Options};
 use crate::client::{Client, ClientError, RequestSender, ResponseReceiver};
@@ -54,9 +59,24 @@ pub struct BenchArgs {
     /// Write every key once before measuring, so that reads find values.
     #[arg(long)]
     pub prefill: bool,
+    /// What the requests are (see the module docs): SET/GET, SCAN pages, INCR on one key, or TXN.
+    #[arg(long, value_enum, default_value_t = WorkloadKind::Kv)]
+    pub workload: WorkloadKind,
+    /// Keys per SCAN page in the scan workload.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub scan_limit: u32,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    Kv,
+    Scan,
+    Incr,
+    Txn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -79,6 +99,8 @@ const PREFILL_PIPELINE: usize = 64;
 struct Tally {
     latency: Histogram<u64>,
     ok: u64,
+    /// Keys that SCAN pages carried.
+    keys: u64,
     errors: BTreeMap<String, u64>,
     unknown: u64,
 }
@@ -88,6 +110,7 @@ impl Tally {
         Tally {
             latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds"),
             ok: 0,
+            keys: 0,
             errors: BTreeMap::new(),
             unknown: 0,
         }
@@ -96,6 +119,7 @@ impl Tally {
     fn merge(&mut self, other: Tally) {
         self.latency.add(&other.latency).expect("histograms with the same bounds");
         self.ok += other.ok;
+        self.keys += other.keys;
         self.unknown += other.unknown;
         for (code, n) in other.errors {
             *self.errors.entry(code).or_default() += n;
@@ -143,23 +167,47 @@ impl Budget {
 
 /// The request mix every client draws from.
 struct Workload {
+    kind: WorkloadKind,
     keyspace: u64,
     key_width: usize,
     value: Vec<u8>,
     read_percent: u8,
+    scan_limit: u32,
 }
+
+/// The hot key of the `incr` workload.
+const COUNTER_KEY: &[u8] = b"bench:counter";
 
 impl Workload {
     fn key(&self, n: u64) -> Vec<u8> {
         format!("{KEY_PREFIX}{n:0width$}", width = self.key_width).into_bytes()
     }
 
+    /// The next request, and whether it writes.
     fn request(&self, rng: &mut fastrand::Rng) -> (Vec<Vec<u8>>, bool) {
         let key = self.key(rng.u64(0..self.keyspace));
-        if rng.u8(0..100) < self.read_percent {
-            (vec![b"GET".to_vec(), key], false)
-        } else {
-            (vec![b"SET".to_vec(), key, self.value.clone()], true)
+        match self.kind {
+            WorkloadKind::Kv if rng.u8(0..100) < self.read_percent => (vec![b"GET".to_vec(), key], false),
+            WorkloadKind::Kv => (vec![b"SET".to_vec(), key, self.value.clone()], true),
+            WorkloadKind::Scan => {
+                let limit = self.scan_limit.to_string().into_bytes();
+                (vec![b"SCAN".to_vec(), key, b"LIMIT".to_vec(), limit], false)
+            }
+            WorkloadKind::Incr => (vec![b"INCR".to_vec(), COUNTER_KEY.to_vec()], true),
+            WorkloadKind::Txn => {
+                let other = self.key(rng.u64(0..self.keyspace));
+                // Compares that always hold, so that both writes are applied every time.
+                let always = i64::MAX.to_string().into_bytes();
+                let mut args = vec![b"TXN".to_vec()];
+                for k in [&key, &other] {
+                    args.extend([b"MOD".to_vec(), k.clone(), b"<".to_vec(), always.clone()]);
+                }
+                args.push(b"THEN".to_vec());
+                for k in [key, other] {
+                    args.extend([b"SET".to_vec(), k, self.value.clone()]);
+                }
+                (args, true)
+            }
         }
     }
 }
@@ -167,6 +215,7 @@ impl Workload {
 /// The report, as printed and as JSON.
 #[derive(Debug, serde::Serialize)]
 struct Report {
+    workload: WorkloadKind,
     clients: u32,
     pipeline: u32,
     reads_percent: u8,
@@ -179,6 +228,9 @@ struct Report {
     unknown: u64,
     seconds: f64,
     requests_per_second: f64,
+    /// For the scan workload: keys the pages carried, per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keys_per_second: Option<f64>,
     latency_ms: Latency,
     /// CPU time the benchmark process used, in cores (1.0 = one core busy all the time).
     client_cpu_cores: f64,
@@ -216,6 +268,8 @@ pub fn run(runtime: tokio::runtime::Runtime, args: &BenchArgs, options: &Options
 
 async fn measure(args: &BenchArgs, options: &Options) -> Result<Report, ClientError> {
     let workload = Arc::new(Workload {
+        kind: args.workload,
+        scan_limit: args.scan_limit,
         keyspace: args.keyspace,
         key_width: (args.keyspace - 1).max(1).ilog10() as usize + 1,
         value: vec![b'x'; args.value_size],
@@ -267,6 +321,8 @@ async fn measure(args: &BenchArgs, options: &Options) -> Result<Report, ClientEr
     let h = &tally.latency;
     let requests = tally.total();
     Ok(Report {
+        workload: args.workload,
+        keys_per_second: (args.workload == WorkloadKind::Scan).then(|| tally.keys as f64 / seconds),
         clients: args.clients,
         pipeline: args.pipeline,
         reads_percent: args.reads,
@@ -387,6 +443,10 @@ async fn receive_burst(
         match response.reply {
             Reply::Error { code: ErrorCode::OutcomeUnknown, .. } => tally.unknown += 1,
             Reply::Error { code, .. } => tally.error(code.as_str()),
+            Reply::Entries { entries, .. } => {
+                tally.keys += entries.len() as u64;
+                tally.ok += 1;
+            }
             _ => tally.ok += 1,
         }
     }
@@ -450,11 +510,15 @@ fn cpu_time() -> Duration {
 
 impl Report {
     fn text(&self) -> String {
-        let mix = match self.reads_percent {
-            0 => "writes (SET)".to_string(),
-            100 => format!("{} reads (GET)", self.consistency_name()),
-            r => format!("{r}% {} reads, {}% writes", self.consistency_name(), 100 - r),
+        let mix = match (self.workload, self.reads_percent) {
+            (WorkloadKind::Scan, _) => format!("{} scans (SCAN)", self.consistency_name()),
+            (WorkloadKind::Incr, _) => "INCR on one key".to_string(),
+            (WorkloadKind::Txn, _) => "TXN, 2 compares and 2 writes".to_string(),
+            (WorkloadKind::Kv, 0) => "writes (SET)".to_string(),
+            (WorkloadKind::Kv, 100) => format!("{} reads (GET)", self.consistency_name()),
+            (WorkloadKind::Kv, r) => format!("{r}% {} reads, {}% writes", self.consistency_name(), 100 - r),
         };
+        let keys = self.keys_per_second.map(|k| format!(" ({k:.0} keys/s)")).unwrap_or_default();
         let errors = if self.errors.is_empty() {
             "0".to_string()
         } else {
@@ -463,7 +527,7 @@ impl Report {
         let l = &self.latency_ms;
         format!(
             "{mix}: {} clients, pipeline {}, {} keys, {}-byte values\n\
-             requests:   {} in {:.2} s: {:.0} requests/s\n\
+             requests:   {} in {:.2} s: {:.0} requests/s{keys}\n\
              outcomes:   {} OK, errors: {errors}, unknown: {}\n\
              latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (mean {:.3})\n\
              client cpu: {:.2} cores ({:.0}% of this machine)\n",
@@ -507,11 +571,41 @@ mod tests {
 
     #[test]
     fn keys_have_one_width_and_the_mix_follows_the_read_share() {
-        let workload = Workload { keyspace: 1000, key_width: 3, value: vec![b'x'; 16], read_percent: 30 };
+        let workload = Workload {
+            kind: WorkloadKind::Kv,
+            keyspace: 1000,
+            key_width: 3,
+            value: vec![b'x'; 16],
+            read_percent: 30,
+            scan_limit: 1000,
+        };
         assert_eq!(workload.key(7), b"key:007");
         let mut rng = fastrand::Rng::with_seed(1);
         let writes = (0..10_000).filter(|_| workload.request(&mut rng).1).count();
         assert!((6_500..7_500).contains(&writes), "{writes} writes of 10,000 at 30% reads");
+    }
+
+    #[test]
+    fn every_workload_sends_commands_the_node_accepts() {
+        use crate::command::{Command, Limits};
+        let limits = Limits { max_key_bytes: 64, max_value_bytes: 64, max_keys: 10, max_write_bytes: 4096 };
+        let mut rng = fastrand::Rng::with_seed(1);
+        for kind in [WorkloadKind::Kv, WorkloadKind::Scan, WorkloadKind::Incr, WorkloadKind::Txn] {
+            let workload = Workload {
+                kind,
+                keyspace: 100,
+                key_width: 2,
+                value: vec![b'x'; 16],
+                read_percent: 50,
+                scan_limit: 1000,
+            };
+            for _ in 0..20 {
+                let (args, writes) = workload.request(&mut rng);
+                let args = args.into_iter().map(serde_bytes::ByteBuf::from).collect();
+                let command = Command::parse(args, &limits).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+                assert_eq!(matches!(command, Command::Write(_)), writes, "{kind:?}: {command:?}");
+            }
+        }
     }
 
     #[test]
