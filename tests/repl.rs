@@ -93,6 +93,34 @@ fn the_shell_runs_commands_completes_hints_and_keeps_history() {
     assert!(!saved.contains("SET never"), "an interrupted line is not history");
 }
 
+/// A long SCAN pages like a pager: Enter shows the next page, anything else stops.
+#[test]
+fn a_long_scan_pages_on_enter() {
+    let node = TestNode::start(&[]);
+    let out = node.cli(&["-c", "MSET p/1 a p/2 b p/3 c p/4 d p/5 e"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = repl(&node, &dir.path().join("history"), false);
+    let more = "-- more: Enter for the next page";
+    r.session.send_line("SCAN PREFIX p/ LIMIT 2").unwrap();
+    r.session.exp_string("\"p/2\"").unwrap();
+    r.session.exp_string(more).unwrap();
+    r.session.send_line("").unwrap();
+    r.session.exp_string("\"p/4\"").unwrap();
+    r.session.exp_string(more).unwrap();
+    r.session.send_line("").unwrap();
+    r.session.exp_string("\"p/5\"").unwrap();
+    // The last page: no more prompt, the shell's own again.
+    r.session.exp_regex(&format!(r"\n[^\n]*{}", r.prompt.replace('.', r"\."))).unwrap();
+    r.session.send_line("SCAN PREFIX p/ LIMIT 1 REVERSE").unwrap();
+    r.session.exp_string("\"p/5\"").unwrap();
+    r.session.exp_string(more).unwrap();
+    r.run("q", "");
+    r.run("GET p/1", "\"a\"");
+    r.session.send_line("QUIT").unwrap();
+    r.session.exp_eof().unwrap();
+}
+
 #[test]
 fn answers_are_coloured_unless_no_color_is_set() {
     let node = TestNode::start(&[]);

@@ -60,7 +60,7 @@ pub fn run(runtime: Runtime, options: Options, printer: Printer) -> ExitStatus {
         let _ = editor.load_history(path);
     }
 
-    let mut shell = Shell { runtime, options, printer, connection: None, next_addr: 0 };
+    let mut shell = Shell { runtime, options, printer, connection: None, next_addr: 0, next_page: None };
     shell.connect();
     let mut block = super::block::Block::default();
     loop {
@@ -113,8 +113,18 @@ pub fn run(runtime: Runtime, options: Options, printer: Printer) -> ExitStatus {
                 None => shell.call(args),
             },
         }
+        // A SCAN page with more keys after it: the next one on Enter, like a pager.
+        while let Some(next) = shell.next_page.take() {
+            match editor.readline(&MORE_PROMPT.dimmed().to_string()) {
+                Ok(line) if line.trim().is_empty() => shell.call(next),
+                _ => break,
+            }
+        }
     }
 }
+
+/// Shown after a SCAN page when more keys follow.
+const MORE_PROMPT: &str = "-- more: Enter for the next page, anything else to stop -- ";
 
 /// Whether a line sets or sends a password: `AUTH`, `USER ADD`, `USER PASSWD`.
 fn carries_password(line: &str) -> bool {
@@ -147,6 +157,8 @@ struct Shell {
     connection: Option<(Client, NodeInfo)>,
     /// Where the next connection attempt starts in the address list.
     next_addr: usize,
+    /// The command for the next page of the SCAN just shown, if more keys follow.
+    next_page: Option<Vec<Vec<u8>>>,
 }
 
 impl Shell {
@@ -241,6 +253,7 @@ impl Shell {
                         self.options.login = Some(super::Login { user, password });
                     }
                     self.printer.response(&response);
+                    self.next_page = next_page(&args, &response.reply);
                     if let (_, Some(warning)) = judge(&response, &self.options) {
                         self.printer.warn(TOO_FEW_ACKS, &warning);
                     }
@@ -267,6 +280,17 @@ impl Shell {
             }
         }
     }
+}
+
+/// For a `SCAN` whose answer says more keys follow: the command for the next page.
+fn next_page(args: &[Vec<u8>], reply: &Reply) -> Option<Vec<Vec<u8>>> {
+    let Reply::Entries { more: true, next: Some(next), .. } = reply else { return None };
+    if !args.first()?.eq_ignore_ascii_case(b"SCAN") {
+        return None;
+    }
+    let words: Vec<bytes::Bytes> = args[1..].iter().map(|a| bytes::Bytes::copy_from_slice(a)).collect();
+    let scan = crate::command::scan::parse(&words, usize::MAX).ok()?;
+    Some(scan.continued(next).to_args())
 }
 
 /// Completion, hints and colour for the line editor.

@@ -72,6 +72,36 @@ pub struct Scan {
     pub shape: ScanShape,
 }
 
+impl Scan {
+    /// The scan for the page after one that ended with `more` and `next` (see
+    /// [`crate::protocol::message::Reply::Entries`]).
+    pub fn continued(&self, next: &[u8]) -> Scan {
+        let mut scan = self.clone();
+        if self.reverse {
+            scan.range.end = Some(Bytes::copy_from_slice(next));
+        } else {
+            scan.range.start = Bytes::copy_from_slice(next);
+        }
+        scan
+    }
+
+    /// The arguments of a `SCAN` command (name first) that asks for this scan.
+    pub fn to_args(&self) -> Vec<Vec<u8>> {
+        let mut args = vec![b"SCAN".to_vec(), self.range.start.to_vec()];
+        args.push(self.range.end.as_ref().map_or_else(Vec::new, |e| e.to_vec()));
+        args.extend([b"LIMIT".to_vec(), self.limit.to_string().into_bytes()]);
+        if self.reverse {
+            args.push(b"REVERSE".to_vec());
+        }
+        match self.shape {
+            ScanShape::Entries => {}
+            ScanShape::KeysOnly => args.push(b"KEYSONLY".to_vec()),
+            ScanShape::Count => args.push(b"COUNT".to_vec()),
+        }
+        args
+    }
+}
+
 /// The option words; a second positional argument that is one of them is taken as the option.
 const OPTIONS: [&str; 4] = ["LIMIT", "REVERSE", "KEYSONLY", "COUNT"];
 
@@ -186,6 +216,20 @@ mod tests {
         for (words, want) in cases {
             let err = scan(words).unwrap_err();
             assert!(err.contains(want), "{words:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_next_page_continues_where_the_last_one_stopped() {
+        let parsed = |words: &[&str]| scan(words).unwrap();
+        let forward = parsed(&["PREFIX", "app/", "LIMIT", "2", "KEYSONLY"]);
+        assert_eq!(forward.continued(b"app/b\0"), parsed(&["app/b\0", "app0", "LIMIT", "2", "KEYSONLY"]));
+        let reverse = parsed(&["a", "LIMIT", "2", "REVERSE"]);
+        assert_eq!(reverse.continued(b"m"), parsed(&["a", "m", "LIMIT", "2", "REVERSE"]));
+        // Its arguments parse back into it.
+        for scan in [forward.continued(b"app/b\0"), reverse, parsed(&["", "COUNT"])] {
+            let args: Vec<Bytes> = scan.to_args().into_iter().skip(1).map(Bytes::from).collect();
+            assert_eq!(parse(&args, 16).unwrap(), scan);
         }
     }
 
