@@ -365,10 +365,30 @@ fn users_get_what_their_roles_grant_and_nothing_more() {
     assert_eq!(setup.code, 0, "{setup:?}");
 
     let alice = Some(("alice", "alice-secret"));
-    let allowed = as_user(alice, &["GET app/x", "SET app/own/z 3", "GET app/own/z"]);
-    assert_eq!((allowed.code, allowed.lines()), (0, vec!["1", "OK", "3"]), "{allowed:?}");
+    let allowed = as_user(
+        alice,
+        &[
+            "GET app/x",
+            "SET app/own/z 3",
+            "GET app/own/z",
+            "SCAN PREFIX app/ KEYSONLY",
+            "TXN VALUE app/x = 1 THEN INCR app/own/n",
+            "TXN VALUE app/x = 1 THEN SET app/own/n 1 GET app/x",
+        ],
+    );
+    assert_eq!(allowed.code, 1, "{allowed:?}");
+    assert_eq!(&allowed.lines()[..5], ["1", "OK", "3", "app/own/z", "app/x"], "{allowed:?}");
+    assert!(allowed.stderr.contains("expected an operation"), "INCR is no TXN operation: {allowed:?}");
+    assert_eq!(&allowed.lines()[5..], ["then", "OK", "1"], "{allowed:?}");
     for (command, missing) in [
         ("SET app/x 2", "readwrite on 'app/x'"),
+        ("SCAN app/ app1", "read on every key from 'app/' to 'app1'"),
+        ("SCAN PREFIX \"\"", "read on every key from '' to the last"),
+        ("MGET app/x other/y", "read on 'other/y'"),
+        ("MSET app/own/a 1 app/b 2", "readwrite on 'app/b'"),
+        ("INCR app/x", "readwrite on 'app/x'"),
+        ("TXN VALUE other/y = 2 THEN SET app/own/q 1", "read on 'other/y'"),
+        ("TXN THEN GET app/x ELSE SET app/x 3", "readwrite on 'app/x'"),
         ("GET other/y", "read on 'other/y'"),
         ("DEL other/y", "readwrite on 'other/y'"),
         ("CLUSTER REMOVE 3", "the admin permission"),

@@ -605,14 +605,19 @@ mod tests {
         let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut a = open(a_dir.path());
         let set = |k: &str, v: &str| Write::set(k.to_string(), v.to_string());
+        // A write numbered in a client session: the snapshot carries that it was applied.
+        let once = |write| Write::Once { session: 7, seq: 1, write: Box::new(write) };
+        let incr = || Write::Incr { key: Bytes::from("n"), by: 1 };
         let entries = vec![
             normal(1, set("kept", "1")),
             normal(2, set("gone", "2")),
             normal(3, Write::del(vec![Bytes::from("gone")])),
-            normal(4, set("bin", "\0\u{ff}")),
+            normal(4, once(set("bin", "\0\u{ff}"))),
+            normal(5, once(incr())),
         ];
         a.apply(futures::stream::iter(entries.into_iter().map(Ok))).await.unwrap();
-        assert_eq!(a.applied_state().await.unwrap().0, Some(log_id::<TypeConfig>(1, 1, 4)));
+        assert_eq!(a.applied_state().await.unwrap().0, Some(log_id::<TypeConfig>(1, 1, 5)));
+        assert_eq!(get(&a, "n"), Reply::Nil, "a repeat of seq 1 was not applied");
 
         let snapshot = a.build_snapshot().await.unwrap();
         let mut b = open(b_dir.path());
@@ -621,12 +626,20 @@ mod tests {
         b.apply(futures::stream::iter(stale.into_iter().map(Ok))).await.unwrap();
         b.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
 
-        assert_eq!(b.applied_state().await.unwrap().0, Some(log_id::<TypeConfig>(1, 1, 4)));
+        assert_eq!(b.applied_state().await.unwrap().0, Some(log_id::<TypeConfig>(1, 1, 5)));
         assert_eq!(get(&b, "kept"), Reply::Bulk { value: ByteBuf::from("1") });
         assert_eq!(get(&b, "bin"), Reply::Bulk { value: ByteBuf::from("\0\u{ff}") });
         assert_eq!(get(&b, "gone"), Reply::Nil);
         assert_eq!(get(&b, "stale"), Reply::Nil);
         let current = b.get_current_snapshot().await.unwrap().unwrap();
-        assert_eq!(current.meta.last_log_id, Some(log_id::<TypeConfig>(1, 1, 4)));
+        assert_eq!(current.meta.last_log_id, Some(log_id::<TypeConfig>(1, 1, 5)));
+        // The session's record came along: a repeat of its write is answered, not applied.
+        b.apply(futures::stream::iter([Ok(normal(6, once(incr())))])).await.unwrap();
+        assert_eq!(
+            get(&b, "n"),
+            Reply::Nil,
+            "the repeat was not applied on the node that installed the snapshot"
+        );
+        assert_eq!(b.store.revision(), a.store.revision());
     }
 }
