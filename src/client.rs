@@ -75,23 +75,45 @@ pub struct RequestOptions {
     pub wait_acks: bool,
 }
 
-/// A client's session for writes applied exactly once: a random id, and the next write number.
+/// A client's session for writes applied exactly once: a random id, the next write number, and
+/// the numbers sent but not answered yet (each write tells the cluster the lowest, so that it
+/// forgets the writes answered before it and keeps only those a client may still send again).
 #[derive(Debug)]
 pub struct ClientSession {
     id: u64,
     next_seq: AtomicU64,
+    unanswered: std::sync::Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl ClientSession {
     /// A new session with a random id (64 random bits: two clients never share one in practice).
     pub fn new() -> std::io::Result<Arc<ClientSession>> {
         let id = getrandom::u64().map_err(std::io::Error::other)?;
-        Ok(Arc::new(ClientSession { id, next_seq: AtomicU64::new(1) }))
+        Ok(Arc::new(ClientSession {
+            id,
+            next_seq: AtomicU64::new(1),
+            unanswered: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+        }))
+    }
+
+    fn unanswered(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<u64>> {
+        self.unanswered.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The number for the next write.
     fn next(&self) -> Once {
-        Once { session: self.id, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) }
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let mut unanswered = self.unanswered();
+        unanswered.insert(seq);
+        let answered_below = unanswered.first().copied().unwrap_or(seq);
+        Once { session: self.id, seq, answered_below }
+    }
+
+    /// The write numbered `once` got its final answer: it will not be sent again.
+    pub fn answered(&self, once: Option<Once>) {
+        if let Some(once) = once.filter(|o| o.session == self.id) {
+            self.unanswered().remove(&once.seq);
+        }
     }
 }
 
@@ -255,12 +277,17 @@ impl Client {
     /// Sends `request` (its id replaced) and waits for its answer: to send again a request first
     /// made by [`RequestSender::prepare`] on another connection.
     pub async fn call_request(&mut self, request: Request) -> Result<Response, ClientError> {
+        let once = request.once;
         let id = self.sender.send_request(request).await?;
         self.sender.flush().await?;
         let response = tokio::time::timeout(self.timeout, self.receiver.next())
             .await
             .map_err(|_| ClientError::Timeout(self.timeout))??;
-        expect_id(response, id)
+        let response = expect_id(response, id)?;
+        if !matches!(response.reply, Reply::Error { code: ErrorCode::OutcomeUnknown, .. }) {
+            self.sender.answered(once);
+        }
+        Ok(response)
     }
 
     /// Sends one command and waits for its answer.
@@ -333,6 +360,14 @@ impl RequestSender {
             ack_timeout_ms: self.options.ack_timeout.map(|t| t.as_millis() as u64),
             wait_acks: self.options.wait_acks,
             once,
+        }
+    }
+
+    /// Tells the session that the write numbered `once` got its final answer (see
+    /// [`ClientSession::answered`]); [`Client::call`] does it itself.
+    pub fn answered(&self, once: Option<Once>) {
+        if let Some(session) = &self.session {
+            session.answered(once);
         }
     }
 

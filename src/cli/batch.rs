@@ -153,6 +153,12 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
                             Some(Slot::Sent { writes: true, sends, .. }) if *sends > 1 => super::after_resending(response),
                             _ => response,
                         };
+                        if let Some(Slot::Sent { request, .. }) = queue.front()
+                            && !matches!(response.reply, Reply::Error { code: ErrorCode::OutcomeUnknown, .. })
+                        {
+                            // Final: it will not be sent again, and the cluster may forget it.
+                            link.sender.answered(request.once);
+                        }
                         queue.pop_front();
                         in_flight -= 1;
                         losses = 0;

@@ -12,7 +12,10 @@
 //! used, so a reader can tell when it, not the cluster, was the limit.
 //!
 //! Nothing is dropped: every request ends as OK, an error answer (counted by code) or an unknown
-//! outcome (`OUTCOME_UNKNOWN`, or a write in flight on a connection that broke).
+//! outcome (`OUTCOME_UNKNOWN`). Each connection numbers its writes in a session of its own, so a
+//! client whose connection breaks connects to the next node and sends its unanswered requests
+//! again, up to [`super::MAX_SENDS`] times, as the shell does; what is still unanswered then is
+//! an unknown outcome if it was a write.
 //!
 //! `--workload` picks the requests: `kv` (`SET` and `GET` on random keys, `--reads` deciding the
 //! mix), `scan` (a `SCAN` page of `--scan-limit` keys from a random key; the report adds keys per
@@ -21,7 +24,7 @@
 
 use super::{ExitStatus, Options};
 use crate::client::{Client, ClientError, RequestSender, ResponseReceiver};
-use crate::protocol::message::{ErrorCode, Reply};
+use crate::protocol::message::{ErrorCode, Reply, Request};
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -281,11 +284,13 @@ async fn measure(args: &BenchArgs, options: &Options) -> Result<Report, ClientEr
         let mut request = options.request.clone();
         request.local = args.consistency == Consistency::Local;
         request.wait_acks = false;
-        client.set_options(request);
+        client.set_options(request.clone());
         // A session per connection: each keeps its pipeline's writes within what a session
         // remembers, as a client of its own would.
-        client.set_session(crate::client::ClientSession::new()?);
-        connections.push(client);
+        let session = crate::client::ClientSession::new()?;
+        client.set_session(session.clone());
+        let reconnect = Reconnect { options: options.clone(), next_addr: i, request, session };
+        connections.push((client, reconnect));
     }
     if args.prefill {
         prefill(&workload, options).await?;
@@ -302,10 +307,10 @@ async fn measure(args: &BenchArgs, options: &Options) -> Result<Report, ClientEr
     let tasks: Vec<_> = connections
         .into_iter()
         .enumerate()
-        .map(|(i, client)| {
+        .map(|(i, (client, reconnect))| {
             let (workload, budget) = (workload.clone(), budget.clone());
             let (pipeline, timeout) = (u64::from(args.pipeline), options.timeout);
-            tokio::spawn(drive(client, workload, budget, pipeline, timeout, i as u64))
+            tokio::spawn(drive(client, reconnect, workload, budget, pipeline, timeout, i as u64))
         })
         .collect();
     let mut tally = Tally::new();
@@ -370,9 +375,31 @@ async fn prefill(workload: &Workload, options: &Options) -> Result<(), ClientErr
     Ok(())
 }
 
+/// How a benchmark client connects again after losing its node: to the next address, with the
+/// same settings and the same session (its unanswered writes keep their numbers).
+struct Reconnect {
+    options: Options,
+    next_addr: usize,
+    request: crate::client::RequestOptions,
+    session: Arc<crate::client::ClientSession>,
+}
+
+impl Reconnect {
+    async fn open(&mut self) -> Result<Client, ClientError> {
+        self.next_addr += 1;
+        let (mut client, _, index) =
+            super::connect(&self.options, self.next_addr % self.options.addrs.len()).await?;
+        self.next_addr = index;
+        client.set_options(self.request.clone());
+        client.set_session(self.session.clone());
+        Ok(client)
+    }
+}
+
 /// One client: sends `pipeline` requests at a time until the budget runs out.
 async fn drive(
     client: Client,
+    mut reconnect: Reconnect,
     workload: Arc<Workload>,
     budget: Arc<Budget>,
     pipeline: u64,
@@ -382,57 +409,68 @@ async fn drive(
     let mut tally = Tally::new();
     let mut rng = fastrand::Rng::with_seed(seed);
     let (mut sender, mut receiver) = client.split();
-    let mut writes = Vec::with_capacity(pipeline as usize);
+    let mut burst: Vec<Request> = Vec::with_capacity(pipeline as usize);
     loop {
         let n = budget.claim(pipeline);
         if n == 0 {
             return tally;
         }
-        writes.clear();
-        let sent = send_burst(&mut sender, &workload, &mut rng, n, &mut writes).await;
+        burst.clear();
+        burst.extend((0..n).map(|_| sender.prepare(workload.request(&mut rng).0)));
         let sent_at = Instant::now();
-        let outcome = match sent {
-            Ok(()) => receive_burst(&mut receiver, &writes, sent_at, timeout, &mut tally).await,
-            Err(e) => Err((0, e)),
-        };
-        budget.done.fetch_add(n, Ordering::Relaxed);
-        if let Err((answered, e)) = outcome {
-            // The connection is gone: what was not answered has an unknown outcome if it was a
+        let mut answered = 0;
+        for sends in 1..=super::MAX_SENDS {
+            let outcome = match send_burst(&mut sender, &burst[answered..]).await {
+                Ok(()) => {
+                    receive_burst(&mut receiver, burst.len() - answered, sent_at, timeout, &mut tally).await
+                }
+                Err(e) => Err((0, e)),
+            };
+            let Err((got, e)) = outcome else {
+                // Answered, every one: the cluster may forget them.
+                burst.iter().for_each(|request| sender.answered(request.once));
+                break;
+            };
+            answered += got;
+            let reopened = match sends < super::MAX_SENDS {
+                true => reconnect.open().await.ok(),
+                false => None,
+            };
+            if let Some(client) = reopened {
+                // Sent again as they were: a numbered write is applied at most once.
+                (sender, receiver) = client.split();
+                continue;
+            }
+            // No node took them: what was not answered has an unknown outcome if it was a
             // write, and failed if it was a read. This client stops; the others go on (and, in
             // count mode, send the requests it did not claim).
-            for &write in &writes[answered..] {
-                if write { tally.unknown += 1 } else { tally.error("CONNECTION_LOST") }
+            for request in &burst[answered..] {
+                if request.once.is_some() { tally.unknown += 1 } else { tally.error("CONNECTION_LOST") }
             }
             tracing::warn!(error = %e, "a benchmark client lost its connection");
+            budget.done.fetch_add(n, Ordering::Relaxed);
             return tally;
         }
+        budget.done.fetch_add(n, Ordering::Relaxed);
     }
 }
 
-async fn send_burst(
-    sender: &mut RequestSender,
-    workload: &Workload,
-    rng: &mut fastrand::Rng,
-    n: u64,
-    writes: &mut Vec<bool>,
-) -> Result<(), ClientError> {
-    for _ in 0..n {
-        let (args, write) = workload.request(rng);
-        writes.push(write);
-        sender.send(args).await?;
+async fn send_burst(sender: &mut RequestSender, burst: &[Request]) -> Result<(), ClientError> {
+    for request in burst {
+        sender.send_request(request.clone()).await?;
     }
     sender.flush().await
 }
 
-/// Reads the answers to a burst; on failure, how many were answered and why it stopped.
+/// Reads the answers to `count` requests; on failure, how many were answered and why it stopped.
 async fn receive_burst(
     receiver: &mut ResponseReceiver,
-    writes: &[bool],
+    count: usize,
     sent_at: Instant,
     timeout: Duration,
     tally: &mut Tally,
 ) -> Result<(), (usize, ClientError)> {
-    for answered in 0..writes.len() {
+    for answered in 0..count {
         let response = match tokio::time::timeout(timeout, receiver.next()).await {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => return Err((answered, e)),

@@ -247,6 +247,9 @@ pub enum Write {
     Once {
         session: u64,
         seq: u64,
+        /// The client has had the answers of the session's writes numbered below this.
+        #[serde(default)]
+        answered_below: u64,
         write: Box<Write>,
     },
 }

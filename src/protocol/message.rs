@@ -96,6 +96,14 @@ impl Request {
 pub struct Once {
     pub session: u64,
     pub seq: u64,
+    /// Every write of the session numbered below this has been answered to the client, which
+    /// will not send it again: the cluster forgets them. 0 (or absent) says nothing.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub answered_below: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The node's answer to one [`Request`].

@@ -97,7 +97,12 @@ impl Item {
 
     fn numbered(&self, write: Write) -> Write {
         match self.request.once {
-            Some(once) => Write::Once { session: once.session, seq: once.seq, write: Box::new(write) },
+            Some(once) => Write::Once {
+                session: once.session,
+                seq: once.seq,
+                answered_below: once.answered_below,
+                write: Box::new(write),
+            },
             None => write,
         }
     }

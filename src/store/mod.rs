@@ -260,14 +260,14 @@ impl Store {
     pub(crate) fn apply_write(&self, flushed: &FlushedTable, write: &Write) -> Result<Applied, StoreError> {
         let mut applied = self.applied_mut();
         let state = &mut *applied;
-        let Write::Once { session, seq, write } = write else {
+        let Write::Once { session, seq, answered_below, write } = write else {
             return self.apply_locked(state, flushed, write);
         };
         match state.sessions.seen(*session, *seq, state.revision) {
             sessions::Seen::Answered(first) => Ok(first),
             sessions::Seen::New => {
                 let applied = self.apply_locked(state, flushed, write)?;
-                state.sessions.record(*session, *seq, &applied);
+                state.sessions.record(*session, *seq, *answered_below, &applied);
                 Ok(applied)
             }
         }

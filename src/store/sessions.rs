@@ -9,8 +9,9 @@
 //!
 //! Every bound is counted, never timed, so that each node drops the same records at the same entry:
 //!
-//! - a session remembers its last [`ANSWERS_PER_SESSION`] writes (more than kv-cli keeps in
-//!   flight); an older number is answered "cannot tell" and not applied;
+//! - a session remembers its writes the client has not had the answers of (each write says which
+//!   it has, `answered_below`), and at most its last [`ANSWERS_PER_SESSION`] (more than kv-cli
+//!   keeps in flight); an older number is answered "cannot tell" and not applied;
 //! - an answer over [`MAX_KEPT_ANSWER_BYTES`] is remembered as applied without its answer;
 //! - at most [`MAX_SESSIONS`] sessions are kept, and at most [`MAX_REMEMBERED_WRITES`] writes
 //!   across them: past either, the session used least recently is dropped whole.
@@ -109,8 +110,9 @@ impl Sessions {
         }
     }
 
-    /// Records that `seq` of `session` was applied and answered `applied`.
-    pub fn record(&mut self, session: u64, seq: u64, applied: &Applied) {
+    /// Records that `seq` of `session` was applied and answered `applied`, and forgets the
+    /// session's writes numbered below `answered_below` (their client has had their answers).
+    pub fn record(&mut self, session: u64, seq: u64, answered_below: u64, applied: &Applied) {
         self.clock += 1;
         let record = self.records.entry(session).or_default();
         if record.used != 0 {
@@ -122,11 +124,14 @@ impl Sessions {
         if record.applied.insert(seq, kept).is_none() {
             self.remembered += 1;
         }
-        while record.applied.len() > ANSWERS_PER_SESSION {
-            let (oldest, _) = record.applied.pop_first().expect("over the bound, so not empty");
+        while record.applied.len() > ANSWERS_PER_SESSION
+            || record.applied.first_key_value().is_some_and(|(oldest, _)| *oldest < answered_below)
+        {
+            let (oldest, _) = record.applied.pop_first().expect("checked: not empty");
             record.forgotten_through = record.forgotten_through.max(oldest);
             self.remembered -= 1;
         }
+        record.forgotten_through = record.forgotten_through.max(answered_below.saturating_sub(1));
         self.dirty.insert(session);
         while self.records.len() > MAX_SESSIONS || self.remembered > MAX_REMEMBERED_WRITES {
             let Some((_, least)) = self.by_use.pop_first() else { break };
@@ -184,15 +189,15 @@ mod tests {
     fn an_applied_write_is_answered_again_not_applied_again() {
         let mut sessions = Sessions::default();
         assert_eq!(sessions.seen(7, 1, 0), Seen::New);
-        sessions.record(7, 1, &ok(5));
-        sessions.record(7, 3, &ok(6));
+        sessions.record(7, 1, 0, &ok(5));
+        sessions.record(7, 3, 0, &ok(6));
         assert_eq!(sessions.seen(7, 1, 9), Seen::Answered(ok(5)));
         assert_eq!(sessions.seen(7, 3, 9), Seen::Answered(ok(6)));
         assert_eq!(sessions.seen(7, 2, 9), Seen::New, "a number skipped is not taken as applied");
         assert_eq!(sessions.seen(8, 1, 9), Seen::New, "sessions are apart");
         let big =
             Applied { reply: Reply::Bulk { value: vec![0u8; MAX_KEPT_ANSWER_BYTES].into() }, revision: 7 };
-        sessions.record(7, 4, &big);
+        sessions.record(7, 4, 0, &big);
         let Seen::Answered(Applied { reply: Reply::Error { code, .. }, .. }) = sessions.seen(7, 4, 9) else {
             panic!("remembered as applied")
         };
@@ -203,7 +208,7 @@ mod tests {
     fn old_numbers_and_idle_sessions_are_dropped_by_count() {
         let mut sessions = Sessions::default();
         for seq in 1..=ANSWERS_PER_SESSION as u64 + 2 {
-            sessions.record(1, seq, &ok(seq));
+            sessions.record(1, seq, 0, &ok(seq));
         }
         let Seen::Answered(Applied { reply: Reply::Error { code, .. }, .. }) = sessions.seen(1, 2, 0) else {
             panic!("too old to tell")
@@ -211,7 +216,7 @@ mod tests {
         assert_eq!(code, ErrorCode::OutcomeUnknown);
         assert_eq!(sessions.seen(1, 3, 0), Seen::Answered(ok(3)));
         for session in 2..=MAX_SESSIONS as u64 + 1 {
-            sessions.record(session, 1, &ok(1));
+            sessions.record(session, 1, 0, &ok(1));
         }
         assert_eq!(sessions.len(), MAX_SESSIONS);
         assert_eq!(sessions.seen(1, 3, 0), Seen::New, "the least recently used session was dropped");
@@ -222,16 +227,33 @@ mod tests {
     }
 
     #[test]
+    fn writes_the_client_has_had_answers_for_are_forgotten() {
+        let mut sessions = Sessions::default();
+        for seq in 1..=5 {
+            sessions.record(1, seq, 0, &ok(seq));
+        }
+        // Write 6 says the client has had the answers of everything below 4.
+        sessions.record(1, 6, 4, &ok(6));
+        assert_eq!(sessions.records[&1].applied.keys().copied().collect::<Vec<_>>(), [4, 5, 6]);
+        assert_eq!(sessions.remembered, 3);
+        let Seen::Answered(Applied { reply: Reply::Error { code, .. }, .. }) = sessions.seen(1, 2, 0) else {
+            panic!("a forgotten write is not applied again")
+        };
+        assert_eq!(code, ErrorCode::OutcomeUnknown);
+        assert_eq!(sessions.seen(1, 5, 0), Seen::Answered(ok(5)));
+    }
+
+    #[test]
     fn a_loaded_table_decides_as_the_one_it_was_saved_from() {
         let mut sessions = Sessions::default();
-        sessions.record(1, 1, &ok(1));
-        sessions.record(2, 1, &ok(2));
+        sessions.record(1, 1, 0, &ok(1));
+        sessions.record(2, 1, 0, &ok(2));
         let saved: Vec<(u64, SessionRecord)> =
             sessions.records.iter().map(|(id, r)| (*id, r.clone())).collect();
         let mut loaded = Sessions::load(sessions.clock(), saved);
         assert_eq!(loaded.seen(1, 1, 0), Seen::Answered(ok(1)));
-        loaded.record(3, 1, &ok(3));
-        sessions.record(3, 1, &ok(3));
+        loaded.record(3, 1, 0, &ok(3));
+        sessions.record(3, 1, 0, &ok(3));
         assert_eq!(loaded.by_use, sessions.by_use);
     }
 }

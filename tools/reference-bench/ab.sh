@@ -6,7 +6,9 @@
 #   tools/reference-bench/ab.sh DIR_A DIR_B [ROUNDS] [SECONDS]
 #
 # LOADS (default "writes reads pipelined") picks the loads: writes (50 clients), reads (50
-# clients, linearizable), pipelined (50 clients, 16 writes in flight each).
+# clients, linearizable), pipelined (50 clients, 16 writes in flight each); and, for builds that
+# have `bench --workload`: scan (10 clients, 1,000-key pages; the median also in keys/s), incr
+# (50 clients, INCR on one key), txn (50 clients, TXN with two compares and two writes).
 # DIR_A and DIR_B hold release builds of kv-node and kv-cli (e.g. target/release of two
 # checkouts). Each run uses its build's own kv-cli. Uses ports 7201-7203 on 127.0.0.1.
 # SECURE (default none) names the side(s) that run with TLS and auth, the client logged in as
@@ -79,6 +81,9 @@ run() {
             writes) bench "$build" "$dir" writes --clients 50 ;;
             reads) bench "$build" "$dir" reads --clients 50 --reads 100 ;;
             pipelined) bench "$build" "$dir" pipelined --clients 50 --pipeline 16 ;;
+            scan) bench "$build" "$dir" scan --clients 10 --workload scan --scan-limit 1000 ;;
+            incr) bench "$build" "$dir" incr --clients 50 --workload incr ;;
+            txn) bench "$build" "$dir" txn --clients 50 --workload txn ;;
             *) echo "unknown load $load" >&2; exit 2 ;;
         esac
     done

@@ -36,7 +36,7 @@ use std::sync::Mutex;
 use test_each_file::test_each_path;
 
 fn kv_once(session: u64, seq: u64) -> crate::protocol::message::Once {
-    crate::protocol::message::Once { session, seq }
+    crate::protocol::message::Once { session, seq, answered_below: 0 }
 }
 
 /// The limits the scripts' commands are parsed with.
