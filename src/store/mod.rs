@@ -286,6 +286,20 @@ impl Store {
             let reply = crate::auth::apply(&mut records, change);
             return Ok(Applied { reply: records.checked(reply)?, revision: state.revision });
         }
+        if let Write::Set { key, value, only_if: None } = write {
+            // The most common write, without a staged view: it cannot fail part-way.
+            let before =
+                with_record(&state.unflushed, flushed, key, |r| record::decode(r).map(|(meta, _)| meta))
+                    .map_err(StoreError::storage)?
+                    .transpose()
+                    .map_err(|e| StoreError::storage(redb::StorageError::from(e)))?;
+            let revision = state.revision + 1;
+            let record = record::encode(record::Meta::next(before, revision), value);
+            state.unflushed.insert(key.clone(), Some(record.clone()));
+            state.unflushed_changes.push((revision, vec![(key.clone(), Some(record))]));
+            state.revision = revision;
+            return Ok(Applied { reply: Reply::ok(), revision });
+        }
         let mut staged = apply::Staged::new(&state.unflushed, flushed, state.revision);
         let reply = staged.apply(write).map_err(StoreError::storage)?;
         let (overlay, changes) = staged.finish();

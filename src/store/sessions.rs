@@ -58,9 +58,9 @@ pub enum Seen {
 #[derive(Debug, Default)]
 pub struct Sessions {
     records: HashMap<u64, SessionRecord>,
-    /// Sessions by when they were last used: the least recently used first.
-    by_use: BTreeMap<u64, u64>,
-    /// Counts the writes recorded; orders the sessions by use.
+    /// Counts the writes recorded; orders the sessions by use (the least recently used one is
+    /// found by a scan, only when one must be dropped: rare, and cheaper than keeping an order
+    /// up to date on every write).
     clock: u64,
     /// Writes remembered, all sessions together.
     remembered: usize,
@@ -73,7 +73,6 @@ impl Sessions {
     pub fn load(clock: u64, records: impl IntoIterator<Item = (u64, SessionRecord)>) -> Sessions {
         let mut sessions = Sessions { clock, ..Sessions::default() };
         for (id, record) in records {
-            sessions.by_use.insert(record.used, id);
             sessions.remembered += record.applied.len();
             sessions.records.insert(id, record);
         }
@@ -115,11 +114,7 @@ impl Sessions {
     pub fn record(&mut self, session: u64, seq: u64, answered_below: u64, applied: &Applied) {
         self.clock += 1;
         let record = self.records.entry(session).or_default();
-        if record.used != 0 {
-            self.by_use.remove(&record.used);
-        }
         record.used = self.clock;
-        self.by_use.insert(self.clock, session);
         let kept = (encoded_len(&applied.reply) <= MAX_KEPT_ANSWER_BYTES).then(|| applied.clone());
         if record.applied.insert(seq, kept).is_none() {
             self.remembered += 1;
@@ -132,9 +127,14 @@ impl Sessions {
             self.remembered -= 1;
         }
         record.forgotten_through = record.forgotten_through.max(answered_below.saturating_sub(1));
-        self.dirty.insert(session);
+        if !self.dirty.contains(&session) {
+            self.dirty.insert(session);
+        }
         while self.records.len() > MAX_SESSIONS || self.remembered > MAX_REMEMBERED_WRITES {
-            let Some((_, least)) = self.by_use.pop_first() else { break };
+            // Clocks are distinct, so every node picks the same one.
+            let Some(least) = self.records.iter().min_by_key(|(_, r)| r.used).map(|(id, _)| *id) else {
+                break;
+            };
             if let Some(dropped) = self.records.remove(&least) {
                 self.remembered -= dropped.applied.len();
             }
@@ -254,6 +254,7 @@ mod tests {
         assert_eq!(loaded.seen(1, 1, 0), Seen::Answered(ok(1)));
         loaded.record(3, 1, 0, &ok(3));
         sessions.record(3, 1, 0, &ok(3));
-        assert_eq!(loaded.by_use, sessions.by_use);
+        let used = |s: &Sessions| s.records.iter().map(|(id, r)| (*id, r.used)).collect::<BTreeMap<_, _>>();
+        assert_eq!(used(&loaded), used(&sessions));
     }
 }
