@@ -133,20 +133,12 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
             answer = next_answer(&mut link.receiver, options), if in_flight > 0 => {
                 let Some(Slot::Sent { id, request, sends, .. }) = queue.front() else { unreachable!("the front is a sent command") };
                 let resend = request.once.is_some() && *sends < super::MAX_SENDS;
-                match answer.and_then(|response| expect_id(response, *id)) {
+                // Set when what is in flight goes to the next node: why, and whether the node
+                // said it applied none of it.
+                let move_on = match answer.and_then(|response| expect_id(response, *id)) {
                     Ok(Response { reply: Reply::Error { code: ErrorCode::OutcomeUnknown, message }, .. }) if resend => {
                         // Sent again to the next node, with everything behind it, in order.
-                        let lost = format!("{} could not learn a write's outcome ({message})", link.addr);
-                        match reconnect(&mut queue, &link, options, &lost, false).await {
-                            Ok((new_link, resent)) => {
-                                link = new_link;
-                                in_flight = resent;
-                            }
-                            Err(e) => {
-                                printer.error(CONNECTION, &format!("{lost}; cannot reconnect: {e}"));
-                                return status.or(ExitStatus::Failure);
-                            }
-                        }
+                        Some((format!("{} could not learn a write's outcome ({message})", link.addr), false))
                     }
                     Ok(response) => {
                         let response = match queue.front() {
@@ -171,6 +163,7 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
                         if options.stop_on_error && verdict != ExitStatus::Success {
                             return status;
                         }
+                        None
                     }
                     Err(e) => {
                         losses += 1;
@@ -179,16 +172,18 @@ pub async fn run(mut lines: mpsc::Receiver<Line>, options: &Options, printer: &P
                             printer.error(CONNECTION, &format!("{lost}; giving up after {MAX_LOSSES_IN_A_ROW} reconnections"));
                             return status.or(ExitStatus::Failure);
                         }
-                        let unapplied = matches!(e, ClientError::GoingAway(_));
-                        match reconnect(&mut queue, &link, options, &lost, unapplied).await {
-                            Ok((new_link, resent)) => {
-                                link = new_link;
-                                in_flight = resent;
-                            }
-                            Err(e) => {
-                                printer.error(CONNECTION, &format!("{lost}; cannot reconnect: {e}"));
-                                return status.or(ExitStatus::Failure);
-                            }
+                        Some((lost, matches!(e, ClientError::GoingAway(_))))
+                    }
+                };
+                if let Some((lost, unapplied)) = move_on {
+                    match reconnect(&mut queue, &link, options, &lost, unapplied).await {
+                        Ok((new_link, resent)) => {
+                            link = new_link;
+                            in_flight = resent;
+                        }
+                        Err(e) => {
+                            printer.error(CONNECTION, &format!("{lost}; cannot reconnect: {e}"));
+                            return status.or(ExitStatus::Failure);
                         }
                     }
                 }

@@ -65,7 +65,7 @@ const MEMBERS_EVER: &str = "members_ever";
 /// batch, the more of its keys share the B-tree pages that redb rewrites once per commit, which
 /// cuts the nodes' CPU per write under load (docs/BENCHMARKS.md has the A/B). The cost is memory
 /// until the flush, and a restart applies at most this many entries again.
-pub const FLUSH_EVERY_ENTRIES: u64 = 8192;
+pub const FLUSH_EVERY_ENTRIES: u64 = 32768;
 
 /// ... or once their keys and values come to this many bytes, which bounds the memory they hold.
 pub const FLUSH_EVERY_BYTES: u64 = 16 * 1024 * 1024;
