@@ -641,5 +641,15 @@ mod tests {
             "the repeat was not applied on the node that installed the snapshot"
         );
         assert_eq!(b.store.revision(), a.store.revision());
+        // The keys' metadata came along: a write carries it forward, on either node alike.
+        for sm in [&mut a, &mut b] {
+            sm.apply(futures::stream::iter([Ok(normal(7, set("kept", "2")))])).await.unwrap();
+        }
+        let meta = |sm: &StateMachine| {
+            sm.store.read(&Read::Get { key: Bytes::from("kept"), with_meta: true }).unwrap()
+        };
+        let Reply::Entries { entries, .. } = meta(&b) else { panic!("kept exists") };
+        assert_eq!((entries[0].create_revision, entries[0].version), (1, 2));
+        assert_eq!(meta(&a), meta(&b));
     }
 }
