@@ -63,7 +63,10 @@ impl<'a> Staged<'a> {
     }
 
     fn meta(&self, key: &[u8]) -> Result<Option<Meta>, StorageError> {
-        self.with(key, |found| found.map(|(meta, _)| meta))
+        match self.overlay.get(key) {
+            Some(staged) => Ok(staged.as_deref().map(record::decode).transpose()?.map(|(meta, _)| meta)),
+            None => super::meta_of(self.unflushed, self.flushed, key),
+        }
     }
 
     fn put(&mut self, key: &Bytes, value: &[u8]) -> Result<(), StorageError> {

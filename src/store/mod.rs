@@ -288,11 +288,7 @@ impl Store {
         }
         if let Write::Set { key, value, only_if: None } = write {
             // The most common write, without a staged view: it cannot fail part-way.
-            let before =
-                with_record(&state.unflushed, flushed, key, |r| record::decode(r).map(|(meta, _)| meta))
-                    .map_err(StoreError::storage)?
-                    .transpose()
-                    .map_err(|e| StoreError::storage(redb::StorageError::from(e)))?;
+            let before = meta_of(&state.unflushed, flushed, key).map_err(StoreError::storage)?;
             let revision = state.revision + 1;
             let record = record::encode(record::Meta::next(before, revision), value);
             state.unflushed.insert(key.clone(), Some(record.clone()));
@@ -402,7 +398,10 @@ impl Store {
                 table.insert(*id, encode_record(record)?.as_slice())?;
             }
             drop(table);
-            txn.open_table(STORE_META)?.insert(SESSION_CLOCK, sessions.clock)?;
+            let mut meta = txn.open_table(STORE_META)?;
+            meta.insert(SESSION_CLOCK, sessions.clock)?;
+            meta.insert(REVISION, revision)?;
+            drop(meta);
             let mut kv = txn.open_table(KV)?;
             kv.retain(|_, _| false)?;
             for (key, record) in records {
@@ -411,7 +410,6 @@ impl Store {
             }
             drop(kv);
             txn.open_table(CHANGES)?.retain(|_, _| false)?;
-            txn.open_table(STORE_META)?.insert(REVISION, revision)?;
             also(txn)
         })?;
         let flushed = view(&self.db);
@@ -597,6 +595,16 @@ fn with_record<T>(
         Some(record) => record.as_deref().map(f),
         None => flushed.get(key)?.map(|record| f(record.value())),
     })
+}
+
+/// `key`'s metadata in the applied state, if it exists.
+fn meta_of(
+    unflushed: &Unflushed,
+    flushed: &FlushedTable,
+    key: &[u8],
+) -> Result<Option<record::Meta>, redb::StorageError> {
+    let meta = with_record(unflushed, flushed, key, |r| record::decode(r).map(|(meta, _)| meta))?;
+    Ok(meta.transpose()?)
 }
 
 /// The value of a key as an answer: `Bulk`, or `Nil` for a missing key.

@@ -127,9 +127,7 @@ impl Sessions {
             self.remembered -= 1;
         }
         record.forgotten_through = record.forgotten_through.max(answered_below.saturating_sub(1));
-        if !self.dirty.contains(&session) {
-            self.dirty.insert(session);
-        }
+        self.dirty.insert(session);
         while self.records.len() > MAX_SESSIONS || self.remembered > MAX_REMEMBERED_WRITES {
             // Clocks are distinct, so every node picks the same one.
             let Some(least) = self.records.iter().min_by_key(|(_, r)| r.used).map(|(id, _)| *id) else {
