@@ -10,6 +10,7 @@
 //! Multi-key answers (`GET`s and `SCAN`s in a `TXN`) share a byte budget ([`ANSWER_BYTES`]); an
 //! operation past it answers `TOO_LARGE`, so no answer outgrows a frame.
 
+use super::pending::Pending;
 use super::range;
 use super::record::{self, Meta};
 use super::{FlushedTable, Unflushed};
@@ -54,7 +55,8 @@ impl<'a> Staged<'a> {
             record::decode(record).map_err(StorageError::from)
         }
         if let Some(staged) = self.overlay.get(key).or_else(|| self.unflushed.get(key)) {
-            return Ok(f(staged.as_deref().map(decoded).transpose()?));
+            let record = staged.record(key, self.flushed)?;
+            return Ok(f(record.as_deref().map(decoded).transpose()?));
         }
         match self.flushed.get(key)? {
             Some(record) => Ok(f(Some(decoded(record.value())?))),
@@ -64,7 +66,10 @@ impl<'a> Staged<'a> {
 
     fn meta(&self, key: &[u8]) -> Result<Option<Meta>, StorageError> {
         match self.overlay.get(key) {
-            Some(staged) => Ok(staged.as_deref().map(record::decode).transpose()?.map(|(meta, _)| meta)),
+            Some(staged) => {
+                let record = staged.record(key, self.flushed)?;
+                Ok(record.as_deref().map(record::decode).transpose()?.map(|(meta, _)| meta))
+            }
             None => super::meta_of(self.unflushed, self.flushed, key),
         }
     }
@@ -72,7 +77,7 @@ impl<'a> Staged<'a> {
     fn put(&mut self, key: &Bytes, value: &[u8]) -> Result<(), StorageError> {
         let meta = Meta::next(self.meta(key)?, self.revision);
         let record = record::encode(meta, value);
-        self.overlay.insert(key.clone(), Some(record.clone()));
+        self.overlay.insert(key.clone(), Pending::Record(Some(record.clone())));
         self.changes.push((key.clone(), Some(record)));
         Ok(())
     }
@@ -82,7 +87,7 @@ impl<'a> Staged<'a> {
         if self.meta(key)?.is_none() {
             return Ok(false);
         }
-        self.overlay.insert(key.clone(), None);
+        self.overlay.insert(key.clone(), Pending::Record(None));
         self.changes.push((key.clone(), None));
         Ok(true)
     }

@@ -24,13 +24,15 @@
 //! Every key carries its metadata ([`record`]): the revision that created it, the one that last
 //! changed it, and how many writes did. The store's revision counts the writes that changed
 //! any key (the system's records, users and roles, do not count). Each such write is also kept
-//! in a change log, by revision, for the last [`HISTORY_REVISIONS`] revisions: what a watch
-//! resuming from a recent revision will read. Older entries are dropped at each flush, and a
+//! in a change log, by revision, for at least the last [`HISTORY_REVISIONS`] revisions: what a
+//! watch resuming from a recent revision will read. Each flush adds its revisions as one row and
+//! drops the rows wholly older than that, and a
 //! node that installs a snapshot starts its log afresh at the snapshot's revision.
 //!
 //! Not here: replication, and anything about connections or the wire.
 
 mod apply;
+mod pending;
 mod range;
 pub mod sessions;
 
@@ -43,6 +45,7 @@ use crate::auth::Accounts;
 use crate::command::{Read, Write};
 use crate::protocol::message::Reply;
 use bytes::Bytes;
+use pending::Pending;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde_bytes::ByteBuf;
 use std::collections::BTreeMap;
@@ -54,8 +57,9 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 /// [`crate::auth::SYSTEM_PREFIX`]).
 pub(crate) const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
-/// The change log: by revision, the keys that write changed with their new records (or none for
-/// a deletion), MessagePack-encoded.
+/// The change log, one row per flush (by the first revision it holds): each revision with the
+/// keys that write changed and their new records (or none for a deletion), MessagePack-encoded.
+/// A row per revision cost a flush an insert and a removal per write, as much as the data's own.
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
 
 /// The store's own numbers: its revision and its format.
@@ -66,9 +70,12 @@ const SESSION_CLOCK: &str = "session_clock";
 /// Each client session's applied writes and answers ([`sessions`]), MessagePack-encoded.
 const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
 const FORMAT: &str = "format";
-/// The layout of [`KV`]'s records. A store holding keys without it was written before keys had
-/// metadata, and is refused rather than misread.
-const FORMAT_VERSION: u64 = 2;
+/// The layout of the store's tables. A store holding keys without a format was written before
+/// keys had metadata, and is refused rather than misread.
+const FORMAT_VERSION: u64 = 3;
+/// The format whose change log had a row per revision: its store is read, and its change log
+/// starts afresh, as after installing a snapshot.
+const FORMAT_ROW_PER_REVISION: u64 = 2;
 
 /// How many revisions of changes the change log keeps.
 pub const HISTORY_REVISIONS: u64 = 10_000;
@@ -102,8 +109,8 @@ impl StoreError {
     }
 }
 
-/// Applied writes not yet in the database, by key: the record, or `None` for a deleted key.
-type Unflushed = BTreeMap<Bytes, Option<Bytes>>;
+/// Applied writes not yet in the database, by key.
+type Unflushed = BTreeMap<Bytes, Pending>;
 
 /// A write's answer and the store's revision after it (unchanged if it changed no key).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -133,8 +140,8 @@ pub struct Store {
 struct StoreState {
     /// Applied writes that `flush` has not moved into the database yet.
     unflushed: Unflushed,
-    /// Their change log entries, by revision.
-    unflushed_changes: Vec<(u64, Vec<apply::Change>)>,
+    /// Their change log entries, by revision: each key's state right after that revision.
+    unflushed_changes: Vec<(u64, Vec<(Bytes, Pending)>)>,
     /// The revision of the last write that changed a key.
     revision: u64,
     /// Which writes of each client session were applied.
@@ -165,7 +172,11 @@ impl Store {
         let revision = meta.get(REVISION).map_err(StoreError::storage)?.map_or(0, |v| v.value());
         let clock = meta.get(SESSION_CLOCK).map_err(StoreError::storage)?.map_or(0, |v| v.value());
         drop((kv, meta));
-        txn.open_table(CHANGES).map_err(StoreError::storage)?;
+        let mut changes = txn.open_table(CHANGES).map_err(StoreError::storage)?;
+        if format == Some(FORMAT_ROW_PER_REVISION) {
+            changes.retain(|_, _| false).map_err(StoreError::storage)?;
+        }
+        drop(changes);
         let records = read_sessions(&txn.open_table(SESSIONS).map_err(StoreError::storage)?)?;
         txn.commit().map_err(StoreError::storage)?;
         let flushed = view(&db)?;
@@ -287,12 +298,21 @@ impl Store {
             return Ok(Applied { reply: records.checked(reply)?, revision: state.revision });
         }
         if let Write::Set { key, value, only_if: None } = write {
-            // The most common write, without a staged view: it cannot fail part-way.
-            let before = meta_of(&state.unflushed, flushed, key).map_err(StoreError::storage)?;
+            // The most common write, without a staged view (it cannot fail part-way) and
+            // without reading the database (see `pending`).
             let revision = state.revision + 1;
-            let record = record::encode(record::Meta::next(before, revision), value);
-            state.unflushed.insert(key.clone(), Some(record.clone()));
-            state.unflushed_changes.push((revision, vec![(key.clone(), Some(record))]));
+            let after = match state.unflushed.entry(key.clone()) {
+                std::collections::btree_map::Entry::Vacant(vacant) => {
+                    vacant.insert(Pending::set(None, value, revision).map_err(StoreError::storage)?).clone()
+                }
+                std::collections::btree_map::Entry::Occupied(mut occupied) => {
+                    let after =
+                        Pending::set(Some(occupied.get()), value, revision).map_err(StoreError::storage)?;
+                    occupied.insert(after.clone());
+                    after
+                }
+            };
+            state.unflushed_changes.push((revision, vec![(key.clone(), after)]));
             state.revision = revision;
             return Ok(Applied { reply: Reply::ok(), revision });
         }
@@ -302,6 +322,7 @@ impl Store {
         if !changes.is_empty() {
             state.revision += 1;
             state.unflushed.extend(overlay);
+            let changes = changes.into_iter().map(|(key, record)| (key, Pending::Record(record))).collect();
             state.unflushed_changes.push((state.revision, changes));
         }
         Ok(Applied { reply, revision: state.revision })
@@ -338,19 +359,48 @@ impl Store {
         let revision = applied.revision;
         self.transact(|txn| {
             let mut table = txn.open_table(KV)?;
-            for (key, value) in applied.unflushed.iter() {
-                match value {
-                    Some(value) => table.insert(key.as_ref(), value.as_ref())?,
+            // The flushed metadata of the keys whose records depend on it, in key order, for the
+            // change log.
+            let mut bases = Vec::new();
+            for (key, pending) in applied.unflushed.iter() {
+                let record = if pending.on_flushed() {
+                    // Looked up in the table about to be written: the page read serves the write too.
+                    let base = pending::flushed_meta(key, &table)?;
+                    bases.push((key, base));
+                    pending.record_on(base)
+                } else {
+                    pending.record_on(None)
+                };
+                match record {
+                    Some(record) => table.insert(key.as_ref(), record.as_ref())?,
                     None => table.remove(key.as_ref())?,
                 };
             }
             drop(table);
             let mut changes = txn.open_table(CHANGES)?;
-            for (at, change) in &applied.unflushed_changes {
-                changes.insert(*at, encode_changes(change)?.as_slice())?;
-            }
             let oldest_kept = revision.saturating_sub(HISTORY_REVISIONS) + 1;
-            changes.retain_in(..oldest_kept, |_, _| false)?;
+            // A flush can hold more revisions than are kept: the older ones are never written.
+            let mut chunk = Vec::new();
+            for (at, change) in applied.unflushed_changes.iter().filter(|(at, _)| *at >= oldest_kept) {
+                let change: Result<Vec<apply::Change>, redb::StorageError> = change
+                    .iter()
+                    .map(|(key, pending)| match bases.binary_search_by(|(k, _)| (*k).cmp(key)) {
+                        Ok(at) => Ok((key.clone(), pending.record_on(bases[at].1))),
+                        // Set before a later write to the key made its record known.
+                        Err(_) => Ok((key.clone(), pending.record(key, &*applied.flushed)?)),
+                    })
+                    .collect();
+                chunk.push((*at, change?));
+            }
+            if let Some((first, _)) = chunk.first() {
+                changes.insert(*first, encode_changes(&chunk)?.as_slice())?;
+            }
+            // A row ends where the next begins: drop those that end before the oldest kept.
+            let starts: Vec<u64> =
+                changes.iter()?.map(|row| row.map(|(start, _)| start.value())).collect::<Result<_, _>>()?;
+            for pair in starts.windows(2).filter(|pair| pair[1] <= oldest_kept) {
+                changes.remove(pair[0])?;
+            }
             drop(changes);
             let mut meta = txn.open_table(STORE_META)?;
             meta.insert(REVISION, revision)?;
@@ -432,20 +482,30 @@ impl Store {
         let applied = self.applied();
         let txn = self.begin_read()?;
         let table = txn.open_table(CHANGES).map_err(StoreError::storage)?;
+        // From the row holding `from` (the last starting at or before it) on.
+        let first = match table.range(..=from).map_err(StoreError::storage)?.next_back() {
+            Some(row) => row.map_err(StoreError::storage)?.0.value(),
+            None => from,
+        };
         let mut out = Vec::new();
-        for item in table.range(from..).map_err(StoreError::storage)? {
-            let (at, change) = item.map_err(StoreError::storage)?;
-            let change: Vec<(ByteBuf, Option<ByteBuf>)> = rmp_serde::from_slice(change.value())
+        for row in table.range(first..).map_err(StoreError::storage)? {
+            let (_, chunk) = row.map_err(StoreError::storage)?;
+            type Stored = Vec<(u64, Vec<(ByteBuf, Option<ByteBuf>)>)>;
+            let chunk: Stored = rmp_serde::from_slice(chunk.value())
                 .map_err(|e| StoreError::storage(redb::StorageError::Corrupted(e.to_string())))?;
-            let change = change
-                .into_iter()
-                .map(|(k, v)| (Bytes::from(k.into_vec()), v.map(|v| Bytes::from(v.into_vec()))))
-                .collect();
-            out.push((at.value(), change));
+            for (at, change) in chunk.into_iter().filter(|(at, _)| *at >= from) {
+                let change = change
+                    .into_iter()
+                    .map(|(k, v)| (Bytes::from(k.into_vec()), v.map(|v| Bytes::from(v.into_vec()))))
+                    .collect();
+                out.push((at, change));
+            }
         }
         let flushed_to = out.last().map_or(0, |(at, _)| *at);
         let unflushed = applied.unflushed_changes.iter().filter(|(at, _)| *at >= from && *at > flushed_to);
-        out.extend(unflushed.cloned());
+        for (at, change) in unflushed {
+            out.push((*at, resolved(change, &applied.flushed).map_err(StoreError::storage)?));
+        }
         Ok(out)
     }
 
@@ -509,11 +569,25 @@ fn encode_record(record: &sessions::SessionRecord) -> Result<Vec<u8>, redb::Erro
     rmp_serde::to_vec_named(record).map_err(|e| redb::Error::Corrupted(e.to_string()))
 }
 
-/// A change log entry as the database holds it.
-fn encode_changes(changes: &[apply::Change]) -> Result<Vec<u8>, redb::Error> {
-    let borrowed: Vec<(&serde_bytes::Bytes, Option<&serde_bytes::Bytes>)> = changes
+/// A change log entry with each key's record.
+fn resolved(
+    change: &[(Bytes, Pending)],
+    flushed: &FlushedTable,
+) -> Result<Vec<apply::Change>, redb::StorageError> {
+    change.iter().map(|(key, pending)| Ok((key.clone(), pending.record(key, flushed)?))).collect()
+}
+
+/// A row of the change log as the database holds it.
+fn encode_changes(chunk: &[(u64, Vec<apply::Change>)]) -> Result<Vec<u8>, redb::Error> {
+    type Borrowed<'a> = Vec<(u64, Vec<(&'a serde_bytes::Bytes, Option<&'a serde_bytes::Bytes>)>)>;
+    let borrowed: Borrowed = chunk
         .iter()
-        .map(|(k, v)| (serde_bytes::Bytes::new(k), v.as_deref().map(serde_bytes::Bytes::new)))
+        .map(|(at, changes)| {
+            let changes = changes
+                .iter()
+                .map(|(k, v)| (serde_bytes::Bytes::new(k), v.as_deref().map(serde_bytes::Bytes::new)));
+            (*at, changes.collect())
+        })
         .collect();
     rmp_serde::to_vec(&borrowed).map_err(|e| redb::Error::Corrupted(e.to_string()))
 }
@@ -552,18 +626,8 @@ impl<'a, U: std::ops::Deref<Target = Unflushed>> SystemRecords<'a, U> {
 
 impl<U: std::ops::Deref<Target = Unflushed>> crate::auth::Records for SystemRecords<'_, U> {
     fn get(&self, key: &[u8]) -> Option<Bytes> {
-        let value = |record: &[u8]| match record::decode(record) {
-            Ok((_, value)) => Some(Bytes::copy_from_slice(value)),
-            Err(e) => {
-                self.failed.set(Some(e.into()));
-                None
-            }
-        };
-        if let Some(record) = self.unflushed.get(key) {
-            return record.as_deref().and_then(value);
-        }
-        match self.flushed.get(key) {
-            Ok(record) => record.and_then(|r| value(r.value())),
+        match with_value(&self.unflushed, self.flushed, key, Bytes::copy_from_slice) {
+            Ok(value) => value,
             Err(e) => {
                 self.failed.set(Some(e));
                 None
@@ -577,8 +641,8 @@ impl crate::auth::RecordsMut for SystemRecords<'_, &mut Unflushed> {
         let failed = self.failed.take();
         if failed.is_none() {
             // The system's records carry no revisions: they are not keys a client sees.
-            self.unflushed
-                .insert(Bytes::copy_from_slice(key), Some(record::encode(record::Meta::default(), &value)));
+            let record = record::encode(record::Meta::default(), &value);
+            self.unflushed.insert(Bytes::copy_from_slice(key), Pending::Record(Some(record)));
         }
         self.failed.set(failed);
     }
@@ -592,8 +656,24 @@ fn with_record<T>(
     f: impl FnOnce(&[u8]) -> T,
 ) -> Result<Option<T>, redb::StorageError> {
     Ok(match unflushed.get(key) {
-        Some(record) => record.as_deref().map(f),
+        Some(pending) => pending.record(key, flushed)?.map(|record| f(&record)),
         None => flushed.get(key)?.map(|record| f(record.value())),
+    })
+}
+
+/// Runs `f` on `key`'s value in the applied state, if it exists (cheaper than its record).
+fn with_value<T>(
+    unflushed: &Unflushed,
+    flushed: &FlushedTable,
+    key: &[u8],
+    f: impl FnOnce(&[u8]) -> T,
+) -> Result<Option<T>, redb::StorageError> {
+    Ok(match unflushed.get(key) {
+        Some(pending) => pending.value()?.map(f),
+        None => match flushed.get(key)? {
+            Some(record) => Some(f(record::decode(record.value())?.1)),
+            None => None,
+        },
     })
 }
 
@@ -609,10 +689,7 @@ fn meta_of(
 
 /// The value of a key as an answer: `Bulk`, or `Nil` for a missing key.
 fn value_of(unflushed: &Unflushed, flushed: &FlushedTable, key: &[u8]) -> Result<Reply, redb::StorageError> {
-    let value = with_record(unflushed, flushed, key, |record| {
-        record::decode(record).map(|(_, value)| ByteBuf::from(value))
-    })?;
-    Ok(match value.transpose()? {
+    Ok(match with_value(unflushed, flushed, key, |v| ByteBuf::from(v))? {
         Some(value) => Reply::Bulk { value },
         None => Reply::Nil,
     })
@@ -647,7 +724,7 @@ fn apply_read(
         Read::Exists { keys } => {
             let mut found = 0;
             for key in keys {
-                found += i64::from(with_record(unflushed, flushed, key, |_| ())?.is_some());
+                found += i64::from(with_value(unflushed, flushed, key, |_| ())?.is_some());
             }
             Reply::Integer { value: found }
         }
@@ -861,6 +938,32 @@ mod tests {
         assert!(store.apply_write(&flushed, &Write::Incr { key: b("k"), by: 1 }).is_err());
         let scan = crate::command::scan::parse(&[b("")], 64).unwrap();
         assert!(store.read(&Read::Scan(scan)).is_err());
+    }
+
+    #[test]
+    fn the_change_log_keeps_its_history_and_drops_only_whole_older_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let per_flush = HISTORY_REVISIONS / 4 + 1;
+        for round in 0..6 {
+            let writes: Vec<Write> =
+                (0..per_flush).map(|i| set(&format!("k{i}"), &format!("{round}"))).collect();
+            apply(&store, &writes);
+            flush(&store);
+        }
+        apply(&store, &[set("k0", "unflushed")]);
+        let revision = store.revision();
+        let log = store.changes_since(0).unwrap();
+        let oldest = log[0].0;
+        assert!(oldest <= revision - HISTORY_REVISIONS + 1, "at least the history is kept");
+        assert!(oldest + per_flush > revision - HISTORY_REVISIONS, "older flushes are dropped");
+        let revisions: Vec<u64> = log.iter().map(|(at, _)| *at).collect();
+        assert_eq!(revisions, (oldest..=revision).collect::<Vec<_>>());
+        let (at, change) = &log[log.len() - 2];
+        let (meta, value) = record::decode(change[0].1.as_deref().unwrap()).unwrap();
+        assert_eq!((*at, meta.version, value), (revision - 1, 6, &b"5"[..]), "{:?}", change[0].0);
+        let from = revision - per_flush - 7;
+        assert_eq!(store.changes_since(from).unwrap()[0].0, from, "read from inside a row");
     }
 
     #[test]

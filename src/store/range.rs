@@ -44,7 +44,7 @@ pub(super) fn layers<'a>(
     let mut layers: Vec<Layer<'a>> = Vec::with_capacity(memory.len() + 1);
     for map in memory {
         let entries = map.range::<[u8], _>((start, end));
-        let entries = entries.map(|(k, v)| Ok((k.clone(), v.clone().map(Found::Memory))));
+        let entries = entries.map(move |(k, v)| Ok((k.clone(), v.record(k, flushed)?.map(Found::Memory))));
         layers.push(if scan.reverse { Box::new(entries.rev()) } else { Box::new(entries) });
     }
     let entries = flushed.range::<&[u8]>((start, end))?;
