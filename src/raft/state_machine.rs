@@ -8,6 +8,12 @@
 //! The flush's transaction also records the last applied log id and the membership, so the data
 //! and the claim about how much of the log it reflects can never disagree after a crash.
 //!
+//! A flush is begun between two batches (the writes applied so far are frozen, with the log id
+//! of the last) and written on a blocking thread while the next batches are applied over it;
+//! the next flush waits for it. Writing a flush of tens of thousands of keys takes long enough
+//! that stopping the applies for it showed in the slowest answers of a pipelined load. A
+//! membership's flush, a snapshot and a snapshot install wait for the flush under way.
+//!
 //! Between flushes nothing here is durable, and need not be: the Raft log is, so a crash only
 //! rolls the state machine back to the last flush, and openraft applies the committed entries
 //! after it again on restart (at most a flush's worth). What makes that safe is that the log is
@@ -34,7 +40,7 @@
 
 use super::{KvRaft, TypeConfig, io_error, written_bytes};
 use crate::protocol::message::Reply;
-use crate::store::{Applied, KV, SessionsSnapshot, Store, StoreError};
+use crate::store::{Applied, Flush, KV, SessionsSnapshot, Store, StoreError};
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
@@ -170,16 +176,14 @@ impl Progress {
         self.unflushed + count >= FLUSH_EVERY_ENTRIES || self.unflushed_bytes + bytes >= FLUSH_EVERY_BYTES
     }
 
-    /// Applies `entries` (whose writes come to about `bytes`) to the store, flushing it when
-    /// enough has gathered or a membership changed; returns each entry's reply, and whether a
-    /// snapshot is now due.
+    /// Applies `entries` (whose writes come to about `bytes`) to the store; returns each
+    /// entry's reply, the memberships among them, and whether a flush and a snapshot are due.
     fn apply(&mut self, store: &Store, entries: &[Entry], bytes: u64) -> Result<AppliedBatch, StoreError> {
-        let flushed = store.flushed();
         let mut replies = Vec::with_capacity(entries.len());
         let mut memberships = Vec::new();
         for entry in entries {
             replies.push(match &entry.payload {
-                EntryPayload::Normal(write) => store.apply_write(&flushed, write)?,
+                EntryPayload::Normal(write) => store.apply_write(write)?,
                 EntryPayload::Membership(membership) => {
                     memberships.push(StoredMembership::new(Some(entry.log_id()), membership.clone()));
                     Applied { reply: Reply::ok(), revision: store.revision() }
@@ -187,43 +191,73 @@ impl Progress {
                 EntryPayload::Blank => Applied { reply: Reply::ok(), revision: store.revision() },
             });
         }
-        drop(flushed);
         self.applied = entries.last().map(|e| e.log_id()).or(self.applied);
         self.unflushed += entries.len() as u64;
         self.unflushed_bytes += bytes;
         // A membership is flushed at once: nodes ask for the ids ever used (`members_ever`).
-        if self.flush_due(0, 0) || !memberships.is_empty() {
-            self.flush(store, &memberships)?;
-        }
+        let flush_due = self.flush_due(0, 0) || !memberships.is_empty();
         let snapshot_due = self.snapshots.applied(entries.len() as u64);
-        Ok(AppliedBatch { replies, snapshot_due })
+        Ok(AppliedBatch { replies, memberships, flush_due, snapshot_due })
     }
 
-    /// Flushes the store, recording the applied log id and `memberships` beside the data.
-    fn flush(&mut self, store: &Store, memberships: &[Membership]) -> Result<(), StoreError> {
-        store.flush(|txn| {
-            let mut meta = txn.open_table(RAFT_META)?;
-            if let Some(applied) = self.applied {
-                meta.insert(APPLIED, encode(&Some(applied))?.as_slice())?;
-            }
-            if let Some(latest) = memberships.last() {
-                meta.insert(MEMBERSHIP, encode(latest)?.as_slice())?;
-                let mut ever = read_members_ever(&meta)?;
-                ever.extend(memberships.iter().flat_map(|m| m.membership().nodes().map(|(id, _)| *id)));
-                meta.insert(MEMBERS_EVER, encode(&ever)?.as_slice())?;
-            }
-            Ok(())
-        })?;
+    /// Begins a flush of everything applied (see [`Store::freeze`]); what [`write_flush`] then
+    /// records beside the data: the last applied log id.
+    fn freeze(&mut self, store: &Store) -> Result<(Flush, Option<LogId>), StoreError> {
+        let flush = store.freeze()?;
         self.unflushed = 0;
         self.unflushed_bytes = 0;
-        Ok(())
+        Ok((flush, self.applied))
     }
+
+    /// Flushes the store, recording the applied log id and `memberships` beside the data. Fails
+    /// if a flush is under way.
+    fn flush(&mut self, store: &Store, memberships: &[Membership]) -> Result<(), StoreError> {
+        let (flush, applied) = self.freeze(store)?;
+        write_flush(store, flush, applied, memberships)
+    }
+}
+
+/// Writes a flush begun by [`Progress::freeze`], recording the log id `applied` and
+/// `memberships` beside the data.
+fn write_flush(
+    store: &Store,
+    flush: Flush,
+    applied: Option<LogId>,
+    memberships: &[Membership],
+) -> Result<(), StoreError> {
+    store.write_frozen(flush, |txn| {
+        let mut meta = txn.open_table(RAFT_META)?;
+        if let Some(applied) = applied {
+            meta.insert(APPLIED, encode(&Some(applied))?.as_slice())?;
+        }
+        if let Some(latest) = memberships.last() {
+            meta.insert(MEMBERSHIP, encode(latest)?.as_slice())?;
+            let mut ever = read_members_ever(&meta)?;
+            ever.extend(memberships.iter().flat_map(|m| m.membership().nodes().map(|(id, _)| *id)));
+            meta.insert(MEMBERS_EVER, encode(&ever)?.as_slice())?;
+        }
+        Ok(())
+    })
 }
 
 /// What applying a batch gave.
 struct AppliedBatch {
     replies: Vec<Applied>,
+    memberships: Vec<Membership>,
+    flush_due: bool,
     snapshot_due: bool,
+}
+
+/// The flush writing in the background, if any. Held while a flush is begun or the state
+/// replaced, after waiting for the one under way, so that flushes run one at a time.
+type Flushing = Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), StoreError>>>>>;
+
+/// Waits for the flush under way in `flushing`, if any, and gives its outcome.
+async fn flushed(flushing: &mut Option<tokio::task::JoinHandle<Result<(), StoreError>>>) -> io::Result<()> {
+    match flushing.take() {
+        Some(under_way) => under_way.await.map_err(io_error)?.map_err(io_error),
+        None => Ok(()),
+    }
 }
 
 /// The state machine given to openraft; also its own snapshot builder. Clones share everything.
@@ -232,6 +266,7 @@ pub struct StateMachine {
     store: Arc<Store>,
     snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     progress: Arc<Mutex<Progress>>,
+    flushing: Flushing,
     /// Notified when a snapshot is due; [`request_snapshots`] asks openraft for it.
     snapshot_due: Arc<Notify>,
 }
@@ -250,6 +285,7 @@ impl StateMachine {
             store,
             snapshot: Arc::new(Mutex::new(None)),
             progress: Arc::new(Mutex::new(progress)),
+            flushing: Flushing::default(),
             snapshot_due: Arc::new(Notify::new()),
         })
     }
@@ -261,6 +297,26 @@ impl StateMachine {
 
     fn remember(&self, snapshot: StoredSnapshot) {
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(snapshot);
+    }
+
+    /// Flushes everything applied, recording `memberships` beside it. The writing runs in the
+    /// background while later entries are applied (a flush of a busy store takes long enough
+    /// to show in every answer's latency otherwise), unless a membership must be durable at
+    /// once; a flush still under way from before is waited for first.
+    async fn flush(&self, memberships: Vec<Membership>) -> io::Result<()> {
+        let mut flushing = self.flushing.lock().await;
+        flushed(&mut flushing).await?;
+        // Frozen here, before the next entry is applied: the log id recorded with the data is
+        // exactly the last one in it.
+        let (flush, applied) = lock(&self.progress).freeze(&self.store).map_err(io_error)?;
+        let store = self.store.clone();
+        let at_once = !memberships.is_empty();
+        let writing = tokio::task::spawn_blocking(move || write_flush(&store, flush, applied, &memberships));
+        *flushing = Some(writing);
+        if at_once {
+            flushed(&mut flushing).await?;
+        }
+        Ok(())
     }
 
     /// Runs blocking store work off the async threads.
@@ -364,27 +420,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let (entries, responders): (Vec<_>, Vec<_>) =
             entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
-        let count = entries.len() as u64;
         // Roughly what applying them puts in the store's memory until the next flush.
         let bytes = entries.iter().map(|e| written_bytes(e) as u64).sum::<u64>();
-        // Applying runs here: most applies touch only memory, and a hop to another thread and
-        // back would cost every one of them more than the apply. A flush waits for the disk, so an
-        // apply that will make one leaves the async threads, and so does one that would wait
-        // for a snapshot's flush to let go of the progress.
-        let membership = entries.iter().any(|e| matches!(e.payload, EntryPayload::Membership(_)));
+        // Applying runs here: an apply touches only memory, and a hop to another thread and
+        // back would cost it more than the apply. One that would wait for a snapshot's flush to
+        // let go of the progress leaves the async threads.
         let applied_here = match self.progress.try_lock() {
-            Ok(mut progress) if !membership && !progress.flush_due(count, bytes) => {
-                Some(progress.apply(&self.store, &entries, bytes))
-            }
-            _ => None,
+            Ok(mut progress) => Some(progress.apply(&self.store, &entries, bytes)),
+            Err(_) => None,
         };
-        let AppliedBatch { replies, snapshot_due } = match applied_here {
+        let AppliedBatch { replies, memberships, flush_due, snapshot_due } = match applied_here {
             Some(applied) => applied.map_err(io_error)?,
             None => {
                 let progress = self.progress.clone();
                 self.blocking(move |store| lock(&progress).apply(store, &entries, bytes)).await?
             }
         };
+        if flush_due {
+            self.flush(memberships).await?;
+        }
         if snapshot_due {
             self.snapshot_due.notify_one();
         }
@@ -407,6 +461,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             rmp_serde::from_slice(&data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let state = (meta.last_log_id, meta.last_membership.clone());
         let progress = self.progress.clone();
+        // No flush may write over the new state.
+        let mut flushing = self.flushing.lock().await;
+        flushed(&mut flushing).await?;
         self.blocking(move |store| {
             let mut progress = lock(&progress);
             let records = body.pairs.iter().map(|(key, record)| (key.as_slice(), record.as_slice()));
@@ -439,6 +496,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let progress = self.progress.clone();
+        let mut flushing = self.flushing.clone().lock_owned().await;
+        flushed(&mut flushing).await?;
         let (meta, data) = self
             .blocking(move |store| {
                 // Everything applied goes into the database, because the log will be purged up
@@ -447,6 +506,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 let (txn, kv, revision) = {
                     let mut progress = lock(&progress);
                     progress.flush(store, &[])?;
+                    drop(flushing);
                     let revision = store.revision();
                     let txn = store.begin_read()?;
                     let kv = txn.open_table(KV).map_err(StoreError::storage)?;
@@ -493,10 +553,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let pairs = [("a", "1"), ("b", ""), ("c\0", "\u{ff}")];
-        let flushed = store.flushed();
         for (k, v) in pairs {
             let write = Write::set(Bytes::from(k), Bytes::from(v));
-            store.apply_write(&flushed, &write).unwrap();
+            store.apply_write(&write).unwrap();
         }
         store.flush(|_| Ok(())).unwrap();
         let members_ever = BTreeSet::from([1, 2, 5]);

@@ -13,7 +13,7 @@
 use super::pending::Pending;
 use super::range;
 use super::record::{self, Meta};
-use super::{FlushedTable, Unflushed};
+use super::{FlushedTable, Unflushed, View};
 use crate::command::{Compare, SetCondition, Target, Txn, TxnOp, Write};
 use crate::protocol::message::{ErrorCode, Reply};
 use bytes::Bytes;
@@ -28,7 +28,8 @@ pub type Change = (Bytes, Option<Bytes>);
 
 /// The applied state as one write sees it, with its own changes on top.
 pub(super) struct Staged<'a> {
-    unflushed: &'a Unflushed,
+    /// The writes in memory beneath this one's, newest first.
+    beneath: [&'a Unflushed; 2],
     flushed: &'a FlushedTable,
     /// The revision the write takes if it changes anything.
     revision: u64,
@@ -40,8 +41,13 @@ pub(super) struct Staged<'a> {
 
 impl<'a> Staged<'a> {
     /// A view for the write after `revision`.
-    pub fn new(unflushed: &'a Unflushed, flushed: &'a FlushedTable, revision: u64) -> Staged<'a> {
-        Staged { unflushed, flushed, revision: revision + 1, overlay: Unflushed::new(), changes: Vec::new() }
+    pub fn new(beneath: [&'a Unflushed; 2], flushed: &'a FlushedTable, revision: u64) -> Staged<'a> {
+        Staged { beneath, flushed, revision: revision + 1, overlay: Unflushed::new(), changes: Vec::new() }
+    }
+
+    /// Every layer of writes in memory, this one's first.
+    fn layers(&self) -> [&Unflushed; 3] {
+        [&self.overlay, self.beneath[0], self.beneath[1]]
     }
 
     /// The write's changes: by key, and in order. Empty if it changed nothing.
@@ -51,27 +57,21 @@ impl<'a> Staged<'a> {
 
     /// Runs `f` on `key`'s metadata and value, if it exists.
     fn with<T>(&self, key: &[u8], f: impl FnOnce(Option<(Meta, &[u8])>) -> T) -> Result<T, StorageError> {
-        fn decoded(record: &[u8]) -> Result<(Meta, &[u8]), StorageError> {
-            record::decode(record).map_err(StorageError::from)
-        }
-        if let Some(staged) = self.overlay.get(key).or_else(|| self.unflushed.get(key)) {
-            let record = staged.record(key, self.flushed)?;
-            return Ok(f(record.as_deref().map(decoded).transpose()?));
-        }
-        match self.flushed.get(key)? {
-            Some(record) => Ok(f(Some(decoded(record.value())?))),
-            None => Ok(f(None)),
+        let layers = self.layers();
+        let view = View { layers: &layers, flushed: self.flushed };
+        let mut f = Some(f);
+        let found = super::with_record(view, key, |record| {
+            let decoded = record::decode(record)?;
+            Ok::<_, StorageError>(f.take().expect("called once")(Some(decoded)))
+        })?;
+        match found {
+            Some(answer) => answer,
+            None => Ok(f.take().expect("not called")(None)),
         }
     }
 
     fn meta(&self, key: &[u8]) -> Result<Option<Meta>, StorageError> {
-        match self.overlay.get(key) {
-            Some(staged) => {
-                let record = staged.record(key, self.flushed)?;
-                Ok(record.as_deref().map(record::decode).transpose()?.map(|(meta, _)| meta))
-            }
-            None => super::meta_of(self.unflushed, self.flushed, key),
-        }
+        super::pending::meta_in(&self.layers(), self.flushed, key)
     }
 
     fn put(&mut self, key: &Bytes, value: &[u8]) -> Result<(), StorageError> {
@@ -195,7 +195,8 @@ impl<'a> Staged<'a> {
                 }
                 TxnOp::Scan(_) if budget == 0 => over_budget(),
                 TxnOp::Scan(scan) => {
-                    let layers = range::layers(&[&self.overlay, self.unflushed], self.flushed, scan)?;
+                    let layers = self.layers();
+                    let layers = range::layers(View { layers: &layers, flushed: self.flushed }, scan)?;
                     let page = range::page(layers, scan, budget)?;
                     budget = budget.saturating_sub(answer_bytes(&page));
                     page

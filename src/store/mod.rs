@@ -7,7 +7,10 @@
 //! ([`crate::raft::state_machine`]).
 //!
 //! Applied writes first go to an in-memory map of *unflushed* writes, which every read consults
-//! before the database; `Store::flush` moves them into the database in one durable transaction.
+//! before the database; a flush moves them into the database in one durable transaction. It
+//! comes in two steps, so that applying need not stop for the disk: `Store::freeze` sets the
+//! writes so far aside (reads consult them beneath the newer ones), and `Store::write_frozen`,
+//! on any thread, writes them and drops them from memory once committed.
 //! A redb commit costs tens of microseconds and an fsync whatever it holds, and its copy-on-write
 //! B-tree rewrites every page a transaction touches: committing once per few thousand writes
 //! instead of once per Raft apply (often a handful of writes) takes most of that off every node,
@@ -101,6 +104,8 @@ pub enum StoreError {
          move it away and let the node catch up from the cluster"
     )]
     OldFormat { path: PathBuf },
+    #[error("a flush of the store is already under way")]
+    FlushUnderWay,
 }
 
 impl StoreError {
@@ -111,6 +116,33 @@ impl StoreError {
 
 /// Applied writes not yet in the database, by key.
 type Unflushed = BTreeMap<Bytes, Pending>;
+
+/// In place of the writes being flushed when no flush is under way.
+static NOTHING_FROZEN: Unflushed = BTreeMap::new();
+
+/// The applied state as a read sees it: the writes in memory, newest layer first, over the
+/// database as last flushed.
+#[derive(Clone, Copy)]
+pub(super) struct View<'a> {
+    layers: &'a [&'a Unflushed],
+    flushed: &'a FlushedTable,
+}
+
+/// Applied writes that a flush is moving into the database, read beneath the unflushed ones
+/// until it has committed.
+#[derive(Default)]
+struct Frozen {
+    writes: Unflushed,
+    changes: Vec<(u64, Vec<(Bytes, Pending)>)>,
+}
+
+/// A flush begun by [`Store::freeze`], to be written by [`Store::write_frozen`].
+pub(crate) struct Flush {
+    frozen: Arc<Frozen>,
+    revision: u64,
+    sessions: Vec<EncodedSession>,
+    session_clock: u64,
+}
 
 /// A write's answer and the store's revision after it (unchanged if it changed no key).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -137,11 +169,24 @@ pub struct Store {
 }
 
 /// The applied state: the database as last flushed into, and the writes applied since.
+impl StoreState {
+    /// The writes in memory, newest first: the unflushed ones, then those being flushed.
+    fn layers(&self) -> [&Unflushed; 2] {
+        [&self.unflushed, self.frozen()]
+    }
+
+    fn frozen(&self) -> &Unflushed {
+        self.frozen.as_deref().map_or(&NOTHING_FROZEN, |f| &f.writes)
+    }
+}
+
 struct StoreState {
     /// Applied writes that `flush` has not moved into the database yet.
     unflushed: Unflushed,
     /// Their change log entries, by revision: each key's state right after that revision.
     unflushed_changes: Vec<(u64, Vec<(Bytes, Pending)>)>,
+    /// The writes a flush under way is moving into the database.
+    frozen: Option<Arc<Frozen>>,
     /// The revision of the last write that changed a key.
     revision: u64,
     /// Which writes of each client session were applied.
@@ -183,6 +228,7 @@ impl Store {
         let state = StoreState {
             unflushed: Unflushed::new(),
             unflushed_changes: Vec::new(),
+            frozen: None,
             revision,
             sessions: sessions::Sessions::load(clock, records),
             flushed,
@@ -215,9 +261,11 @@ impl Store {
         reads: impl IntoIterator<Item = &'a Read>,
     ) -> Result<(Vec<Reply>, u64), StoreError> {
         let applied = self.applied();
+        let layers = applied.layers();
+        let view = View { layers: &layers, flushed: &applied.flushed };
         let replies = reads
             .into_iter()
-            .map(|read| apply_read(&applied.unflushed, &applied.flushed, read).map_err(StoreError::storage))
+            .map(|read| apply_read(view, read).map_err(StoreError::storage))
             .collect::<Result<_, _>>()?;
         Ok((replies, applied.revision))
     }
@@ -255,7 +303,7 @@ impl Store {
         f: impl FnOnce(&dyn crate::auth::Records) -> T,
     ) -> Result<T, StoreError> {
         let applied = self.applied();
-        let records = SystemRecords::new(&applied.unflushed, &applied.flushed);
+        let records = SystemRecords::new(&applied.unflushed, applied.frozen(), &applied.flushed);
         let found = f(&records);
         records.checked(found)
     }
@@ -266,18 +314,18 @@ impl Store {
     }
 
     /// Applies one write and returns its answer. Deterministic: both depend only on the write and
-    /// the state before it. `flushed` is a view taken after the last flush; only the state
-    /// machine calls this and `flush`, one call at a time.
-    pub(crate) fn apply_write(&self, flushed: &FlushedTable, write: &Write) -> Result<Applied, StoreError> {
+    /// the state before it. Only the state machine calls this, `freeze` and `replace`, one call
+    /// at a time.
+    pub(crate) fn apply_write(&self, write: &Write) -> Result<Applied, StoreError> {
         let mut applied = self.applied_mut();
         let state = &mut *applied;
         let Write::Once { session, seq, answered_below, write } = write else {
-            return self.apply_locked(state, flushed, write);
+            return self.apply_locked(state, write);
         };
         match state.sessions.seen(*session, *seq, state.revision) {
             sessions::Seen::Answered(first) => Ok(first),
             sessions::Seen::New => {
-                let applied = self.apply_locked(state, flushed, write)?;
+                let applied = self.apply_locked(state, write)?;
                 state.sessions.record(*session, *seq, *answered_below, &applied);
                 Ok(applied)
             }
@@ -285,15 +333,12 @@ impl Store {
     }
 
     /// Applies one write that is not wrapped in a session's number.
-    fn apply_locked(
-        &self,
-        state: &mut StoreState,
-        flushed: &FlushedTable,
-        write: &Write,
-    ) -> Result<Applied, StoreError> {
+    fn apply_locked(&self, state: &mut StoreState, write: &Write) -> Result<Applied, StoreError> {
+        let frozen = state.frozen.as_deref().map_or(&NOTHING_FROZEN, |f| &f.writes);
+        let flushed = &*state.flushed;
         if let Write::System(change) = write {
             self.accounts_version.fetch_add(1, Ordering::Release);
-            let mut records = SystemRecords::new(&mut state.unflushed, flushed);
+            let mut records = SystemRecords::new(&mut state.unflushed, frozen, flushed);
             let reply = crate::auth::apply(&mut records, change);
             return Ok(Applied { reply: records.checked(reply)?, revision: state.revision });
         }
@@ -316,7 +361,7 @@ impl Store {
             state.revision = revision;
             return Ok(Applied { reply: Reply::ok(), revision });
         }
-        let mut staged = apply::Staged::new(&state.unflushed, flushed, state.revision);
+        let mut staged = apply::Staged::new([&state.unflushed, frozen], flushed, state.revision);
         let reply = staged.apply(write).map_err(StoreError::storage)?;
         let (overlay, changes) = staged.finish();
         if !changes.is_empty() {
@@ -336,33 +381,61 @@ impl Store {
 
     /// Moves the unflushed writes into the database in one durable transaction, in which `also`
     /// writes beside them (the state machine records there how far the data reflects the log).
+    /// Fails if a flush is under way.
     pub(crate) fn flush(
         &self,
         also: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
-        // Readers share the read lock meanwhile. Only the state machine takes the write lock,
-        // and it is the caller, so nothing waits on it and nothing came in meanwhile.
-        // The sessions changed since the last flush, encoded under the write lock (which the
-        // state machine, the only writer, takes uncontended here).
-        let (dirty_sessions, session_clock) = {
-            let mut applied = self.applied_mut();
-            let clock = applied.sessions.clock();
-            let dirty: Result<Vec<EncodedSession>, redb::Error> = applied
-                .sessions
-                .take_dirty()
-                .into_iter()
-                .map(|(id, record)| Ok((id, record.map(encode_record).transpose()?)))
-                .collect();
-            (dirty.map_err(StoreError::from)?, clock)
-        };
-        let applied = self.applied();
-        let revision = applied.revision;
+        let flush = self.freeze()?;
+        self.write_frozen(flush, also)
+    }
+
+    /// Begins a flush of the writes applied so far: from now on they are read beneath the
+    /// writes applied next, until [`Store::write_frozen`] has moved them into the database,
+    /// which may run on another thread while writes go on being applied. Fails if a flush is
+    /// under way.
+    pub(crate) fn freeze(&self) -> Result<Flush, StoreError> {
+        let mut applied = self.applied_mut();
+        if applied.frozen.is_some() {
+            return Err(StoreError::FlushUnderWay);
+        }
+        // The sessions changed since the last flush, encoded now: applying goes on meanwhile.
+        let session_clock = applied.sessions.clock();
+        let sessions: Result<Vec<EncodedSession>, redb::Error> = applied
+            .sessions
+            .take_dirty()
+            .into_iter()
+            .map(|(id, record)| Ok((id, record.map(encode_record).transpose()?)))
+            .collect();
+        let frozen = Arc::new(Frozen {
+            writes: std::mem::take(&mut applied.unflushed),
+            changes: std::mem::take(&mut applied.unflushed_changes),
+        });
+        applied.frozen = Some(frozen.clone());
+        Ok(Flush {
+            frozen,
+            revision: applied.revision,
+            sessions: sessions.map_err(StoreError::from)?,
+            session_clock,
+        })
+    }
+
+    /// Writes a flush begun by [`Store::freeze`] into the database in one durable transaction,
+    /// with `also` beside.
+    pub(crate) fn write_frozen(
+        &self,
+        flush: Flush,
+        also: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
+        // The database as the frozen writes were applied over; it changes only below.
+        let flushed = self.applied().flushed.clone();
+        let Flush { frozen, revision, sessions, session_clock } = flush;
         self.transact(|txn| {
             let mut table = txn.open_table(KV)?;
             // The flushed metadata of the keys whose records depend on it, in key order, for the
             // change log.
             let mut bases = Vec::new();
-            for (key, pending) in applied.unflushed.iter() {
+            for (key, pending) in frozen.writes.iter() {
                 let record = if pending.on_flushed() {
                     // Looked up in the table about to be written: the page read serves the write too.
                     let base = pending::flushed_meta(key, &table)?;
@@ -381,13 +454,15 @@ impl Store {
             let oldest_kept = revision.saturating_sub(HISTORY_REVISIONS) + 1;
             // A flush can hold more revisions than are kept: the older ones are never written.
             let mut chunk = Vec::new();
-            for (at, change) in applied.unflushed_changes.iter().filter(|(at, _)| *at >= oldest_kept) {
+            for (at, change) in frozen.changes.iter().filter(|(at, _)| *at >= oldest_kept) {
                 let change: Result<Vec<apply::Change>, redb::StorageError> = change
                     .iter()
                     .map(|(key, pending)| match bases.binary_search_by(|(k, _)| (*k).cmp(key)) {
                         Ok(at) => Ok((key.clone(), pending.record_on(bases[at].1))),
                         // Set before a later write to the key made its record known.
-                        Err(_) => Ok((key.clone(), pending.record(key, &*applied.flushed)?)),
+                        Err(_) => {
+                            Ok((key.clone(), pending.record(|| pending::flushed_meta(key, &*flushed))?))
+                        }
                     })
                     .collect();
                 chunk.push((*at, change?));
@@ -407,7 +482,7 @@ impl Store {
             meta.insert(SESSION_CLOCK, session_clock)?;
             drop(meta);
             let mut table = txn.open_table(SESSIONS)?;
-            for (id, record) in &dirty_sessions {
+            for (id, record) in &sessions {
                 match record {
                     Some(record) => table.insert(*id, record.as_slice())?,
                     None => table.remove(*id)?,
@@ -416,14 +491,12 @@ impl Store {
             drop(table);
             also(txn)
         })?;
-        drop(applied);
-        // Taken before the write lock: it holds what `unflushed` holds, so readers in between
-        // see the same either way.
-        let flushed = view(&self.db)?;
+        // Taken before the write lock: it holds what the frozen writes hold, so readers in
+        // between see the same either way.
+        let view = view(&self.db)?;
         let mut applied = self.applied_mut();
-        applied.unflushed.clear();
-        applied.unflushed_changes.clear();
-        applied.flushed = flushed;
+        applied.frozen = None;
+        applied.flushed = view;
         Ok(())
     }
 
@@ -467,6 +540,7 @@ impl Store {
         // The new state supersedes the unflushed writes even if no view of it can be taken.
         applied.unflushed.clear();
         applied.unflushed_changes.clear();
+        applied.frozen = None;
         applied.revision = revision;
         applied.sessions = sessions::Sessions::load(sessions.clock, sessions.records.iter().cloned());
         applied.flushed = flushed?;
@@ -501,10 +575,15 @@ impl Store {
                 out.push((at, change));
             }
         }
-        let flushed_to = out.last().map_or(0, |(at, _)| *at);
-        let unflushed = applied.unflushed_changes.iter().filter(|(at, _)| *at >= from && *at > flushed_to);
-        for (at, change) in unflushed {
-            out.push((*at, resolved(change, &applied.flushed).map_err(StoreError::storage)?));
+        let layers = applied.layers();
+        let frozen = applied.frozen.as_deref().map_or(&[][..], |f| &f.changes[..]);
+        // Each layer's changes resolve over the layers beneath it.
+        for (changes, beneath) in [(frozen, &layers[2..]), (&applied.unflushed_changes[..], &layers[1..])] {
+            let written_to = out.last().map_or(0, |(at, _)| *at);
+            for (at, change) in changes.iter().filter(|(at, _)| *at >= from && *at > written_to) {
+                let view = View { layers: beneath, flushed: &applied.flushed };
+                out.push((*at, resolved(change, view).map_err(StoreError::storage)?));
+            }
         }
         Ok(out)
     }
@@ -569,12 +648,11 @@ fn encode_record(record: &sessions::SessionRecord) -> Result<Vec<u8>, redb::Erro
     rmp_serde::to_vec_named(record).map_err(|e| redb::Error::Corrupted(e.to_string()))
 }
 
-/// A change log entry with each key's record.
-fn resolved(
-    change: &[(Bytes, Pending)],
-    flushed: &FlushedTable,
-) -> Result<Vec<apply::Change>, redb::StorageError> {
-    change.iter().map(|(key, pending)| Ok((key.clone(), pending.record(key, flushed)?))).collect()
+/// A change log entry with each key's record, given the layers beneath it.
+fn resolved(change: &[(Bytes, Pending)], beneath: View) -> Result<Vec<apply::Change>, redb::StorageError> {
+    let record =
+        |key, pending: &Pending| pending.record(|| pending::meta_in(beneath.layers, beneath.flushed, key));
+    change.iter().map(|(key, pending)| Ok((key.clone(), record(key, pending)?))).collect()
 }
 
 /// A row of the change log as the database holds it.
@@ -606,13 +684,14 @@ pub fn pong(message: Option<&[u8]>) -> Reply {
 /// overwrite what it holds.
 struct SystemRecords<'a, U> {
     unflushed: U,
+    frozen: &'a Unflushed,
     flushed: &'a FlushedTable,
     failed: std::cell::Cell<Option<redb::StorageError>>,
 }
 
 impl<'a, U: std::ops::Deref<Target = Unflushed>> SystemRecords<'a, U> {
-    fn new(unflushed: U, flushed: &'a FlushedTable) -> Self {
-        SystemRecords { unflushed, flushed, failed: std::cell::Cell::new(None) }
+    fn new(unflushed: U, frozen: &'a Unflushed, flushed: &'a FlushedTable) -> Self {
+        SystemRecords { unflushed, frozen, flushed, failed: std::cell::Cell::new(None) }
     }
 
     /// `value`, unless a read failed on the way to it.
@@ -626,7 +705,8 @@ impl<'a, U: std::ops::Deref<Target = Unflushed>> SystemRecords<'a, U> {
 
 impl<U: std::ops::Deref<Target = Unflushed>> crate::auth::Records for SystemRecords<'_, U> {
     fn get(&self, key: &[u8]) -> Option<Bytes> {
-        match with_value(&self.unflushed, self.flushed, key, Bytes::copy_from_slice) {
+        let layers = [&*self.unflushed, self.frozen];
+        match with_value(View { layers: &layers, flushed: self.flushed }, key, Bytes::copy_from_slice) {
             Ok(value) => value,
             Err(e) => {
                 self.failed.set(Some(e));
@@ -650,60 +730,47 @@ impl crate::auth::RecordsMut for SystemRecords<'_, &mut Unflushed> {
 
 /// Runs `f` on `key`'s record in the applied state, if it exists.
 fn with_record<T>(
-    unflushed: &Unflushed,
-    flushed: &FlushedTable,
+    view: View,
     key: &[u8],
     f: impl FnOnce(&[u8]) -> T,
 ) -> Result<Option<T>, redb::StorageError> {
-    Ok(match unflushed.get(key) {
-        Some(pending) => pending.record(key, flushed)?.map(|record| f(&record)),
-        None => flushed.get(key)?.map(|record| f(record.value())),
-    })
+    for (depth, layer) in view.layers.iter().enumerate() {
+        if let Some(pending) = layer.get(key) {
+            let record = pending.record(|| pending::meta_in(&view.layers[depth + 1..], view.flushed, key))?;
+            return Ok(record.map(|record| f(&record)));
+        }
+    }
+    Ok(view.flushed.get(key)?.map(|record| f(record.value())))
 }
 
 /// Runs `f` on `key`'s value in the applied state, if it exists (cheaper than its record).
 fn with_value<T>(
-    unflushed: &Unflushed,
-    flushed: &FlushedTable,
+    view: View,
     key: &[u8],
     f: impl FnOnce(&[u8]) -> T,
 ) -> Result<Option<T>, redb::StorageError> {
-    Ok(match unflushed.get(key) {
-        Some(pending) => pending.value()?.map(f),
-        None => match flushed.get(key)? {
-            Some(record) => Some(f(record::decode(record.value())?.1)),
-            None => None,
-        },
+    if let Some(pending) = view.layers.iter().find_map(|layer| layer.get(key)) {
+        return Ok(pending.value()?.map(f));
+    }
+    Ok(match view.flushed.get(key)? {
+        Some(record) => Some(f(record::decode(record.value())?.1)),
+        None => None,
     })
 }
 
-/// `key`'s metadata in the applied state, if it exists.
-fn meta_of(
-    unflushed: &Unflushed,
-    flushed: &FlushedTable,
-    key: &[u8],
-) -> Result<Option<record::Meta>, redb::StorageError> {
-    let meta = with_record(unflushed, flushed, key, |r| record::decode(r).map(|(meta, _)| meta))?;
-    Ok(meta.transpose()?)
-}
-
 /// The value of a key as an answer: `Bulk`, or `Nil` for a missing key.
-fn value_of(unflushed: &Unflushed, flushed: &FlushedTable, key: &[u8]) -> Result<Reply, redb::StorageError> {
-    Ok(match with_value(unflushed, flushed, key, |v| ByteBuf::from(v))? {
+fn value_of(view: View, key: &[u8]) -> Result<Reply, redb::StorageError> {
+    Ok(match with_value(view, key, |v| ByteBuf::from(v))? {
         Some(value) => Reply::Bulk { value },
         None => Reply::Nil,
     })
 }
 
-fn apply_read(
-    unflushed: &Unflushed,
-    flushed: &FlushedTable,
-    read: &Read,
-) -> Result<Reply, redb::StorageError> {
+fn apply_read(view: View, read: &Read) -> Result<Reply, redb::StorageError> {
     Ok(match read {
-        Read::Get { key, with_meta: false } => value_of(unflushed, flushed, key)?,
+        Read::Get { key, with_meta: false } => value_of(view, key)?,
         Read::Get { key, with_meta: true } => {
-            match with_record(unflushed, flushed, key, |r| record::key_value(key, r, true))?.transpose()? {
+            match with_record(view, key, |r| record::key_value(key, r, true))?.transpose()? {
                 Some(entry) => Reply::Entries { entries: vec![entry], more: false, next: None },
                 None => Reply::Nil,
             }
@@ -712,7 +779,7 @@ fn apply_read(
             let mut budget = apply::ANSWER_BYTES;
             let mut items = Vec::with_capacity(keys.len());
             for key in keys {
-                let item = match value_of(unflushed, flushed, key)? {
+                let item = match value_of(view, key)? {
                     Reply::Bulk { value } if value.len() > budget => apply::over_budget(),
                     item => item,
                 };
@@ -724,15 +791,17 @@ fn apply_read(
         Read::Exists { keys } => {
             let mut found = 0;
             for key in keys {
-                found += i64::from(with_value(unflushed, flushed, key, |_| ())?.is_some());
+                found += i64::from(with_value(view, key, |_| ())?.is_some());
             }
             Reply::Integer { value: found }
         }
-        Read::Scan(scan) => {
-            range::page(range::layers(&[unflushed], flushed, scan)?, scan, apply::ANSWER_BYTES)?
-        }
+        Read::Scan(scan) => range::page(range::layers(view, scan)?, scan, apply::ANSWER_BYTES)?,
         Read::Users | Read::Roles => {
-            let records = SystemRecords::new(unflushed, flushed);
+            let records = SystemRecords::new(
+                view.layers[0],
+                view.layers.get(1).copied().unwrap_or(&NOTHING_FROZEN),
+                view.flushed,
+            );
             let accounts = Accounts::load(&records);
             if let Some(e) = records.failed.into_inner() {
                 return Err(e);
@@ -748,6 +817,7 @@ fn apply_read(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::message::KeyValue;
     use bytes::Bytes;
 
     fn b(s: &str) -> Bytes {
@@ -760,8 +830,7 @@ mod tests {
         Write::del(ks.iter().map(|k| b(k)).collect())
     }
     fn apply(store: &Store, writes: &[Write]) -> Vec<Reply> {
-        let flushed = store.flushed();
-        writes.iter().map(|w| store.apply_write(&flushed, w).unwrap().reply).collect()
+        writes.iter().map(|w| store.apply_write(w).unwrap().reply).collect()
     }
     fn flush(store: &Store) {
         store.flush(|_| Ok(())).unwrap();
@@ -934,8 +1003,7 @@ mod tests {
             Store::open(dir.path()).unwrap()
         };
         assert!(store.read(&Read::get(b("k"))).is_err());
-        let flushed = store.flushed();
-        assert!(store.apply_write(&flushed, &Write::Incr { key: b("k"), by: 1 }).is_err());
+        assert!(store.apply_write(&Write::Incr { key: b("k"), by: 1 }).is_err());
         let scan = crate::command::scan::parse(&[b("")], 64).unwrap();
         assert!(store.read(&Read::Scan(scan)).is_err());
     }
@@ -964,6 +1032,41 @@ mod tests {
         assert_eq!((*at, meta.version, value), (revision - 1, 6, &b"5"[..]), "{:?}", change[0].0);
         let from = revision - per_flush - 7;
         assert_eq!(store.changes_since(from).unwrap()[0].0, from, "read from inside a row");
+    }
+
+    #[test]
+    fn writes_applied_during_a_flush_read_over_it_and_land_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        apply(&store, &[set("a", "1"), set("b", "1")]);
+        flush(&store);
+        apply(&store, &[set("a", "2"), set("c", "1"), del(&["b"])]);
+        let under_way = store.freeze().unwrap();
+        assert!(matches!(store.freeze(), Err(StoreError::FlushUnderWay)));
+        apply(&store, &[set("a", "3"), set("b", "2"), set("c", "2"), set("d", "1")]);
+        let metas = |store: &Store| -> Vec<String> {
+            let scan = crate::command::scan::parse(&[b("")], 64).unwrap();
+            let Reply::Entries { entries, .. } = store.read(&Read::Scan(scan)).unwrap() else { panic!() };
+            let meta = |e: &KeyValue| {
+                format!("create {} mod {} version {}", e.create_revision, e.mod_revision, e.version)
+            };
+            entries.iter().map(|e| format!("{:?} {:?} {}", e.key, e.value, meta(e))).collect()
+        };
+        let seen = metas(&store);
+        let log = store.changes_since(1).unwrap();
+        assert_eq!(log.iter().map(|(at, _)| *at).collect::<Vec<_>>(), (1..=9).collect::<Vec<_>>());
+        assert_eq!(log, {
+            store.write_frozen(under_way, |_| Ok(())).unwrap();
+            store.changes_since(1).unwrap()
+        });
+        assert_eq!(metas(&store), seen, "the same once the flush is in");
+        flush(&store);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(metas(&store), seen, "and after a restart");
+        assert!(seen[0].ends_with("create 1 mod 6 version 3"), "{}", seen[0]);
+        assert!(seen[1].ends_with("create 7 mod 7 version 1"), "{}", seen[1]);
+        assert!(seen[2].ends_with("create 4 mod 8 version 2"), "{}", seen[2]);
     }
 
     #[test]

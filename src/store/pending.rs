@@ -16,6 +16,7 @@
 use super::record::{self, Meta};
 use bytes::Bytes;
 use redb::{ReadableTable, StorageError};
+use std::collections::BTreeMap;
 
 /// One key's applied state since the last flush.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,21 +52,19 @@ impl Pending {
         }
     }
 
-    /// The record (`None`: deleted), looking up `key`'s flushed record in `flushed` (a view of
-    /// the database as last flushed, or the flush's own table before it writes `key`) if it
-    /// depends on it.
+    /// The record (`None`: deleted), looking up the metadata of `key` beneath this layer with
+    /// `beneath` if it depends on it.
     pub fn record(
         &self,
-        key: &[u8],
-        flushed: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        beneath: impl FnOnce() -> Result<Option<Meta>, StorageError>,
     ) -> Result<Option<Bytes>, StorageError> {
         match self {
             Pending::Record(record) => Ok(record.clone()),
-            Pending::Sets { .. } => Ok(self.record_on(flushed_meta(key, flushed)?)),
+            Pending::Sets { .. } => Ok(self.record_on(beneath()?)),
         }
     }
 
-    /// Whether its record depends on the key's flushed record.
+    /// Whether its record depends on the key's record beneath.
     pub fn on_flushed(&self) -> bool {
         matches!(self, Pending::Sets { .. })
     }
@@ -87,7 +86,8 @@ impl Pending {
     }
 }
 
-/// The metadata of `key`'s record in `flushed`, if it has one.
+/// The metadata of `key`'s record in `flushed` (a view of the database as last flushed, or the
+/// flush's own table before it writes `key`), if it has one.
 pub fn flushed_meta(
     key: &[u8],
     flushed: &impl ReadableTable<&'static [u8], &'static [u8]>,
@@ -95,6 +95,24 @@ pub fn flushed_meta(
     match flushed.get(key)? {
         Some(record) => Ok(Some(record::decode(record.value())?.0)),
         None => Ok(None),
+    }
+}
+
+/// The metadata of `key` in `layers` (top first) over `flushed`, if it exists.
+pub fn meta_in(
+    layers: &[&BTreeMap<Bytes, Pending>],
+    flushed: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+) -> Result<Option<Meta>, StorageError> {
+    match layers.split_first() {
+        None => flushed_meta(key, flushed),
+        Some((top, beneath)) => match top.get(key) {
+            None => meta_in(beneath, flushed, key),
+            Some(pending) => {
+                let record = pending.record(|| meta_in(beneath, flushed, key))?;
+                Ok(record.as_deref().map(record::decode).transpose()?.map(|(meta, _)| meta))
+            }
+        },
     }
 }
 

@@ -6,8 +6,8 @@
 //! memory an answer holds is bounded whatever the range holds. `COUNT` walks the whole range and
 //! keeps nothing.
 
+use super::View;
 use super::record;
-use super::{FlushedTable, Unflushed};
 use crate::command::{Scan, ScanShape};
 use crate::protocol::message::{KeyValue, Reply};
 use bytes::Bytes;
@@ -33,18 +33,19 @@ impl Found {
 /// One layer's entries in the range, in scan order: a record, or `None` for a deletion.
 type Layer<'a> = Box<dyn Iterator<Item = Result<(Bytes, Option<Found>), StorageError>> + 'a>;
 
-/// The layers' entries in `range`, highest layer first in `memory`, then the database.
-pub(super) fn layers<'a>(
-    memory: &[&'a Unflushed],
-    flushed: &'a FlushedTable,
-    scan: &'a Scan,
-) -> Result<Vec<Layer<'a>>, StorageError> {
+/// The entries in `scan`'s range of each of `view`'s layers, newest first, then the database's.
+pub(super) fn layers<'a>(view: View<'a>, scan: &'a Scan) -> Result<Vec<Layer<'a>>, StorageError> {
+    let View { layers: memory, flushed } = view;
     let start = Bound::Included(scan.range.start.as_ref());
     let end = scan.range.end.as_ref().map_or(Bound::Unbounded, |e| Bound::Excluded(e.as_ref()));
     let mut layers: Vec<Layer<'a>> = Vec::with_capacity(memory.len() + 1);
-    for map in memory {
+    for (depth, map) in memory.iter().enumerate() {
         let entries = map.range::<[u8], _>((start, end));
-        let entries = entries.map(move |(k, v)| Ok((k.clone(), v.record(k, flushed)?.map(Found::Memory))));
+        let beneath = &memory[depth + 1..];
+        let entries = entries.map(move |(k, v)| {
+            let record = v.record(|| super::pending::meta_in(beneath, flushed, k))?;
+            Ok((k.clone(), record.map(Found::Memory)))
+        });
         layers.push(if scan.reverse { Box::new(entries.rev()) } else { Box::new(entries) });
     }
     let entries = flushed.range::<&[u8]>((start, end))?;

@@ -102,7 +102,7 @@ impl goldenscript::Runner for Runner {
                     match Command::parse(args, &LIMITS) {
                         Err(e) => show(&e.to_reply(), &mut output, "  "),
                         Ok(Command::Write(write)) => {
-                            let applied = store.apply_write(&store.flushed(), &write)?;
+                            let applied = store.apply_write(&write)?;
                             show(&applied.reply, &mut output, "  ");
                             writeln!(output, "  @{}", applied.revision)?;
                         }
@@ -129,7 +129,7 @@ impl goldenscript::Runner for Runner {
                 let write =
                     crate::command::Write::Once { session, seq, answered_below: 0, write: Box::new(write) };
                 let store = self.store();
-                let applied = store.apply_write(&store.flushed(), &write)?;
+                let applied = store.apply_write(&write)?;
                 writeln!(output, "> {line} (session {session}, seq {seq})")?;
                 show(&applied.reply, &mut output, "  ");
                 writeln!(output, "  @{}", applied.revision)?;
@@ -142,8 +142,7 @@ impl goldenscript::Runner for Runner {
                     SystemWrite::ClusterId { id: "c1".into() },
                     SystemWrite::Bootstrap { root_password: "hash".into() },
                 ] {
-                    let applied =
-                        store.apply_write(&store.flushed(), &crate::command::Write::System(change))?;
+                    let applied = store.apply_write(&crate::command::Write::System(change))?;
                     writeln!(output, "{:?} @{}", applied.reply, applied.revision)?;
                 }
             }

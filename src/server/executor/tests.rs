@@ -114,7 +114,7 @@ impl FakeCluster {
     fn apply(&self, write: &Write) -> (crate::store::Applied, u64) {
         let mut state = self.lock();
         state.index += 1;
-        (self.store.apply_write(&self.store.flushed(), write).unwrap(), state.index)
+        (self.store.apply_write(write).unwrap(), state.index)
     }
 }
 
