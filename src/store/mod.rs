@@ -51,7 +51,7 @@ use bytes::Bytes;
 use pending::Pending;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde_bytes::ByteBuf;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -133,8 +133,12 @@ pub(super) struct View<'a> {
 #[derive(Default)]
 struct Frozen {
     writes: Unflushed,
-    changes: Vec<(u64, Vec<(Bytes, Pending)>)>,
+    changes: Changes,
 }
+
+/// Change log entries in memory, by revision: each key's state right after that revision. At
+/// most the last [`HISTORY_REVISIONS`]: a flush writes no older ones.
+type Changes = VecDeque<(u64, Vec<(Bytes, Pending)>)>;
 
 /// A flush begun by [`Store::freeze`], to be written by [`Store::write_frozen`].
 pub(crate) struct Flush {
@@ -175,6 +179,15 @@ impl StoreState {
         [&self.unflushed, self.frozen()]
     }
 
+    /// Adds revision `at`'s change to the change log in memory, dropping its oldest entry if
+    /// it holds more than is kept.
+    fn log_change(&mut self, at: u64, change: Vec<(Bytes, Pending)>) {
+        self.unflushed_changes.push_back((at, change));
+        if self.unflushed_changes.len() as u64 > HISTORY_REVISIONS {
+            self.unflushed_changes.pop_front();
+        }
+    }
+
     fn frozen(&self) -> &Unflushed {
         self.frozen.as_deref().map_or(&NOTHING_FROZEN, |f| &f.writes)
     }
@@ -184,7 +197,7 @@ struct StoreState {
     /// Applied writes that `flush` has not moved into the database yet.
     unflushed: Unflushed,
     /// Their change log entries, by revision: each key's state right after that revision.
-    unflushed_changes: Vec<(u64, Vec<(Bytes, Pending)>)>,
+    unflushed_changes: Changes,
     /// The writes a flush under way is moving into the database.
     frozen: Option<Arc<Frozen>>,
     /// The revision of the last write that changed a key.
@@ -227,7 +240,7 @@ impl Store {
         let flushed = view(&db)?;
         let state = StoreState {
             unflushed: Unflushed::new(),
-            unflushed_changes: Vec::new(),
+            unflushed_changes: Changes::new(),
             frozen: None,
             revision,
             sessions: sessions::Sessions::load(clock, records),
@@ -357,7 +370,7 @@ impl Store {
                     after
                 }
             };
-            state.unflushed_changes.push((revision, vec![(key.clone(), after)]));
+            state.log_change(revision, vec![(key.clone(), after)]);
             state.revision = revision;
             return Ok(Applied { reply: Reply::ok(), revision });
         }
@@ -368,7 +381,7 @@ impl Store {
             state.revision += 1;
             state.unflushed.extend(overlay);
             let changes = changes.into_iter().map(|(key, record)| (key, Pending::Record(record))).collect();
-            state.unflushed_changes.push((state.revision, changes));
+            state.log_change(state.revision, changes);
         }
         Ok(Applied { reply, revision: state.revision })
     }
@@ -576,11 +589,20 @@ impl Store {
             }
         }
         let layers = applied.layers();
-        let frozen = applied.frozen.as_deref().map_or(&[][..], |f| &f.changes[..]);
+        let nothing_frozen = Changes::new();
+        let frozen = applied.frozen.as_deref().map_or(&nothing_frozen, |f| &f.changes);
         // Each layer's changes resolve over the layers beneath it.
-        for (changes, beneath) in [(frozen, &layers[2..]), (&applied.unflushed_changes[..], &layers[1..])] {
-            let written_to = out.last().map_or(0, |(at, _)| *at);
-            for (at, change) in changes.iter().filter(|(at, _)| *at >= from && *at > written_to) {
+        for (changes, beneath) in [(frozen, &layers[2..]), (&applied.unflushed_changes, &layers[1..])] {
+            for (at, change) in changes.iter().filter(|(at, _)| *at >= from) {
+                let last = out.last().map(|(at, _)| *at);
+                if last.is_some_and(|last| *at <= last) {
+                    continue;
+                }
+                // Every revision has an entry; a layer that dropped its oldest ones leaves a gap,
+                // and what comes before it no longer leads up to what follows.
+                if last.is_some_and(|last| *at > last + 1) {
+                    out.clear();
+                }
                 let view = View { layers: beneath, flushed: &applied.flushed };
                 out.push((*at, resolved(change, view).map_err(StoreError::storage)?));
             }
@@ -1032,6 +1054,24 @@ mod tests {
         assert_eq!((*at, meta.version, value), (revision - 1, 6, &b"5"[..]), "{:?}", change[0].0);
         let from = revision - per_flush - 7;
         assert_eq!(store.changes_since(from).unwrap()[0].0, from, "read from inside a row");
+    }
+
+    #[test]
+    fn more_revisions_than_the_history_between_flushes_keep_just_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        apply(&store, &(0..100).map(|i| set(&format!("k{i}"), "v")).collect::<Vec<_>>());
+        flush(&store);
+        let writes: Vec<Write> =
+            (0..HISTORY_REVISIONS + 500).map(|i| set(&format!("k{}", i % 50), "w")).collect();
+        apply(&store, &writes);
+        let revision = store.revision();
+        let kept: Vec<u64> = (revision - HISTORY_REVISIONS + 1..=revision).collect();
+        let log =
+            |store: &Store| store.changes_since(0).unwrap().iter().map(|(at, _)| *at).collect::<Vec<_>>();
+        assert_eq!(log(&store), kept, "the flushed revisions do not lead up to those in memory");
+        flush(&store);
+        assert_eq!(log(&store), kept);
     }
 
     #[test]
