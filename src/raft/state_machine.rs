@@ -171,9 +171,9 @@ impl Progress {
         Progress { applied: None, unflushed: 0, unflushed_bytes: 0, snapshots }
     }
 
-    /// Whether applying `count` more entries writing `bytes` gathers enough for a flush.
-    fn flush_due(&self, count: u64, bytes: u64) -> bool {
-        self.unflushed + count >= FLUSH_EVERY_ENTRIES || self.unflushed_bytes + bytes >= FLUSH_EVERY_BYTES
+    /// Whether enough has gathered for a flush.
+    fn flush_due(&self) -> bool {
+        self.unflushed >= FLUSH_EVERY_ENTRIES || self.unflushed_bytes >= FLUSH_EVERY_BYTES
     }
 
     /// Applies `entries` (whose writes come to about `bytes`) to the store; returns each
@@ -195,7 +195,7 @@ impl Progress {
         self.unflushed += entries.len() as u64;
         self.unflushed_bytes += bytes;
         // A membership is flushed at once: nodes ask for the ids ever used (`members_ever`).
-        let flush_due = self.flush_due(0, 0) || !memberships.is_empty();
+        let flush_due = self.flush_due() || !memberships.is_empty();
         let snapshot_due = self.snapshots.applied(entries.len() as u64);
         Ok(AppliedBatch { replies, memberships, flush_due, snapshot_due })
     }

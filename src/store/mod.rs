@@ -120,6 +120,11 @@ type Unflushed = BTreeMap<Bytes, Pending>;
 /// In place of the writes being flushed when no flush is under way.
 static NOTHING_FROZEN: Unflushed = BTreeMap::new();
 
+/// The writes a flush under way is moving into the database, if any.
+fn frozen_writes(frozen: &Option<Arc<Frozen>>) -> &Unflushed {
+    frozen.as_deref().map_or(&NOTHING_FROZEN, |f| &f.writes)
+}
+
 /// The applied state as a read sees it: the writes in memory, newest layer first, over the
 /// database as last flushed.
 #[derive(Clone, Copy)]
@@ -130,7 +135,6 @@ pub(super) struct View<'a> {
 
 /// Applied writes that a flush is moving into the database, read beneath the unflushed ones
 /// until it has committed.
-#[derive(Default)]
 struct Frozen {
     writes: Unflushed,
     changes: Changes,
@@ -189,7 +193,7 @@ impl StoreState {
     }
 
     fn frozen(&self) -> &Unflushed {
-        self.frozen.as_deref().map_or(&NOTHING_FROZEN, |f| &f.writes)
+        frozen_writes(&self.frozen)
     }
 }
 
@@ -328,7 +332,7 @@ impl Store {
 
     /// Applies one write and returns its answer. Deterministic: both depend only on the write and
     /// the state before it. Only the state machine calls this, `freeze` and `replace`, one call
-    /// at a time.
+    /// at a time (`write_frozen` may run beside them).
     pub(crate) fn apply_write(&self, write: &Write) -> Result<Applied, StoreError> {
         let mut applied = self.applied_mut();
         let state = &mut *applied;
@@ -347,7 +351,8 @@ impl Store {
 
     /// Applies one write that is not wrapped in a session's number.
     fn apply_locked(&self, state: &mut StoreState, write: &Write) -> Result<Applied, StoreError> {
-        let frozen = state.frozen.as_deref().map_or(&NOTHING_FROZEN, |f| &f.writes);
+        // Fields, not `StoreState::layers`: `unflushed` is written below.
+        let frozen = frozen_writes(&state.frozen);
         let flushed = &*state.flushed;
         if let Write::System(change) = write {
             self.accounts_version.fetch_add(1, Ordering::Release);
