@@ -238,6 +238,10 @@ node_settings! {
     /// The one address the node serves clients and peers on.
     listen: SocketAddr = DEFAULT_LISTEN.parse().expect("the default address is valid"), "127.0.0.1:7001",
         "IP:PORT";
+    /// Also serve HTTP here: `/health`, `/ready` and `/metrics` (Prometheus). Over TLS when the
+    /// node has TLS; like `listen`, an address other machines can reach needs TLS and auth, or
+    /// `insecure`.
+    http_listen: Option<SocketAddr> = None, "off", "IP:PORT";
     /// The address the other members and clients are given for this node, when it is not
     /// `listen`: a node reached through a proxy, a NAT or a container's published port, or one
     /// listening on every interface (`0.0.0.0`).
@@ -425,6 +429,7 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
     let PickedSettings {
         id,
         listen,
+        http_listen,
         advertise,
         data_dir,
         tls_ca,
@@ -484,6 +489,18 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
              tls_cert and tls_key (made with kv-cli cert) and auth, or insecure to serve anyway",
             listen.value
         )));
+    }
+    if let Some(http) = http_listen.value {
+        if !http.ip().is_loopback() && !secured && !insecure.value {
+            return Err(http_listen.origin.error(format!(
+                "http_listen is {http}, which other machines can reach, and this node does not have \
+                 both TLS and auth. Give tls_ca, tls_cert and tls_key and auth, or insecure to serve \
+                 anyway"
+            )));
+        }
+        if http == listen.value {
+            return Err(http_listen.origin.error("http_listen must differ from listen"));
+        }
     }
     if root_password_file.value.is_some() && !auth.value {
         return Err(root_password_file.origin.error("root_password_file only applies with auth"));
@@ -559,6 +576,7 @@ pub fn load(mut args: NodeArgs) -> Result<NodeConfig, ConfigError> {
     Ok(NodeConfig {
         id: id.value,
         listen: listen.value,
+        http_listen: http_listen.value,
         advertise: advertise.value,
         data_dir: data_dir.value,
         tls_ca: tls_ca.value,
@@ -755,6 +773,11 @@ mod tests {
                 "listen = \"10.0.0.1:7001\"\n",
                 ":1:10: listen is 10.0.0.1:7001, which other machines can reach",
             ),
+            (
+                "http_listen = \"0.0.0.0:8080\"\n",
+                ":1:15: http_listen is 0.0.0.0:8080, which other machines can reach",
+            ),
+            ("http_listen = \"127.0.0.1:7001\"\n", ":1:15: http_listen must differ from listen"),
             ("tls_ca = \"ca.crt\"\n", ":1:10: tls_ca, tls_cert and tls_key go together"),
             ("advertise = \"0.0.0.0:7001\"\n", ":1:13: advertise is 0.0.0.0:7001, which"),
             (

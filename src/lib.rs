@@ -31,6 +31,7 @@ pub mod command;
 pub mod config;
 pub mod connection;
 pub mod log;
+pub mod metrics;
 pub mod peer;
 pub mod protocol;
 pub mod raft;

@@ -76,6 +76,8 @@ struct Shared {
     /// The latest committed log id openraft reported, encoded, and whether it is still to be
     /// written.
     committed: Mutex<(Option<Vec<u8>>, bool)>,
+    /// How long each durable write took (for `/metrics`).
+    write_durations: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// One write, queued to the writer thread in the order openraft issued it.
@@ -153,6 +155,7 @@ impl LogStore {
             tail: Mutex::new(Tail::default()),
             file: RwLock::new(file),
             committed: Mutex::new((None, false)),
+            write_durations: crate::metrics::duration_histogram(),
         });
         let (ops, queue) = mpsc::unbounded_channel();
         // The writer holds the database only while it writes, so that dropping the last handle
@@ -223,6 +226,11 @@ fn move_old_entries(db: &Database, file: &mut EntryFile) -> io::Result<()> {
 }
 
 impl LogStore {
+    /// How long each of the writer's durable writes took, in seconds.
+    pub fn write_durations(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.shared.write_durations.clone()
+    }
+
     /// The peers this node has seen acknowledge log entries while it led.
     pub fn seen_members(&self) -> io::Result<std::collections::BTreeSet<u64>> {
         Ok(read_meta(&self.shared.db, SEEN)?.unwrap_or_default())
@@ -351,12 +359,14 @@ fn write_loop(shared: &Weak<Shared>, mut queue: mpsc::UnboundedReceiver<Op>) {
             }
         }
         let appends_only = batch.iter().all(|op| matches!(op, Op::Append { .. } | Op::Meta { .. }));
+        let started = Instant::now();
         let result = if appends_only {
             write_appends(&shared, &mut handle, &batch, committed.as_deref())
         } else {
             handle = None;
             write_in_order(&shared, &batch, committed.as_deref())
         };
+        shared.write_durations.observe(started.elapsed().as_secs_f64());
         let result = result.map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!(error = %e, "raft log write failed");

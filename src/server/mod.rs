@@ -27,7 +27,7 @@
 //!   acknowledged each write; `membership`: membership changes, joining, removal.
 //! - `control`: what members ask each other besides Raft, and the serving side of peer
 //!   connections; `seen`: the peers seen holding entries, behind lost-data detection; `status`:
-//!   the `CLUSTER` table.
+//!   the `CLUSTER` table; `http`: the HTTP port (`/health`, `/ready`, `/metrics`).
 
 mod acks;
 mod cluster;
@@ -35,6 +35,7 @@ pub mod control;
 mod executor;
 mod forward;
 mod handler;
+mod http;
 mod membership;
 mod outcome;
 mod reads;
@@ -102,6 +103,8 @@ struct Node {
     seen: Arc<SeenMembers>,
     raft: KvRaft,
     acks: AckTracker,
+    /// What `/metrics` serves.
+    metrics: Arc<crate::metrics::NodeMetrics>,
     /// Linearizable reads share their read-index checks through it.
     reads: reads::ReadBarrier,
     /// The leader's lease, for lease reads.
@@ -190,6 +193,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    let http_listener = match config.http_listen {
+        Some(addr) => {
+            Some(TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { addr, source })?)
+        }
+        None => None,
+    };
+    let metrics = Arc::new(crate::metrics::NodeMetrics::new(
+        log.write_durations(),
+        store.flush_durations(),
+        Duration::from_millis(config.election_timeout_ms),
+    ));
     let unsendable = Arc::new(Unsendable::default());
     let network = PeerNetwork { dialer: dialer.clone(), unsendable: unsendable.clone() };
     let raft = KvRaft::new(config.id, raft_settings, network, log.clone(), state_machine)
@@ -220,6 +234,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let acks = AckTracker::start(&raft, Duration::from_millis(config.election_timeout_ms));
     let seen = Arc::new(SeenMembers::load(log.clone()));
     seen.watch(&raft);
+    metrics.watch_leader(&raft);
     tracing::info!(
         id = config.id,
         addr = %config.listen,
@@ -246,6 +261,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         seen,
         raft,
         acks,
+        metrics,
         reads: reads::ReadBarrier::new(),
         lease,
         leader_link: reads::LeaderLink::new(dialer.clone()),
@@ -269,6 +285,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     tokio::spawn(request_snapshots(node.raft.clone(), snapshot_due, token.clone()));
+    if let Some(http_listener) = http_listener {
+        tokio::spawn(http::serve(http_listener, node.clone(), token.clone()));
+    }
     // Held until the end if leadership could not be handed over: the node proposes nothing more.
     let _no_more_proposals = {
         let accepting = accept_loop(&listener, &node, &token, &tracker);

@@ -174,6 +174,8 @@ pub struct Store {
     /// The users and roles decoded, as of a version: a login check per batch then costs no
     /// read of the records and no decoding.
     accounts: Mutex<Option<(u64, Arc<Accounts>)>>,
+    /// How long each flush's transaction took (for `/metrics`).
+    flush_durations: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// The applied state: the database as last flushed into, and the writes applied since.
@@ -255,6 +257,7 @@ impl Store {
             applied: RwLock::new(state),
             accounts_version: AtomicU64::new(0),
             accounts: Mutex::new(None),
+            flush_durations: crate::metrics::duration_histogram(),
         })
     }
 
@@ -323,6 +326,11 @@ impl Store {
         let records = SystemRecords::new(&applied.unflushed, applied.frozen(), &applied.flushed);
         let found = f(&records);
         records.checked(found)
+    }
+
+    /// How long each flush into the database took, in seconds.
+    pub fn flush_durations(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.flush_durations.clone()
     }
 
     /// A view of the key-value table as last flushed (without the unflushed writes).
@@ -448,6 +456,7 @@ impl Store {
         // The database as the frozen writes were applied over; it changes only below.
         let flushed = self.applied().flushed.clone();
         let Flush { frozen, revision, sessions, session_clock } = flush;
+        let started = std::time::Instant::now();
         self.transact(|txn| {
             let mut table = txn.open_table(KV)?;
             // The flushed metadata of the keys whose records depend on it, in key order, for the
@@ -509,6 +518,7 @@ impl Store {
             drop(table);
             also(txn)
         })?;
+        self.flush_durations.observe(started.elapsed().as_secs_f64());
         // Taken before the write lock: it holds what the frozen writes hold, so readers in
         // between see the same either way.
         let view = view(&self.db)?;

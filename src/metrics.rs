@@ -1,0 +1,244 @@
+//! The node's Prometheus metrics, served at `/metrics` on its HTTP port (`http_listen`).
+//!
+//! Names follow etcd's where etcd has one (`has_leader`, `leader_changes_seen_total`,
+//! `proposals_committed_total`, `wal_fsync_duration_seconds`, ...), under the `kv_` prefix, so
+//! that dashboards and alerts written for etcd carry over. Each node registers its own
+//! [`NodeMetrics`] (no process-wide recorder), so nodes run in one process for tests keep
+//! theirs apart.
+//!
+//! Most values are read off openraft's metrics at scrape time ([`NodeMetrics::observe`]):
+//! nothing on the write path pays for them. What a scrape cannot read afterwards is counted as
+//! it happens: leader changes (a watcher task), and the durations of the log's fsyncs and of the
+//! store's flushes (histograms the log store and the store keep).
+//!
+//! Not done: requests by command and outcome, and proposals that failed; they need a count on
+//! every path a request is answered by.
+
+use crate::raft::{KvRaft, TypeConfig};
+use openraft::Instant as _;
+use openraft::RaftMetrics;
+use openraft::async_runtime::WatchReceiver;
+use openraft::type_config::alias::LogIdOf;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+/// The labels of a per-peer series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    /// The peer's node id.
+    pub peer: String,
+}
+
+/// A histogram of durations in seconds, with buckets from 1 ms to about 8 s (etcd's disk
+/// histograms' range).
+pub fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
+/// The index of a log id; 0 for none.
+pub fn index(id: Option<LogIdOf<TypeConfig>>) -> u64 {
+    id.map_or(0, |id| id.index)
+}
+
+/// Gauges that hold whole numbers.
+type IntGauge = Gauge<i64, std::sync::atomic::AtomicI64>;
+
+/// One node's metrics and the registry that names them.
+pub struct NodeMetrics {
+    registry: Registry,
+    has_leader: IntGauge,
+    is_leader: IntGauge,
+    term: IntGauge,
+    leader_changes: Counter,
+    committed: Counter<u64, AtomicU64>,
+    applied: Counter<u64, AtomicU64>,
+    pending: IntGauge,
+    last_log_index: IntGauge,
+    snapshot_index: IntGauge,
+    purged_index: IntGauge,
+    follower_lag: Family<PeerLabel, IntGauge>,
+    since_contact: Family<PeerLabel, Gauge<f64, AtomicU64>>,
+    failure_tolerance: IntGauge,
+    open_connections: IntGauge,
+    /// How long after a peer's last contact the leader counts it unreachable.
+    unreachable_after: Duration,
+}
+
+impl NodeMetrics {
+    /// A node's metrics, with its log's fsync and its store's flush durations.
+    pub fn new(fsync: Histogram, flush: Histogram, unreachable_after: Duration) -> NodeMetrics {
+        let mut registry = Registry::with_prefix("kv");
+        let metrics = NodeMetrics {
+            registry: Registry::default(),
+            has_leader: IntGauge::default(),
+            is_leader: IntGauge::default(),
+            term: IntGauge::default(),
+            leader_changes: Counter::default(),
+            committed: Counter::default(),
+            applied: Counter::default(),
+            pending: IntGauge::default(),
+            last_log_index: IntGauge::default(),
+            snapshot_index: IntGauge::default(),
+            purged_index: IntGauge::default(),
+            follower_lag: Family::default(),
+            since_contact: Family::default(),
+            failure_tolerance: IntGauge::default(),
+            open_connections: IntGauge::default(),
+            unreachable_after,
+        };
+        let server = registry.sub_registry_with_prefix("server");
+        server.register(
+            "has_leader",
+            "Whether this member knows a leader (1) or not (0)",
+            metrics.has_leader.clone(),
+        );
+        server.register("is_leader", "Whether this member leads (1) or not (0)", metrics.is_leader.clone());
+        server.register("term", "The Raft term this member is in", metrics.term.clone());
+        server.register(
+            "leader_changes_seen",
+            "Times this member saw the leader change, since it started",
+            metrics.leader_changes.clone(),
+        );
+        server.register(
+            "proposals_committed",
+            "Log entries this member knows committed (its committed index)",
+            metrics.committed.clone(),
+        );
+        server.register(
+            "proposals_applied",
+            "Log entries this member applied (its applied index)",
+            metrics.applied.clone(),
+        );
+        server.register(
+            "proposals_pending",
+            "Log entries this member holds and does not know committed yet",
+            metrics.pending.clone(),
+        );
+        server.register(
+            "last_log_index",
+            "The index of this member's last log entry",
+            metrics.last_log_index.clone(),
+        );
+        server.register(
+            "snapshot_index",
+            "The last index this member's snapshot covers",
+            metrics.snapshot_index.clone(),
+        );
+        server.register(
+            "purged_index",
+            "The last log index this member has compacted away",
+            metrics.purged_index.clone(),
+        );
+        server.register(
+            "follower_lag_entries",
+            "On the leader: how many entries each follower lacks",
+            metrics.follower_lag.clone(),
+        );
+        server.register(
+            "seconds_since_peer_contact",
+            "On the leader: time since each peer last acknowledged it",
+            metrics.since_contact.clone(),
+        );
+        server.register(
+            "failure_tolerance",
+            "On the leader: how many more voters the cluster can lose and still commit, counting the \
+             voters it heard from within the election timeout. Other members cannot tell, and report \
+             0: take the maximum over the members",
+            metrics.failure_tolerance.clone(),
+        );
+        server.register(
+            "open_connections",
+            "Client connections open on this member",
+            metrics.open_connections.clone(),
+        );
+        let disk = registry.sub_registry_with_prefix("disk");
+        disk.register(
+            "wal_fsync_duration_seconds",
+            "How long each durable write of the Raft log took",
+            fsync,
+        );
+        disk.register(
+            "backend_commit_duration_seconds",
+            "How long each flush of applied writes into the store took",
+            flush,
+        );
+        NodeMetrics { registry, ..metrics }
+    }
+
+    /// Counts leader changes as `raft` reports them, until it shuts down.
+    pub fn watch_leader(self: &std::sync::Arc<Self>, raft: &KvRaft) {
+        let mut server = raft.server_metrics();
+        let metrics = self.clone();
+        tokio::spawn(async move {
+            let mut leader = server.borrow_watched().current_leader;
+            while server.changed().await.is_ok() {
+                let now = server.borrow_watched().current_leader;
+                if now.is_some() && now != leader {
+                    metrics.leader_changes.inc();
+                }
+                leader = now;
+            }
+        });
+    }
+
+    /// Sets what is read off `raft` and the connection count, just before a scrape.
+    pub fn observe(&self, raft: &RaftMetrics<TypeConfig>, open_connections: usize) {
+        let set = |gauge: &IntGauge, value: u64| gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        set(&self.has_leader, u64::from(raft.current_leader.is_some()));
+        set(&self.is_leader, u64::from(raft.current_leader == Some(raft.id)));
+        set(&self.term, raft.current_term);
+        // Counters only go up: each takes the index's growth since the last scrape.
+        for (counter, now) in
+            [(&self.committed, index(raft.local_committed)), (&self.applied, index(raft.last_applied))]
+        {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
+        let last = raft.last_log_index.unwrap_or(0);
+        set(&self.last_log_index, last);
+        set(&self.pending, last.saturating_sub(index(raft.local_committed)));
+        set(&self.snapshot_index, index(raft.snapshot));
+        set(&self.purged_index, index(raft.purged));
+        set(&self.open_connections, open_connections as u64);
+        self.follower_lag.clear();
+        self.since_contact.clear();
+        let voters: Vec<u64> = raft.membership_config.membership().voter_ids().collect();
+        let majority = voters.len() / 2 + 1;
+        let tolerance = if let Some(replication) = &raft.replication {
+            for (peer, matched) in replication.iter().filter(|(peer, _)| **peer != raft.id) {
+                let label = PeerLabel { peer: peer.to_string() };
+                set(&self.follower_lag.get_or_create(&label), last.saturating_sub(index(*matched)));
+            }
+            let heartbeat = raft.heartbeat.clone().unwrap_or_default();
+            let mut reachable = usize::from(voters.contains(&raft.id));
+            for (peer, at) in heartbeat.iter().filter(|(peer, _)| **peer != raft.id) {
+                let since = at.map(|at| at.elapsed());
+                if let Some(since) = since {
+                    self.since_contact
+                        .get_or_create(&PeerLabel { peer: peer.to_string() })
+                        .set(since.as_secs_f64());
+                }
+                if voters.contains(peer) && since.is_some_and(|s| s < self.unreachable_after) {
+                    reachable += 1;
+                }
+            }
+            reachable.saturating_sub(majority)
+        } else {
+            0
+        };
+        set(&self.failure_tolerance, tolerance as u64);
+    }
+
+    /// The metrics in the Prometheus text format (OpenMetrics flavour).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
