@@ -82,6 +82,24 @@ fn an_interactive_demo_stops_its_node_when_the_shell_ends() {
         client.call(vec![b"GET".to_vec(), b"demo".to_vec()]).await.unwrap()
     });
     assert!(matches!(answer.reply, Reply::Error { code: ErrorCode::NoAuth, .. }), "{answer:?}");
+    // Each node's metrics are where the banner says, over the demo's TLS.
+    let metrics = banner.split("Metrics at ").nth(1).unwrap().split(" (and").next().unwrap();
+    let first = metrics.split(", ").next().unwrap().strip_prefix("https://").unwrap();
+    let http_addr = first.strip_suffix("/metrics").unwrap().to_string();
+    let client = kv::tls::ClientTls::load(&ca, None).unwrap();
+    let scrape = runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let exchange = async {
+            let mut tls =
+                client.connect(tokio::net::TcpStream::connect(&http_addr).await.unwrap()).await.unwrap();
+            tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: kv\r\nConnection: close\r\n\r\n").await.unwrap();
+            let mut answer = Vec::new();
+            let _ = tls.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange).await.unwrap()
+    });
+    assert!(scrape.starts_with("HTTP/1.1 200") && scrape.contains("kv_server_has_leader 1"), "{scrape}");
     p.send_line("SET demo works").unwrap();
     p.exp_string("OK").unwrap();
     // The shell shows the write's revision and which peers acknowledged it: the commit needed one

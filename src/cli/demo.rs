@@ -133,6 +133,8 @@ struct DemoNode {
     /// `None` while the node is stopped or killed.
     child: Option<Child>,
     addr: SocketAddr,
+    /// Where it serves `/health`, `/ready` and `/metrics`.
+    http: SocketAddr,
 }
 
 /// What a dot command does to a node.
@@ -194,7 +196,8 @@ impl DemoCluster {
             let mut nodes = Vec::new();
             let mut port_taken = false;
             for id in 1..=NODES {
-                match DemoNode::start(&binary, id, &addrs, dir.path(), security.as_ref()) {
+                let http = free_addr().map_err(DemoError::Spawn)?;
+                match DemoNode::start(&binary, id, &addrs, http, dir.path(), security.as_ref()) {
                     Ok(node) => nodes.push(node),
                     Err(StartFailure::PortTaken) => {
                         port_taken = true;
@@ -272,11 +275,15 @@ impl DemoCluster {
             ),
             None => " Insecure: plain TCP, no logins.".to_string(),
         };
+        let scheme = if self.security.is_some() { "https" } else { "http" };
+        let metrics: Vec<String> =
+            self.nodes.iter().map(|n| format!("{scheme}://{}/metrics", n.http)).collect();
         format!(
-            "kv demo: {}; data and logs in {}.{security} .kill N, .stop N and .restart N act on a node; \
-             QUIT or Ctrl-D ends the demo.",
+            "kv demo: {}; data and logs in {}.{security} Metrics at {} (and /health, /ready). .kill N, \
+             .stop N and .restart N act on a node; QUIT or Ctrl-D ends the demo.",
             nodes.join(", "),
-            self.dir.path().display()
+            self.dir.path().display(),
+            metrics.join(", ")
         )
     }
 
@@ -303,7 +310,9 @@ impl DemoCluster {
             }
             (NodeAction::Restart, false) => {
                 let addrs: Vec<SocketAddr> = self.nodes.iter().map(|n| n.addr).collect();
-                match DemoNode::start(&self.binary, id, &addrs, self.dir.path(), self.security.as_ref()) {
+                let http = self.nodes[id as usize - 1].http;
+                match DemoNode::start(&self.binary, id, &addrs, http, self.dir.path(), self.security.as_ref())
+                {
                     Ok(started) => {
                         self.nodes[id as usize - 1] = started;
                         Ok(format!("node {id} restarted on {}", addrs[id as usize - 1]))
@@ -348,11 +357,13 @@ impl DemoCluster {
 }
 
 impl DemoNode {
-    /// Starts node `id` of the cluster whose nodes listen on `addrs` (node `i` on `addrs[i - 1]`).
+    /// Starts node `id` of the cluster whose nodes listen on `addrs` (node `i` on `addrs[i - 1]`),
+    /// serving HTTP on `http`.
     fn start(
         binary: &Path,
         id: u64,
         addrs: &[SocketAddr],
+        http: SocketAddr,
         dir: &Path,
         security: Option<&DemoSecurity>,
     ) -> Result<DemoNode, StartFailure> {
@@ -363,7 +374,14 @@ impl DemoNode {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(failed)?;
         let logged_before = log.metadata().map_err(failed)?.len() as usize;
         let mut command = Command::new(binary);
-        command.args(["--id", &id.to_string(), "--listen", &addr.to_string()]);
+        command.args([
+            "--id",
+            &id.to_string(),
+            "--listen",
+            &addr.to_string(),
+            "--http-listen",
+            &http.to_string(),
+        ]);
         for (peer, peer_addr) in (1..).zip(addrs).filter(|(peer, _)| *peer != id) {
             command.args(["--peer", &format!("{peer}={peer_addr}")]);
         }
@@ -394,7 +412,7 @@ impl DemoNode {
             let whole = std::fs::read(&log_path).unwrap_or_default();
             let log = String::from_utf8_lossy(whole.get(logged_before..).unwrap_or_default()).into_owned();
             if log.contains("serving") {
-                return Ok(DemoNode { child: Some(child), addr });
+                return Ok(DemoNode { child: Some(child), addr, http });
             }
             if child.try_wait().map_err(failed)?.is_some() {
                 if log.contains("cannot listen") {

@@ -13,10 +13,15 @@
 # checkouts). Each run uses its build's own kv-cli. Uses ports 7201-7203 on 127.0.0.1.
 # SECURE (default none) names the side(s) that run with TLS and auth, the client logged in as
 # root: A, B or "A B". With the same DIR twice and SECURE=B it measures what security costs.
+# METRICS (default none) names the side(s) whose nodes serve HTTP (ports 8201-8203) while a
+# scraper reads every node's /metrics once a second: with the same DIR twice and METRICS=B it
+# measures what metrics cost.
 set -euo pipefail
 A=$1; B=$2; ROUNDS=${3:-5}; SECONDS_EACH=${4:-5}
 LOADS=${LOADS:-writes reads pipelined}
 SECURE=${SECURE:-none}
+METRICS=${METRICS:-none}
+SCRAPER=
 WORK=$(mktemp -d)
 RESULTS=$WORK/results.tsv
 WORKERS=$(( $(nproc) / 3 )); [ "$WORKERS" -ge 1 ] || WORKERS=1
@@ -25,6 +30,7 @@ trap 'stop_all; rm -rf "$WORK"' EXIT
 ALL=127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203
 
 stop_all() {
+    if [ -n "$SCRAPER" ]; then kill "$SCRAPER" 2>/dev/null || true; wait "$SCRAPER" 2>/dev/null || true; SCRAPER=; fi
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done
     PIDS=()
@@ -52,6 +58,7 @@ start() {
         for j in 1 2 3; do [ "$i" != "$j" ] && peers+=(--peer "$j=127.0.0.1:720$j"); done
         [ ${#NODE_FLAGS[@]} -gt 0 ] && tls=("${NODE_FLAGS[@]}" --tls-cert "$WORK/certs-$build/node-$i.crt" \
             --tls-key "$WORK/certs-$build/node-$i.key")
+        case " $METRICS " in *" $build "*) tls+=(--http-listen "127.0.0.1:820$i") ;; esac
         RUST_LOG=warn "$dir/kv-node" --id "$i" --listen "127.0.0.1:720$i" --data-dir "$WORK/kv/n$i" \
             "${peers[@]}" ${tls[@]+"${tls[@]}"} --worker-threads "$WORKERS" 2> "$WORK/kv-$i.log" &
         PIDS+=($!)
@@ -60,6 +67,17 @@ start() {
         "$dir/kv-cli" --addr "$ALL" ${CLIENT[@]+"${CLIENT[@]}"} -c "SET warm 1" > /dev/null 2>&1 && break
         sleep 0.1
     done
+    case " $METRICS " in
+        *" $build "*)
+            local scheme=http; [ ${#NODE_FLAGS[@]} -gt 0 ] && scheme=https
+            # Bounded: at most an hour of scrapes, and stopped with the cluster.
+            (for _ in $(seq 1 3600); do
+                for i in 1 2 3; do curl -sk -m 2 "$scheme://127.0.0.1:820$i/metrics" > /dev/null || true; done
+                sleep 1
+            done) &
+            SCRAPER=$!
+            ;;
+    esac
 }
 
 bench() {
