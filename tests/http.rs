@@ -91,6 +91,21 @@ fn scrape(addr: SocketAddr) -> Samples {
         .collect()
 }
 
+/// `kv_server_requests_total` summed over the members at `http`, by command and outcome.
+fn requests_over(http: &[SocketAddr]) -> HashMap<(String, String), f64> {
+    let mut requests = HashMap::new();
+    for addr in http {
+        for ((name, labels), value) in scrape(*addr) {
+            if name != "kv_server_requests_total" {
+                continue;
+            }
+            let label = |key: &str| labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap();
+            *requests.entry((label("command"), label("outcome"))).or_insert(0.0) += value;
+        }
+    }
+    requests
+}
+
 fn value(samples: &Samples, name: &str) -> f64 {
     *samples.get(&(name.to_string(), Vec::new())).unwrap_or_else(|| panic!("no {name} in {samples:?}"))
 }
@@ -101,11 +116,24 @@ fn metrics_count_what_the_cluster_did() {
     let leader = cluster.wait_for_a_leader();
     let at_leader = http[leader as usize - 1];
     let before = scrape(at_leader);
+    let requests_before = requests_over(&http);
     const WRITES: usize = 40;
     let script = common::script(WRITES, |i| format!("SET metrics:{i} {i}"));
     let out = cluster.cli_piped(&[], &script);
     assert_eq!(out.code, 0, "{out:?}");
+    for bad in ["GET", "FROBNICATE x"] {
+        assert_ne!(cluster.cli(&["-c", bad]).code, 0, "{bad} is refused");
+    }
     let after = scrape(at_leader);
+    // Each request is counted once, by the member its client reached, whichever member applied it.
+    let requests = requests_over(&http);
+    let grew = |command: &str, outcome: &str| {
+        let key = (command.to_string(), outcome.to_string());
+        requests.get(&key).copied().unwrap_or(0.0) - requests_before.get(&key).copied().unwrap_or(0.0)
+    };
+    assert_eq!(grew("SET", "ok"), WRITES as f64, "{requests:?}");
+    assert_eq!(grew("GET", "WRONG_ARITY"), 1.0, "{requests:?}");
+    assert_eq!(grew("unknown", "UNKNOWN_COMMAND"), 1.0, "{requests:?}");
     let grew = value(&after, "kv_server_proposals_committed_total")
         - value(&before, "kv_server_proposals_committed_total");
     // Each write is one entry; a new cluster's leader also commits its cluster id within its

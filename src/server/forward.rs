@@ -45,9 +45,10 @@
 
 use super::cluster::Cluster;
 use super::executor::{self, Executor, Item};
+use super::handler::Answers;
 use super::outcome::{NotApplied, Outcome};
 use crate::client::{Client, ClientError, NodeInfo, RequestSender, ResponseReceiver, expect_id};
-use crate::connection::{FrameWriter, ReadError};
+use crate::connection::ReadError;
 use crate::peer::Dialer;
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::message::{ErrorCode, Hello, Reply, Request, Response};
@@ -526,18 +527,18 @@ impl<'n> Ahead<'n> {
     }
 
     /// Sends `answers`, and those of any later batch that are known already, in one flush.
-    pub async fn send(&mut self, answers: Vec<Response>, writer: &mut FrameWriter) -> Result<(), ReadError> {
+    pub async fn send(&mut self, answers: Vec<Response>, writer: &mut Answers<'_>) -> Result<(), ReadError> {
         let mut answers = Some(answers);
         while let Some(batch) = answers.take().or_else(|| self.batches.next().now_or_never().flatten()) {
             for response in &batch {
-                writer.feed(response).await.map_err(ReadError::Io)?;
+                writer.feed(response).await?;
             }
         }
-        writer.flush().await.map_err(ReadError::Io)
+        writer.flush().await
     }
 
     /// Waits for and sends the answers of every batch proposed ahead.
-    pub async fn answer_all(&mut self, writer: &mut FrameWriter) -> Result<(), ReadError> {
+    pub async fn answer_all(&mut self, writer: &mut Answers<'_>) -> Result<(), ReadError> {
         while let Some(answers) = self.batches.next().await {
             self.send(answers, writer).await?;
         }

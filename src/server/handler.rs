@@ -37,9 +37,10 @@ use crate::connection::{self, FrameReader, FrameWriter, ReadError, Stream};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::message::{ErrorCode, Hello, HelloReply, Reply, Request, Response};
 use crate::tls::Certified;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -122,7 +123,11 @@ pub(super) async fn serve(
     let certified = certified.filter(|_| hello.forwarded_by.is_none()).unwrap_or_default();
     let required = node.config.auth && hello.forwarded_by.is_none();
     let mut session = Session::new(required, certified.common_name, certified.node);
-    let outcome = serve_requests(&mut reader, &mut writer, &mut executor, &mut session, &budget, token).await;
+    // Requests forwarded by a follower were counted there.
+    let counted = hello.forwarded_by.is_none().then(|| node.metrics.clone());
+    let mut answers = Answers { writer: &mut writer, metrics: counted, waiting: VecDeque::new() };
+    let outcome =
+        serve_requests(&mut reader, &mut answers, &mut executor, &mut session, &budget, token).await;
     match outcome {
         Ok(()) => tracing::debug!(%peer, "client disconnected"),
         Err(e) if e.is_protocol_violation() => {
@@ -241,6 +246,48 @@ fn member_refusal(hello: &Hello, node: &Node, certified: Option<&Certified>) -> 
     None
 }
 
+/// A client connection's answers on their way out. Each is counted for `/metrics` by its
+/// request's command and its outcome as it is sent, which pairs answers with requests by order
+/// alone: they are sent in the order the requests came.
+pub(super) struct Answers<'w> {
+    pub writer: &'w mut FrameWriter,
+    /// `None`: not counted.
+    pub metrics: Option<Arc<crate::metrics::NodeMetrics>>,
+    /// The requests read and not answered yet: their command and when they were read. As
+    /// bounded as the requests themselves.
+    pub waiting: VecDeque<(&'static str, Instant)>,
+}
+
+impl Answers<'_> {
+    /// Notes requests read, in order.
+    fn received(&mut self, requests: &[Request]) {
+        if self.metrics.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        for request in requests {
+            let name = request.args.first().and_then(|name| crate::command::lookup(name));
+            self.waiting.push_back((name.map_or("unknown", |spec| spec.name), now));
+        }
+    }
+
+    /// Queues the answer to the oldest request not answered yet.
+    pub async fn feed(&mut self, response: &Response) -> Result<(), ReadError> {
+        if let (Some(metrics), Some((command, read_at))) = (&self.metrics, self.waiting.pop_front()) {
+            let outcome = match &response.reply {
+                Reply::Error { code, .. } => code.as_str(),
+                _ => "ok",
+            };
+            metrics.request_answered(command, outcome, read_at.elapsed());
+        }
+        self.writer.feed(response).await.map_err(ReadError::Io)
+    }
+
+    pub async fn flush(&mut self) -> Result<(), ReadError> {
+        self.writer.flush().await.map_err(ReadError::Io)
+    }
+}
+
 /// Tells the client this node executes nothing more here, so that it sends whatever it is
 /// still waiting for to another node, then waits briefly for it to hang up.
 async fn going_away(reader: &mut FrameReader, writer: &mut FrameWriter, me: u64) -> Result<(), ReadError> {
@@ -262,7 +309,7 @@ async fn going_away(reader: &mut FrameReader, writer: &mut FrameWriter, me: u64)
 
 async fn serve_requests<C: Cluster>(
     reader: &mut FrameReader,
-    writer: &mut FrameWriter,
+    writer: &mut Answers<'_>,
     executor: &mut Executor<'_, C>,
     session: &mut Session,
     budget: &Budget,
@@ -274,7 +321,7 @@ async fn serve_requests<C: Cluster>(
         let first = tokio::select! {
             () = token.cancelled() => {
                 ahead.answer_all(writer).await?;
-                return going_away(reader, writer, executor.cluster().id()).await;
+                return going_away(reader, writer.writer, executor.cluster().id()).await;
             }
             answers = ahead.next() => {
                 ahead.send(answers, writer).await?;
@@ -310,6 +357,7 @@ async fn serve_requests<C: Cluster>(
             }
         }
         let held = budget.hold(bytes).await;
+        writer.received(&batch);
         let items = executor.parse(batch);
         executor.new_batch();
         if let Err(items) = ahead.propose(executor, items, held).await {
@@ -320,18 +368,18 @@ async fn serve_requests<C: Cluster>(
                     Segment::Items(items) => items,
                     Segment::Auth(item) => {
                         let response = session.login(&item, executor.cluster()).await;
-                        writer.feed(&response).await.map_err(ReadError::Io)?;
+                        writer.feed(&response).await?;
                         continue;
                     }
                 };
                 session.vet(&mut items, executor.cluster());
                 for slice in answer_slices(items, budget.connection_bytes, &budget.limits) {
                     for response in executor.execute(slice).await {
-                        writer.feed(&response).await.map_err(ReadError::Io)?;
+                        writer.feed(&response).await?;
                     }
                 }
             }
-            writer.flush().await.map_err(ReadError::Io)?;
+            writer.flush().await?;
         }
         if let Some(e) = broken {
             ahead.answer_all(writer).await?;
