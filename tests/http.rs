@@ -224,6 +224,34 @@ fn a_stranger_cannot_hold_the_http_port() {
 }
 
 #[test]
+fn connections_that_never_read_their_answers_lose_their_slots() {
+    let (_cluster, http) = http_cluster(1, &[], &Access::default());
+    let addr = http[0];
+    // Every slot taken by a connection that sends requests until the node stops taking them,
+    // because it cannot send their answers.
+    let flooders: Vec<_> = (0..64)
+        .map(|_| {
+            let mut stream = connect(addr).unwrap();
+            std::thread::spawn(move || {
+                stream.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+                let request = b"GET /metrics HTTP/1.1\r\nHost: kv\r\n\r\n";
+                for _ in 0..100_000 {
+                    if stream.write_all(request).is_err() {
+                        break;
+                    }
+                }
+                stream
+            })
+        })
+        .collect();
+    let flooders: Vec<TcpStream> = flooders.into_iter().map(|f| f.join().unwrap()).collect();
+    assert_eq!(get(addr, "/health").0, 0, "every slot is held");
+    // The node closes them once their time is up, and serves others again.
+    wait_until("the port to serve again", Duration::from_secs(45), || get(addr, "/health").0 == 200);
+    drop(flooders);
+}
+
+#[test]
 fn the_http_port_speaks_tls_when_the_node_does() {
     let certs = tempfile::tempdir().unwrap();
     let dir = certs.path().to_str().unwrap();

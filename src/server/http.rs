@@ -9,7 +9,9 @@
 //! Every input is bounded as on the client port: at most [`MAX_HTTP_CONNECTIONS`] at once (more
 //! are closed at once), a TLS handshake and each request's headers within [`HEADER_TIMEOUT`]
 //! (which also closes idle keep-alive connections), at most [`MAX_REQUEST_BUFFER`] bytes of
-//! request head buffered. No route reads a request body. Over TLS when the node has TLS (the
+//! request head buffered, and a connection closed after [`MAX_CONNECTION_TIME`] whatever it
+//! does, so that one that sends requests and never reads the answers cannot keep its slot. No
+//! route reads a request body. Over TLS when the node has TLS (the
 //! same certificate as its client port).
 //!
 //! Not done: the browser console and its WebSocket stream; these endpoints take no login, since
@@ -37,6 +39,8 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_HTTP_CONNECTIONS: usize = 64;
 /// How long a connection has for its TLS handshake, and for each request's head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one HTTP connection may stay open; a scraper simply opens another.
+pub const MAX_CONNECTION_TIME: Duration = Duration::from_secs(30);
 /// How long `/ready` waits for the leader to confirm it leads.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(1);
 /// The most bytes of a request's head buffered (hyper's smallest allowed buffer).
@@ -84,7 +88,7 @@ pub(super) async fn serve(listener: TcpListener, node: Arc<Node>, token: Cancell
                 }
             };
             tokio::select! {
-                () = served => {}
+                _ = tokio::time::timeout(MAX_CONNECTION_TIME, served) => {}
                 () = token.cancelled() => {}
             }
         });
