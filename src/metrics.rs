@@ -99,9 +99,8 @@ pub struct NodeMetrics {
 impl NodeMetrics {
     /// A node's metrics, with its log's fsync and its store's flush durations.
     pub fn new(fsync: Histogram, flush: Histogram, unreachable_after: Duration) -> NodeMetrics {
-        let mut registry = Registry::with_prefix("kv");
-        let metrics = NodeMetrics {
-            registry: Registry::default(),
+        let mut metrics = NodeMetrics {
+            registry: Registry::with_prefix("kv"),
             has_leader: IntGauge::default(),
             is_leader: IntGauge::default(),
             term: IntGauge::default(),
@@ -120,7 +119,7 @@ impl NodeMetrics {
             request_seconds: Family::new_with_constructor(request_histogram),
             unreachable_after,
         };
-        let server = registry.sub_registry_with_prefix("server");
+        let server = metrics.registry.sub_registry_with_prefix("server");
         server.register(
             "has_leader",
             "Whether this member knows a leader (1) or not (0)",
@@ -195,7 +194,7 @@ impl NodeMetrics {
             "From reading a client's request to sending its answer, by command",
             metrics.request_seconds.clone(),
         );
-        let disk = registry.sub_registry_with_prefix("disk");
+        let disk = metrics.registry.sub_registry_with_prefix("disk");
         disk.register(
             "wal_fsync_duration_seconds",
             "How long each durable write of the Raft log took",
@@ -206,7 +205,7 @@ impl NodeMetrics {
             "How long each flush of applied writes into the store took",
             flush,
         );
-        NodeMetrics { registry, ..metrics }
+        metrics
     }
 
     /// Counts a client's request of `command`, answered with `outcome` after `took`.

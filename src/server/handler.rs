@@ -125,7 +125,7 @@ pub(super) async fn serve(
     let mut session = Session::new(required, certified.common_name, certified.node);
     // Requests forwarded by a follower were counted there.
     let counted = hello.forwarded_by.is_none().then(|| node.metrics.clone());
-    let mut answers = Answers { writer: &mut writer, metrics: counted, waiting: VecDeque::new() };
+    let mut answers = Answers::new(&mut writer, counted);
     let outcome =
         serve_requests(&mut reader, &mut answers, &mut executor, &mut session, &budget, token).await;
     match outcome {
@@ -250,15 +250,20 @@ fn member_refusal(hello: &Hello, node: &Node, certified: Option<&Certified>) -> 
 /// request's command and its outcome as it is sent, which pairs answers with requests by order
 /// alone: they are sent in the order the requests came.
 pub(super) struct Answers<'w> {
-    pub writer: &'w mut FrameWriter,
+    writer: &'w mut FrameWriter,
     /// `None`: not counted.
-    pub metrics: Option<Arc<crate::metrics::NodeMetrics>>,
+    metrics: Option<Arc<crate::metrics::NodeMetrics>>,
     /// The requests read and not answered yet: their command and when they were read. As
     /// bounded as the requests themselves.
-    pub waiting: VecDeque<(&'static str, Instant)>,
+    waiting: VecDeque<(&'static str, Instant)>,
 }
 
-impl Answers<'_> {
+impl<'w> Answers<'w> {
+    /// Answers written to `writer`, counted in `metrics` if given.
+    fn new(writer: &'w mut FrameWriter, metrics: Option<Arc<crate::metrics::NodeMetrics>>) -> Answers<'w> {
+        Answers { writer, metrics, waiting: VecDeque::new() }
+    }
+
     /// Notes requests read, in order.
     fn received(&mut self, requests: &[Request]) {
         if self.metrics.is_none() {
