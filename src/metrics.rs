@@ -257,20 +257,16 @@ impl NodeMetrics {
                 let label = PeerLabel { peer: peer.to_string() };
                 set(&self.follower_lag.get_or_create(&label), last.saturating_sub(index(*matched)));
             }
-            let heartbeat = raft.heartbeat.clone().unwrap_or_default();
-            let mut reachable = usize::from(voters.contains(&raft.id));
-            for (peer, at) in heartbeat.iter().filter(|(peer, _)| **peer != raft.id) {
-                let since = at.map(|at| at.elapsed());
-                if let Some(since) = since {
-                    self.since_contact
-                        .get_or_create(&PeerLabel { peer: peer.to_string() })
-                        .set(since.as_secs_f64());
-                }
-                if voters.contains(peer) && since.is_some_and(|s| s < self.unreachable_after) {
-                    reachable += 1;
+            let heartbeat = raft.heartbeat.iter().flatten().filter(|(peer, _)| **peer != raft.id);
+            for (peer, at) in heartbeat {
+                if let Some(at) = at {
+                    let label = PeerLabel { peer: peer.to_string() };
+                    self.since_contact.get_or_create(&label).set(at.elapsed().as_secs_f64());
                 }
             }
-            reachable.saturating_sub(majority)
+            let reachable =
+                voters.iter().filter(|v| crate::raft::heard_from(raft, **v, self.unreachable_after));
+            reachable.count().saturating_sub(majority)
         } else {
             0
         };

@@ -58,6 +58,17 @@ pub fn other_members(
     metrics.membership_config.membership().nodes().map(|(id, _)| *id).filter(move |id| *id != metrics.id)
 }
 
+/// Whether the node whose metrics these are, leading, heard from member `id` within `within`
+/// (it always hears from itself). A follower hears from no one.
+pub fn heard_from(metrics: &openraft::RaftMetrics<TypeConfig>, id: u64, within: std::time::Duration) -> bool {
+    use openraft::Instant as _;
+    if id == metrics.id {
+        return true;
+    }
+    let contact = metrics.heartbeat.as_ref().and_then(|h| h.get(&id).cloned().flatten());
+    contact.is_some_and(|at| at.elapsed() < within)
+}
+
 /// Waits for the next change of the server metrics, or, `with_data`, of either watch; `false`
 /// once Raft has stopped. Watchers that need the data metrics only at times (while leading, say)
 /// wake on every append only then.

@@ -38,7 +38,7 @@ use crate::protocol::message::{ErrorCode, Hello, Reply};
 use crate::raft::{TypeConfig, state_machine};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::{BasicNode, ChangeMembers, Instant as _, Precondition, RaftMetrics};
+use openraft::{BasicNode, ChangeMembers, Precondition, RaftMetrics};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -404,12 +404,7 @@ async fn settled_metrics(node: &Node, deadline: Instant, ready: impl Fn(&Metrics
 
 /// Whether the leader heard from `id` within an election timeout (the leader itself always is).
 fn reachable(node: &Node, metrics: &Metrics, id: u64) -> bool {
-    if id == node.config.id {
-        return true;
-    }
-    let limit = Duration::from_millis(node.config.election_timeout_ms);
-    let contact = metrics.heartbeat.as_ref().and_then(|h| h.get(&id).cloned().flatten());
-    contact.is_some_and(|at| at.elapsed() < limit)
+    crate::raft::heard_from(metrics, id, Duration::from_millis(node.config.election_timeout_ms))
 }
 
 /// Proposes a voter change, guarded by the membership it was decided on.
