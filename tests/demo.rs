@@ -87,18 +87,7 @@ fn an_interactive_demo_stops_its_node_when_the_shell_ends() {
     let first = metrics.split(", ").next().unwrap().strip_prefix("https://").unwrap();
     let http_addr = first.strip_suffix("/metrics").unwrap().to_string();
     let client = kv::tls::ClientTls::load(&ca, None).unwrap();
-    let scrape = runtime.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let exchange = async {
-            let mut tls =
-                client.connect(tokio::net::TcpStream::connect(&http_addr).await.unwrap()).await.unwrap();
-            tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: kv\r\nConnection: close\r\n\r\n").await.unwrap();
-            let mut answer = Vec::new();
-            let _ = tls.read_to_end(&mut answer).await;
-            String::from_utf8_lossy(&answer).into_owned()
-        };
-        tokio::time::timeout(Duration::from_secs(10), exchange).await.unwrap()
-    });
+    let scrape = common::https_get(&client, &http_addr, "/metrics");
     assert!(scrape.starts_with("HTTP/1.1 200") && scrape.contains("kv_server_has_leader 1"), "{scrape}");
     p.send_line("SET demo works").unwrap();
     p.exp_string("OK").unwrap();

@@ -271,21 +271,8 @@ fn the_http_port_speaks_tls_when_the_node_does() {
     let (status, _) = get(http[0], "/health");
     assert_eq!(status, 0, "no plain HTTP on a TLS node");
     // Over TLS, checked against the cluster's CA.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (status, body) = runtime.block_on(async {
-        let exchange = async {
-            let tcp = tokio::net::TcpStream::connect(http[0]).await.unwrap();
-            let mut tls = client.connect(tcp).await.unwrap();
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: kv\r\nConnection: close\r\n\r\n").await.unwrap();
-            let mut answer = Vec::new();
-            let _ = tls.read_to_end(&mut answer).await;
-            String::from_utf8(answer).unwrap()
-        };
-        let answer = tokio::time::timeout(HTTP_DEADLINE, exchange).await.expect("an answer in time");
-        let status: u16 = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        (status, answer)
-    });
+    let body = common::https_get(&client, &http[0].to_string(), "/metrics");
+    let status: u16 = body.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("kv_server_has_leader 1"), "{body}");
 }

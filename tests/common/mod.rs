@@ -63,6 +63,24 @@ pub const START_DEADLINE: Duration = Duration::from_secs(20);
 /// How long one kv-cli run may take.
 pub const CLI_DEADLINE: Duration = Duration::from_secs(60);
 
+/// An HTTPS GET of `path` at `addr`, checking the node against `tls`'s CA: the whole answer,
+/// head and body, within [`CALL_DEADLINE`].
+pub fn https_get(tls: &kv::tls::ClientTls, addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let exchange = async {
+            let mut stream = tls.connect(tokio::net::TcpStream::connect(addr).await.unwrap()).await.unwrap();
+            let request = format!("GET {path} HTTP/1.1\r\nHost: kv\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        };
+        tokio::time::timeout(CALL_DEADLINE, exchange).await.expect("an answer in time")
+    })
+}
+
 /// A port that was free a moment ago. The node may still lose a race for it; [`TestNode::start`]
 /// then tries another.
 pub fn free_port() -> u16 {
