@@ -16,9 +16,9 @@
 //! lines, from a line holding only `TXN` to one holding only `END` ([`super::block`]).
 
 use super::output::{BAD_INPUT, CONNECTION, Printer, TOO_FEW_ACKS};
-use super::split::split_args;
 use super::{ExitStatus, LocalCommand, Options, connect, judge, local_command, writes};
 use crate::client::{ClientError, RequestSender, ResponseReceiver, expect_id};
+use crate::command::split::split_args;
 use crate::protocol::message::{ErrorCode, Reply, Request, Response};
 use std::collections::VecDeque;
 use tokio::sync::mpsc;

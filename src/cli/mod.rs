@@ -13,7 +13,6 @@ pub mod cert;
 pub mod demo;
 pub mod output;
 pub mod shell;
-pub mod split;
 
 use crate::client::{Client, ClientError, NodeInfo, RequestOptions, Transport};
 use crate::command::{COMMANDS, lookup};

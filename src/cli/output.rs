@@ -24,9 +24,9 @@
 //! with the codes [`BAD_INPUT`] and [`CONNECTION`]. Every answer is flushed at once, so a program
 //! reading kv-cli's output line by line never waits on a buffer.
 
-use super::split::quote;
+use crate::command::split::quote;
+use crate::protocol::json::{reply_json, response_json};
 use crate::protocol::message::{AckState, Cell, KeyValue, Replication, Reply, Response};
-use base64::Engine as _;
 use colored::Colorize;
 use std::io::{self, Write};
 
@@ -62,17 +62,7 @@ impl Printer {
     /// Shows one answer and, for a write, its replication picture.
     pub fn response(&self, response: &Response) {
         if self.format == Format::Json {
-            let mut json = json_value(&response.reply);
-            if let Some(leader) = response.leader {
-                json["leader"] = leader.into();
-            }
-            if let Some(revision) = response.revision {
-                json["revision"] = revision.into();
-            }
-            if let Some(replication) = &response.replication {
-                json["replication"] = serde_json::to_value(replication).unwrap_or_default();
-            }
-            return print_line(&mut io::stdout().lock(), &json.to_string());
+            return print_line(&mut io::stdout().lock(), &response_json(response).to_string());
         }
         self.reply(&response.reply);
         let (Some(leader), Some(replication)) = (response.leader, &response.replication) else { return };
@@ -100,7 +90,7 @@ impl Printer {
             return self.error(code.as_str(), message);
         }
         let line = match self.format {
-            Format::Json => json_value(reply).to_string(),
+            Format::Json => reply_json(reply).to_string(),
             Format::Raw => {
                 let mut out = Vec::new();
                 raw(reply, &mut out);
@@ -244,74 +234,6 @@ fn raw(reply: &Reply, out: &mut Vec<u8>) {
     }
 }
 
-/// A byte string in JSON: as text if it is UTF-8, else base64 with `<field>_encoding` beside it.
-fn json_bytes(object: &mut serde_json::Map<String, serde_json::Value>, field: &str, bytes: &[u8]) {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => {
-            object.insert(field.to_string(), text.into());
-        }
-        Err(_) => {
-            object.insert(field.to_string(), base64::engine::general_purpose::STANDARD.encode(bytes).into());
-            object.insert(format!("{field}_encoding"), "base64".into());
-        }
-    }
-}
-
-/// The JSON form of an answer.
-pub fn json_value(reply: &Reply) -> serde_json::Value {
-    match reply {
-        Reply::Status { value } => serde_json::json!({"type": "status", "value": value}),
-        Reply::Nil => serde_json::json!({"type": "nil"}),
-        Reply::Integer { value } => serde_json::json!({"type": "integer", "value": value}),
-        Reply::Bulk { value } => match std::str::from_utf8(value) {
-            Ok(text) => serde_json::json!({"type": "bulk", "value": text}),
-            Err(_) => serde_json::json!({
-                "type": "bulk",
-                "value": base64::engine::general_purpose::STANDARD.encode(value),
-                "encoding": "base64",
-            }),
-        },
-        Reply::Table { columns, rows } => {
-            serde_json::json!({"type": "table", "columns": columns, "rows": rows})
-        }
-        Reply::Error { code, message } => {
-            serde_json::json!({"type": "error", "code": code, "message": message})
-        }
-        Reply::Array { items } => {
-            serde_json::json!({"type": "array", "items": items.iter().map(json_value).collect::<Vec<_>>()})
-        }
-        Reply::Entries { entries, more, next } => {
-            let entries: Vec<serde_json::Value> = entries
-                .iter()
-                .map(|e| {
-                    let mut object = serde_json::Map::new();
-                    json_bytes(&mut object, "key", &e.key);
-                    if let Some(value) = &e.value {
-                        json_bytes(&mut object, "value", value);
-                    }
-                    object.insert("create_revision".into(), e.create_revision.into());
-                    object.insert("mod_revision".into(), e.mod_revision.into());
-                    object.insert("version".into(), e.version.into());
-                    serde_json::Value::Object(object)
-                })
-                .collect();
-            let mut object = serde_json::Map::new();
-            object.insert("type".into(), "entries".into());
-            object.insert("entries".into(), entries.into());
-            object.insert("more".into(), (*more).into());
-            if let Some(next) = next {
-                json_bytes(&mut object, "next", next);
-            }
-            serde_json::Value::Object(object)
-        }
-        Reply::Txn { succeeded, results } => serde_json::json!({
-            "type": "txn",
-            "succeeded": succeeded,
-            "results": results.iter().map(json_value).collect::<Vec<_>>(),
-        }),
-    }
-}
-
 fn json_error(code: &str, message: &str) -> String {
     serde_json::json!({"type": "error", "code": code, "message": message}).to_string()
 }
@@ -414,7 +336,7 @@ mod tests {
     use serde_bytes::ByteBuf;
 
     fn json_line(reply: &Reply) -> String {
-        json_value(reply).to_string()
+        reply_json(reply).to_string()
     }
 
     #[test]

@@ -11,9 +11,9 @@
 //! [`super::MAX_SENDS`] tries the shell reports `OUTCOME_UNKNOWN` itself.
 
 use super::output::{BAD_INPUT, CONNECTION, Printer, TOO_FEW_ACKS};
-use super::split::split_args;
 use super::{ExitStatus, LocalCommand, Options, connect, judge, local_command, writes};
 use crate::client::{Client, ClientError, NodeInfo};
+use crate::command::split::split_args;
 use crate::command::{COMMANDS, lookup, subcommands};
 use crate::protocol::message::{ErrorCode, Reply, Request};
 use colored::Colorize;

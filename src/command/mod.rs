@@ -9,6 +9,7 @@
 //! `CLUSTER`'s subcommands ([`Admin`]) change who is in the cluster.
 
 pub mod scan;
+pub mod split;
 pub mod txn;
 
 use crate::auth::{Access, Grant, Needs, SystemWrite};

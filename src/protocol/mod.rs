@@ -11,6 +11,7 @@
 //! Deliberately not here: what the commands *mean* (`command`), and sockets (`connection`).
 
 pub mod frame;
+pub mod json;
 pub mod message;
 
 /// The protocol version spoken by this build. A hello with any other version is refused with

@@ -41,7 +41,7 @@ impl Runner {
 }
 
 fn text(bytes: &[u8]) -> String {
-    crate::cli::split::quote(bytes)
+    crate::command::split::quote(bytes)
 }
 
 fn show(reply: &Reply, out: &mut String, indent: &str) {
@@ -96,7 +96,8 @@ impl goldenscript::Runner for Runner {
                     let goldenscript::Argument::Positional(line) = arg else {
                         return Err(format!("unexpected argument {arg:?}").into());
                     };
-                    let args = crate::cli::split::split_args(line)?.into_iter().map(ByteBuf::from).collect();
+                    let args =
+                        crate::command::split::split_args(line)?.into_iter().map(ByteBuf::from).collect();
                     writeln!(output, "> {line}")?;
                     let store = self.store();
                     match Command::parse(args, &LIMITS) {
@@ -122,7 +123,8 @@ impl goldenscript::Runner for Runner {
                 let seq: u64 = args.take_key("seq").ok_or("once needs seq=")?.parse()?;
                 let line = args.next_pos().ok_or("once needs a command")?.to_string();
                 args.reject_next()?;
-                let words = crate::cli::split::split_args(&line)?.into_iter().map(ByteBuf::from).collect();
+                let words =
+                    crate::command::split::split_args(&line)?.into_iter().map(ByteBuf::from).collect();
                 let Ok(Command::Write(write)) = Command::parse(words, &LIMITS) else {
                     return Err(format!("not a write: {line}").into());
                 };
