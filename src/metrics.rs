@@ -18,6 +18,7 @@
 //! Not done: proposals that failed (the executor's retries make "failed" ambiguous; the outcomes
 //! `NO_QUORUM` and `OUTCOME_UNKNOWN` among the requests say what clients saw).
 
+use crate::command::CommandSpec;
 use crate::raft::{KvRaft, TypeConfig};
 use openraft::Instant as _;
 use openraft::RaftMetrics;
@@ -29,7 +30,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The labels of a per-peer series.
@@ -94,6 +95,89 @@ pub struct NodeMetrics {
     request_seconds: Family<CommandLabel, Histogram, fn() -> Histogram>,
     /// How long after a peer's last contact the leader counts it unreachable.
     unreachable_after: Duration,
+    traffic: Traffic,
+}
+
+/// What this member's clients asked, as the console graphs it: reads and writes answered, and
+/// the write latencies of the last whole second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Served {
+    pub reads: u64,
+    pub writes: u64,
+    /// The median and 99th percentile of the last whole second's write latencies, in
+    /// microseconds; `None` if that second had no writes.
+    pub write_p50_us: Option<u64>,
+    pub write_p99_us: Option<u64>,
+}
+
+/// Counts requests, and keeps one second of write latencies at a time.
+struct Traffic {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    started: std::time::Instant,
+    window: std::sync::Mutex<LatencyWindow>,
+}
+
+struct LatencyWindow {
+    /// The second (since `started`) `current` is filling.
+    second: u64,
+    current: hdrhistogram::Histogram<u64>,
+    /// The quantiles of the second before `second`, if it had writes.
+    previous: Option<(u64, u64)>,
+}
+
+impl LatencyWindow {
+    /// Moves on to `second`, keeping the quantiles of the second just ended.
+    fn turn_to(&mut self, second: u64) {
+        if second == self.second {
+            return;
+        }
+        let ended = &self.current;
+        self.previous = (second == self.second + 1 && !ended.is_empty())
+            .then(|| (ended.value_at_quantile(0.5), ended.value_at_quantile(0.99)));
+        self.current.reset();
+        self.second = second;
+    }
+}
+
+impl Traffic {
+    fn new() -> Traffic {
+        let current = hdrhistogram::Histogram::new(2).expect("2 significant figures is valid");
+        Traffic {
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            window: std::sync::Mutex::new(LatencyWindow { second: 0, current, previous: None }),
+        }
+    }
+
+    fn second(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    fn answered(&self, writes: bool, took: Duration) {
+        if !writes {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let second = self.second();
+        let mut window = self.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        window.turn_to(second);
+        window.current.saturating_record(took.as_micros() as u64);
+    }
+
+    fn served(&self) -> Served {
+        let second = self.second();
+        let mut window = self.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        window.turn_to(second);
+        Served {
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            write_p50_us: window.previous.map(|q| q.0),
+            write_p99_us: window.previous.map(|q| q.1),
+        }
+    }
 }
 
 impl NodeMetrics {
@@ -118,6 +202,7 @@ impl NodeMetrics {
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(request_histogram),
             unreachable_after,
+            traffic: Traffic::new(),
         };
         let server = metrics.registry.sub_registry_with_prefix("server");
         server.register(
@@ -208,10 +293,24 @@ impl NodeMetrics {
         metrics
     }
 
-    /// Counts a client's request of `command`, answered with `outcome` after `took`.
-    pub fn request_answered(&self, command: &'static str, outcome: &'static str, took: Duration) {
+    /// Counts a client's request of `command` (`None`: not a command), answered with `outcome`
+    /// after `took`.
+    pub fn request_answered(
+        &self,
+        command: Option<&'static CommandSpec>,
+        outcome: &'static str,
+        took: Duration,
+    ) {
+        let writes = command.is_some_and(|spec| spec.writes);
+        self.traffic.answered(writes, took);
+        let command = command.map_or("unknown", |spec| spec.name);
         self.requests.get_or_create(&RequestLabels { command, outcome }).inc();
         self.request_seconds.get_or_create(&CommandLabel { command }).observe(took.as_secs_f64());
+    }
+
+    /// What this member's clients asked so far (for the console).
+    pub fn served(&self) -> Served {
+        self.traffic.served()
     }
 
     /// Counts leader changes as `raft` reports them, until it shuts down.

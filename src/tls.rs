@@ -53,11 +53,20 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// A node's TLS: how it serves connections and how it dials other members. Both are replaced
-/// together by [`NodeTls::reload`].
+/// A node's TLS: how it serves connections (its client port, and its HTTP port) and how it dials
+/// other members. All are replaced together by [`NodeTls::reload`].
 pub struct NodeTls {
     files: TlsFiles,
-    current: RwLock<(Arc<ServerConfig>, Arc<ClientConfig>)>,
+    current: RwLock<Configs>,
+}
+
+struct Configs {
+    /// The client port: a client certificate is asked for (members must show one).
+    server: Arc<ServerConfig>,
+    /// The HTTP port: no client certificate is asked for, so that a browser holding
+    /// certificates shows no picker; its users log in.
+    web: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
 }
 
 impl NodeTls {
@@ -75,8 +84,17 @@ impl NodeTls {
 
     /// Serves one accepted connection's side of the handshake.
     pub async fn accept(&self, stream: TcpStream) -> std::io::Result<TlsStream> {
-        let config = self.current.read().expect("never poisoned").0.clone();
+        let config = self.current.read().expect("never poisoned").server.clone();
         Ok(tokio_rustls::TlsAcceptor::from(config).accept(stream).await?.into())
+    }
+
+    /// Serves the handshake of a connection to the HTTP port.
+    pub async fn accept_web(
+        &self,
+        stream: TcpStream,
+    ) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+        let config = self.current.read().expect("never poisoned").web.clone();
+        tokio_rustls::TlsAcceptor::from(config).accept(stream).await
     }
 
     /// Dials member `id` over `stream`, presenting this node's certificate and accepting only a
@@ -94,7 +112,7 @@ impl NodeTls {
     }
 
     async fn connect(&self, stream: TcpStream, name: ServerName<'static>) -> std::io::Result<TlsStream> {
-        let config = self.current.read().expect("never poisoned").1.clone();
+        let config = self.current.read().expect("never poisoned").client.clone();
         Ok(tokio_rustls::TlsConnector::from(config).connect(name, stream).await?.into())
     }
 }
@@ -183,7 +201,7 @@ fn config_error(e: impl std::fmt::Display) -> TlsError {
     TlsError::Config(e.to_string())
 }
 
-fn node_configs(files: &TlsFiles) -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), TlsError> {
+fn node_configs(files: &TlsFiles) -> Result<Configs, TlsError> {
     let provider = provider();
     let chain = read_chain(&files.cert)?;
     let key = read_key(&files.key)?;
@@ -207,13 +225,20 @@ fn node_configs(files: &TlsFiles) -> Result<(Arc<ServerConfig>, Arc<ClientConfig
             ))
         })?;
     server.send_tls13_tickets = 0;
+    let mut web = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?
+        .with_no_client_auth()
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(config_error)?;
+    web.alpn_protocols = vec![b"http/1.1".to_vec()];
     let client = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_error)?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .map_err(config_error)?;
-    Ok((Arc::new(server), Arc::new(client)))
+    Ok(Configs { server: Arc::new(server), web: Arc::new(web), client: Arc::new(client) })
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {

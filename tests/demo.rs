@@ -82,13 +82,16 @@ fn an_interactive_demo_stops_its_node_when_the_shell_ends() {
         client.call(vec![b"GET".to_vec(), b"demo".to_vec()]).await.unwrap()
     });
     assert!(matches!(answer.reply, Reply::Error { code: ErrorCode::NoAuth, .. }), "{answer:?}");
-    // Each node's metrics are where the banner says, over the demo's TLS.
-    let metrics = banner.split("Metrics at ").nth(1).unwrap().split(" (and").next().unwrap();
-    let first = metrics.split(", ").next().unwrap().strip_prefix("https://").unwrap();
-    let http_addr = first.strip_suffix("/metrics").unwrap().to_string();
+    // Each node serves its console and metrics where the banner says, over the demo's TLS.
+    let consoles = banner.split("Console at ").nth(1).unwrap().split(" (each").next().unwrap();
+    let consoles: Vec<&str> = consoles.split(", ").collect();
+    assert_eq!(consoles.len(), 3, "{banner}");
+    let http_addr = consoles[0].strip_prefix("https://").unwrap().strip_suffix('/').unwrap().to_string();
     let client = kv::tls::ClientTls::load(&ca, None).unwrap();
     let scrape = common::https_get(&client, &http_addr, "/metrics");
     assert!(scrape.starts_with("HTTP/1.1 200") && scrape.contains("kv_server_has_leader 1"), "{scrape}");
+    let page = common::https_get(&client, &http_addr, "/");
+    assert!(page.starts_with("HTTP/1.1 200") && page.contains("<title>kv console</title>"), "{page}");
     p.send_line("SET demo works").unwrap();
     p.exp_string("OK").unwrap();
     // The shell shows the write's revision and which peers acknowledged it: the commit needed one

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Access, TestCluster, free_port, wait_until};
+use common::{Access, http_cluster, wait_until};
 use kv::client::Transport;
 use kv::tls::ClientTls;
 use std::collections::HashMap;
@@ -17,18 +17,6 @@ use std::time::{Duration, Instant};
 const HTTP_DEADLINE: Duration = Duration::from_secs(10);
 /// How long the cluster may take to notice a lost quorum or a member back.
 const QUORUM_DEADLINE: Duration = Duration::from_secs(20);
-
-/// A cluster of `size` nodes, each also serving HTTP on a port of its own (in id order).
-fn http_cluster(size: u64, flags: &[String], access: &Access) -> (TestCluster, Vec<SocketAddr>) {
-    let http: Vec<SocketAddr> = (0..size).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
-    let own = |id: u64| {
-        let mut own = vec!["--http-listen".to_string(), http[id as usize - 1].to_string()];
-        own.extend(flags.iter().cloned());
-        own
-    };
-    let flags: Vec<&str> = Vec::new();
-    (TestCluster::start_each(size, &flags, &own, access), http)
-}
 
 /// An HTTP/1.1 GET over `stream`: the status code and the body.
 fn get_over(mut stream: impl Read + Write, path: &str) -> std::io::Result<(u16, String)> {

@@ -43,6 +43,60 @@ pub struct DemoArgs {
     /// Plain TCP and no logins, instead of TLS and auth.
     #[arg(long)]
     pub insecure: bool,
+    /// Open the console of node 1 in the system's browser (`xdg-open`, `open`).
+    #[arg(long)]
+    pub open: bool,
+}
+
+/// Where the demo takes node controls from its nodes' consoles (the page's stop, kill and
+/// restart buttons): a loopback port, and a secret its nodes are given so that nothing else on
+/// the machine can use it.
+struct ControlPort {
+    listener: TcpListener,
+    /// What the nodes find in their environment ([`crate::server::DEMO_CONTROL_ENV`]).
+    env: String,
+}
+
+impl ControlPort {
+    fn open() -> std::io::Result<ControlPort> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let token: String = (0..32).map(|_| fastrand::alphanumeric()).collect();
+        let env = format!("{} {token}", listener.local_addr()?);
+        Ok(ControlPort { listener, env })
+    }
+}
+
+/// Carries out node controls from the demo's nodes with `run`, one at a time, for as long as
+/// the process lives. A control is one line, `token action node`, answered `ok text` or
+/// `error text`.
+fn serve_controls(port: ControlPort, run: impl Fn(DemoCommand) -> Result<String, String> + Send + 'static) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let token = port.env.split_once(' ').map(|(_, token)| token.to_string()).unwrap_or_default();
+    std::thread::spawn(move || {
+        for stream in port.listener.incoming().flatten() {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut line = String::new();
+            let Ok(reader) = stream.try_clone() else { continue };
+            if BufReader::new(reader.take(256)).read_line(&mut line).is_err() {
+                continue;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let answer = match words.as_slice() {
+                [given, action, id] if *given == token => {
+                    let args: Vec<Vec<u8>> =
+                        [format!(".{action}"), id.to_string()].map(String::into_bytes).into();
+                    DemoCommand::parse(&args).and_then(&run)
+                }
+                _ => Err("not a control from this demo's nodes".to_string()),
+            };
+            let reply = match answer {
+                Ok(text) => format!("ok {text}\n"),
+                Err(text) => format!("error {text}\n"),
+            };
+            let mut stream = stream;
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
 }
 
 /// How the demo's nodes are secured: their CA, and root's password.
@@ -127,6 +181,10 @@ pub struct DemoCluster {
     binary: PathBuf,
     /// `None` for an insecure demo.
     security: Option<DemoSecurity>,
+    /// Where its nodes' consoles send node controls: the port until it is served, and what the
+    /// nodes are told of it.
+    controls: Option<ControlPort>,
+    control_env: String,
 }
 
 struct DemoNode {
@@ -187,6 +245,8 @@ impl DemoCluster {
         let binary = node_binary()?;
         let dir = tempfile::Builder::new().prefix("kv-demo-").tempdir().map_err(DemoError::TempDir)?;
         let security = if secure { Some(DemoSecurity::make(dir.path())?) } else { None };
+        let controls = ControlPort::open().map_err(DemoError::Spawn)?;
+        let control_env = controls.env.clone();
         let mut last = DemoError::NodeFailed("no free ports".to_string());
         // A port that was free a moment ago may be taken by the time a node binds it; every
         // node's peer list names the ports, so a lost race means new ports for all.
@@ -197,7 +257,8 @@ impl DemoCluster {
             let mut port_taken = false;
             for id in 1..=NODES {
                 let http = free_addr().map_err(DemoError::Spawn)?;
-                match DemoNode::start(&binary, id, &addrs, http, dir.path(), security.as_ref()) {
+                match DemoNode::start(&binary, id, &addrs, http, dir.path(), security.as_ref(), &control_env)
+                {
                     Ok(node) => nodes.push(node),
                     Err(StartFailure::PortTaken) => {
                         port_taken = true;
@@ -210,7 +271,8 @@ impl DemoCluster {
                 }
             }
             if !port_taken {
-                let cluster = DemoCluster { nodes, dir, binary, security };
+                let cluster =
+                    DemoCluster { nodes, dir, binary, security, controls: Some(controls), control_env };
                 if let Err(e) = cluster.wait_for_a_leader() {
                     cluster.stop(false);
                     return Err(e);
@@ -275,16 +337,30 @@ impl DemoCluster {
             ),
             None => " Insecure: plain TCP, no logins.".to_string(),
         };
-        let scheme = if self.security.is_some() { "https" } else { "http" };
-        let metrics: Vec<String> =
-            self.nodes.iter().map(|n| format!("{scheme}://{}/metrics", n.http)).collect();
+        let consoles: Vec<String> =
+            (1..=self.nodes.len() as u64).filter_map(|id| self.console_url(id)).collect();
         format!(
-            "kv demo: {}; data and logs in {}.{security} Metrics at {} (and /health, /ready). .kill N, \
-             .stop N and .restart N act on a node; QUIT or Ctrl-D ends the demo.",
+            "kv demo: {}; data and logs in {}.{security} Console at {} (each node serves it, with \
+             /metrics, /health and /ready). .kill N, .stop N and .restart N act on a node, here or \
+             from the console; QUIT or Ctrl-D ends the demo.",
             nodes.join(", "),
             self.dir.path().display(),
-            metrics.join(", ")
+            consoles.join(", ")
         )
+    }
+
+    /// Node `id`'s console.
+    pub fn console_url(&self, id: u64) -> Option<String> {
+        let scheme = if self.security.is_some() { "https" } else { "http" };
+        let node = (id as usize).checked_sub(1).and_then(|i| self.nodes.get(i))?;
+        Some(format!("{scheme}://{}/", node.http))
+    }
+
+    /// Takes node controls from the nodes' consoles from now on, carrying them out with `run`.
+    pub fn serve_controls(&mut self, run: impl Fn(DemoCommand) -> Result<String, String> + Send + 'static) {
+        if let Some(port) = self.controls.take() {
+            serve_controls(port, run);
+        }
     }
 
     /// Runs a dot command; returns what to tell the user.
@@ -311,8 +387,16 @@ impl DemoCluster {
             (NodeAction::Restart, false) => {
                 let addrs: Vec<SocketAddr> = self.nodes.iter().map(|n| n.addr).collect();
                 let http = self.nodes[id as usize - 1].http;
-                match DemoNode::start(&self.binary, id, &addrs, http, self.dir.path(), self.security.as_ref())
-                {
+                let env = &self.control_env;
+                match DemoNode::start(
+                    &self.binary,
+                    id,
+                    &addrs,
+                    http,
+                    self.dir.path(),
+                    self.security.as_ref(),
+                    env,
+                ) {
                     Ok(started) => {
                         self.nodes[id as usize - 1] = started;
                         Ok(format!("node {id} restarted on {}", addrs[id as usize - 1]))
@@ -366,6 +450,7 @@ impl DemoNode {
         http: SocketAddr,
         dir: &Path,
         security: Option<&DemoSecurity>,
+        control_env: &str,
     ) -> Result<DemoNode, StartFailure> {
         let failed = |e| StartFailure::Failed(DemoError::Spawn(e));
         let log_path = dir.join(format!("node{id}.log"));
@@ -396,6 +481,7 @@ impl DemoNode {
             .arg("--data-dir")
             .arg(dir.join(format!("node{id}")))
             .env("RUST_LOG", "info")
+            .env(crate::server::DEMO_CONTROL_ENV, control_env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -412,7 +412,19 @@ pub fn run(args: CliArgs) -> ExitStatus {
     }
     eprintln!("{}", cluster.banner());
     options.addrs = cluster.addrs();
+    if demo_args.open
+        && let Some(url) = cluster.console_url(1)
+    {
+        open_browser(&url);
+    }
     let control = DemoControl(Arc::new(Mutex::new(cluster)));
+    // The console's buttons act through a weak handle, so that the demo can still take the
+    // cluster back to stop it.
+    let weak = Arc::downgrade(&control.0);
+    control.0.lock().unwrap_or_else(|p| p.into_inner()).serve_controls(move |command| match weak.upgrade() {
+        Some(cluster) => DemoControl(cluster).run(command).0,
+        None => Err("the demo is ending".to_string()),
+    });
     options.demo = Some(control.clone());
     let status = run_mode(runtime, args.commands, options, printer);
     // Every other handle went with the options.
@@ -421,6 +433,20 @@ pub fn run(args: CliArgs) -> ExitStatus {
         eprintln!("kv demo: data kept in {}", kept.display());
     }
     status
+}
+
+/// Opens `url` in the system's browser, or says how to open it.
+fn open_browser(url: &str) {
+    let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
+    let opened = std::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Err(e) = opened {
+        eprintln!("kv demo: cannot open a browser ({opener}: {e}); open {url} yourself");
+    }
 }
 
 /// `kv-cli cert`: makes a certificate and says where it went.

@@ -89,12 +89,22 @@ pub struct NodeStatus {
     /// committed; `None` while its latest membership is not applied yet.
     #[serde(default)]
     pub committed_members: Option<BTreeSet<u64>>,
+    /// The last log index it knows committed.
+    #[serde(default)]
+    pub committed_index: Option<u64>,
+    /// What its clients asked of it (for the console's graphs).
+    #[serde(default)]
+    pub served: Option<crate::metrics::Served>,
 }
 
 impl NodeStatus {
     /// `node`'s view of itself.
     pub(super) fn of_node(node: &Node) -> NodeStatus {
-        NodeStatus { unsendable: node.unsendable.all(), ..NodeStatus::of(&node.raft, node.seen.get()) }
+        NodeStatus {
+            unsendable: node.unsendable.all(),
+            served: Some(node.metrics.served()),
+            ..NodeStatus::of(&node.raft, node.seen.get())
+        }
     }
 
     /// `raft`'s view of itself, with the peers it has seen.
@@ -130,6 +140,8 @@ impl NodeStatus {
             purged_index: metrics.purged.map(|l| l.index),
             unsendable: BTreeMap::new(),
             committed_members: committed_members(&metrics),
+            committed_index: metrics.local_committed.map(|l| l.index),
+            served: None,
         }
     }
 }

@@ -32,7 +32,7 @@ use super::control::serve_peer;
 use super::executor::{Executor, Item};
 use super::forward::Ahead;
 use super::session::{Segment, Session};
-use crate::command::Limits;
+use crate::command::{CommandSpec, Limits};
 use crate::connection::{self, FrameReader, FrameWriter, ReadError, Stream};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::message::{ErrorCode, Hello, HelloReply, Reply, Request, Response};
@@ -124,7 +124,7 @@ pub(super) async fn serve(
     let required = node.config.auth && hello.forwarded_by.is_none();
     let mut session = Session::new(required, certified.common_name, certified.node);
     // Requests forwarded by a follower were counted there.
-    let counted = hello.forwarded_by.is_none().then(|| node.metrics.clone());
+    let counted = hello.forwarded_by.is_none().then_some(node);
     let mut answers = Answers::new(&mut writer, counted);
     let outcome =
         serve_requests(&mut reader, &mut answers, &mut executor, &mut session, &budget, token).await;
@@ -251,39 +251,43 @@ fn member_refusal(hello: &Hello, node: &Node, certified: Option<&Certified>) -> 
 /// alone: they are sent in the order the requests came.
 pub(super) struct Answers<'w> {
     writer: &'w mut FrameWriter,
-    /// `None`: not counted.
-    metrics: Option<Arc<crate::metrics::NodeMetrics>>,
+    /// The node whose metrics count the answers, and whose console streams its writes'
+    /// journeys; `None`: not counted.
+    counted: Option<&'w Node>,
     /// The requests read and not answered yet: their command and when they were read. As
     /// bounded as the requests themselves.
-    waiting: VecDeque<(&'static str, Instant)>,
+    waiting: VecDeque<(Option<&'static CommandSpec>, Instant)>,
 }
 
 impl<'w> Answers<'w> {
-    /// Answers written to `writer`, counted in `metrics` if given.
-    fn new(writer: &'w mut FrameWriter, metrics: Option<Arc<crate::metrics::NodeMetrics>>) -> Answers<'w> {
-        Answers { writer, metrics, waiting: VecDeque::new() }
+    /// Answers written to `writer`, counted by `counted` if given.
+    fn new(writer: &'w mut FrameWriter, counted: Option<&'w Node>) -> Answers<'w> {
+        Answers { writer, counted, waiting: VecDeque::new() }
     }
 
     /// Notes requests read, in order.
     fn received(&mut self, requests: &[Request]) {
-        if self.metrics.is_none() {
+        if self.counted.is_none() {
             return;
         }
         let now = Instant::now();
         for request in requests {
-            let name = request.args.first().and_then(|name| crate::command::lookup(name));
-            self.waiting.push_back((name.map_or("unknown", |spec| spec.name), now));
+            let spec = request.args.first().and_then(|name| crate::command::lookup(name));
+            self.waiting.push_back((spec, now));
         }
     }
 
     /// Queues the answer to the oldest request not answered yet.
     pub async fn feed(&mut self, response: &Response) -> Result<(), ReadError> {
-        if let (Some(metrics), Some((command, read_at))) = (&self.metrics, self.waiting.pop_front()) {
+        if let (Some(node), Some((command, read_at))) = (self.counted, self.waiting.pop_front()) {
             let outcome = match &response.reply {
                 Reply::Error { code, .. } => code.as_str(),
                 _ => "ok",
             };
-            metrics.request_answered(command, outcome, read_at.elapsed());
+            node.metrics.request_answered(command, outcome, read_at.elapsed());
+            if let Some(spec) = command.filter(|spec| spec.writes) {
+                node.console.write_answered(spec.name, response);
+            }
         }
         self.writer.feed(response).await.map_err(ReadError::Io)
     }

@@ -5,6 +5,9 @@
 //!   still leads, and the node has applied everything that leader had committed: a request sent
 //!   to it is served at once. 503 with why otherwise (within [`READY_TIMEOUT`]).
 //! - `/metrics`: the Prometheus text format ([`crate::metrics`]).
+//! - `/` and the files it loads: the browser console (docs/CONSOLE.md), embedded in the binary;
+//!   `/console/ws`: its WebSocket stream ([`super::browser`]), only for pages this port served
+//!   (the `Origin` check) and at most [`MAX_BROWSERS`] at once.
 //!
 //! Every input is bounded as on the client port: at most [`MAX_HTTP_CONNECTIONS`] at once (more
 //! are closed at once), a TLS handshake and each request's headers within [`HEADER_TIMEOUT`]
@@ -14,14 +17,18 @@
 //! route reads a request body. Over TLS when the node has TLS (the
 //! same certificate as its client port).
 //!
-//! Not done: the browser console and its WebSocket stream; these endpoints take no login, since
-//! they carry no keys or values (as etcd's `/metrics` and `/health`).
+//! `/health`, `/ready` and `/metrics` take no login, since they carry no keys or values (as
+//! etcd's); the console's stream asks for one when the node has `auth`. A connection upgraded to
+//! a WebSocket leaves this port's connection slots and lifetime for the console's own bounds.
 
 use super::Node;
+use super::browser::{MAX_BROWSER_MESSAGE, MAX_BROWSERS};
 use super::cluster::{Cluster, Leader};
+use super::console_assets;
 use crate::metrics::index;
 use axum::Router;
 use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -48,11 +55,14 @@ pub const MAX_REQUEST_BUFFER: usize = 8192;
 
 /// Serves the HTTP port on `listener` until `token` is cancelled.
 pub(super) async fn serve(listener: TcpListener, node: Arc<Node>, token: CancellationToken) {
+    let browsers = Arc::new(Semaphore::new(MAX_BROWSERS));
     let router = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(node.clone());
+        .route("/console/ws", get(console_stream))
+        .fallback(get(console_file))
+        .with_state(Served { node: node.clone(), browsers, token: token.clone() });
     let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
@@ -79,7 +89,7 @@ pub(super) async fn serve(listener: TcpListener, node: Arc<Node>, token: Cancell
             let _slot = slot;
             let served = async {
                 match tls {
-                    Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+                    Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept_web(stream)).await {
                         Ok(Ok(stream)) => serve_connection(stream, router).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTP TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "HTTP TLS handshake timed out"),
@@ -102,9 +112,80 @@ async fn serve_connection(io: impl AsyncRead + AsyncWrite + Unpin + Send + 'stat
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(MAX_REQUEST_BUFFER)
         .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
         .await;
     if let Err(e) = served {
         tracing::debug!(error = %e, "HTTP connection ended");
+    }
+}
+
+/// What every route may use.
+#[derive(Clone)]
+struct Served {
+    node: Arc<Node>,
+    /// Browser sessions' slots.
+    browsers: Arc<Semaphore>,
+    /// Cancelled when the node stops.
+    token: CancellationToken,
+}
+
+impl axum::extract::FromRef<Served> for Arc<Node> {
+    fn from_ref(served: &Served) -> Arc<Node> {
+        served.node.clone()
+    }
+}
+
+/// Opens a browser's console stream: only from a page this port served (its `Origin` names
+/// this host), and only while a browser slot is free.
+async fn console_stream(
+    State(served): State<Served>,
+    headers: axum::http::HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> axum::response::Response {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+        let origin_host = origin.to_str().unwrap_or_default().split_once("://").map_or("", |(_, host)| host);
+        if host.is_empty() || origin_host != host {
+            return (StatusCode::FORBIDDEN, "the console stream is only for pages this node served\n")
+                .into_response();
+        }
+    }
+    let Ok(slot) = served.browsers.clone().try_acquire_owned() else {
+        let busy = format!("{MAX_BROWSERS} browsers are watching this node already; try another node\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, busy).into_response();
+    };
+    upgrade
+        .max_message_size(MAX_BROWSER_MESSAGE)
+        .max_frame_size(MAX_BROWSER_MESSAGE)
+        .on_upgrade(move |socket| super::browser::serve(socket, served.node, slot, served.token))
+}
+
+/// The console's files; without them, a page saying how to build them.
+async fn console_file(uri: axum::http::Uri) -> axum::response::Response {
+    let security = [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:",
+        ),
+    ];
+    if let Some(why) = console_assets::NOT_BUILT {
+        let page = console_assets::missing_page(why);
+        return (security, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response();
+    }
+    match console_assets::get(uri.path()) {
+        Some((contents, content_type)) => {
+            // Vite names assets by their hash, so they never change; the page itself may.
+            let cache = if uri.path().starts_with("/assets/") {
+                "public, max-age=31536000, immutable"
+            } else {
+                "no-cache"
+            };
+            (security, [(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, cache)], contents)
+                .into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
     }
 }
 

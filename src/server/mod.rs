@@ -27,11 +27,17 @@
 //!   acknowledged each write; `membership`: membership changes, joining, removal.
 //! - `control`: what members ask each other besides Raft, and the serving side of peer
 //!   connections; `seen`: the peers seen holding entries, behind lost-data detection; `status`:
-//!   the `CLUSTER` table; `http`: the HTTP port (`/health`, `/ready`, `/metrics`).
+//!   the members' reports behind the `CLUSTER` table; `http`: the HTTP port (`/health`,
+//!   `/ready`, `/metrics`, the console); `console`: what the console streams; `browser`: one
+//!   browser's console session; `console_assets`: the console's embedded files.
 
 mod acks;
+mod browser;
 mod cluster;
+mod console;
+mod console_assets;
 pub mod control;
+pub use browser::DEMO_CONTROL_ENV;
 mod executor;
 mod forward;
 mod handler;
@@ -105,6 +111,8 @@ struct Node {
     acks: AckTracker,
     /// What `/metrics` serves.
     metrics: Arc<crate::metrics::NodeMetrics>,
+    /// What the browser console streams.
+    console: console::ConsoleFeed,
     /// Linearizable reads share their read-index checks through it.
     reads: reads::ReadBarrier,
     /// The leader's lease, for lease reads.
@@ -262,6 +270,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         raft,
         acks,
         metrics,
+        console: console::ConsoleFeed::new(),
         reads: reads::ReadBarrier::new(),
         lease,
         leader_link: reads::LeaderLink::new(dialer.clone()),
@@ -287,6 +296,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     tokio::spawn(request_snapshots(node.raft.clone(), snapshot_due, token.clone()));
     if let Some(http_listener) = http_listener {
         tokio::spawn(http::serve(http_listener, node.clone(), token.clone()));
+        tokio::spawn(console::sample(node.clone(), token.clone()));
     }
     // Held until the end if leadership could not be handed over: the node proposes nothing more.
     let _no_more_proposals = {

@@ -101,6 +101,22 @@ impl Session {
         }
     }
 
+    /// Whether the session may run commands that need a login: logged in, or no login needed.
+    pub fn logged_in(&self) -> bool {
+        !self.required || self.user.is_some()
+    }
+
+    /// Whether the session has what `needs` asks for, or the refusal to answer.
+    pub fn allows(&self, needs: &Needs, cluster: &impl Cluster) -> Result<(), Reply> {
+        if !self.required {
+            return Ok(());
+        }
+        match self.user.as_deref().and_then(|user| cluster.accounts().principal(user)) {
+            Some(principal) => principal.check(needs),
+            None => Err(self.not_logged_in()),
+        }
+    }
+
     fn not_logged_in(&self) -> Reply {
         let message = match &self.user {
             Some(user) => {

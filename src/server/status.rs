@@ -58,20 +58,47 @@ impl StatusLinks {
     }
 }
 
-pub(super) async fn cluster_table(node: &Node) -> Reply {
+/// One member as the cluster table and the console show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberView {
+    pub id: u64,
+    pub address: String,
+    /// A voter, or a learner (which gets the log but does not vote).
+    pub voter: bool,
+    /// Its own report; `None`: it did not answer within [`STATUS_TIMEOUT`].
+    pub status: Option<NodeStatus>,
+    /// Entries it lacks against the leader's last log index, if a leader reported.
+    pub lag: Option<u64>,
+    /// Milliseconds since the leader last heard from it (not for the leader itself).
+    pub last_contact_ms: Option<u64>,
+    /// Why the leader cannot send it an entry it holds, if so.
+    pub problem: Option<String>,
+}
+
+impl MemberView {
+    /// Its role, or `unreachable`.
+    pub fn role(&self) -> &str {
+        self.status.as_ref().map_or("unreachable", |s| s.role.as_str())
+    }
+}
+
+/// Every member's own report, gathered at once, with what the leader's report says of it.
+pub(super) async fn member_views(node: &Node) -> Vec<MemberView> {
     let me = node.config.id;
-    let members: Vec<(u64, String)> = {
+    let members: Vec<(u64, String, bool)> = {
         let metrics = node.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
-        let members: Vec<(u64, String)> = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let members: Vec<(u64, String, bool)> =
+            membership.nodes().map(|(id, n)| (*id, n.addr.clone(), voters.contains(id))).collect();
         if members.is_empty() {
             // Not initialized yet: show the configured cluster.
-            node.config.members().map(|(id, addr)| (id, addr.to_string())).collect()
+            node.config.members().map(|(id, addr)| (id, addr.to_string(), true)).collect()
         } else {
             members
         }
     };
-    let reports = futures::future::join_all(members.iter().map(|(id, addr)| async move {
+    let reports = futures::future::join_all(members.iter().map(|(id, addr, _)| async move {
         if *id == me {
             return Ok(NodeStatus::of_node(node));
         }
@@ -79,53 +106,50 @@ pub(super) async fn cluster_table(node: &Node) -> Reply {
     }))
     .await;
     let leader = reports.iter().flatten().filter(|s| s.role == "leader").max_by_key(|s| s.term).cloned();
-    let int = |v: Option<u64>| v.map_or(Cell::Nil, |v| Cell::Integer(v as i64));
-    let rows = members
-        .iter()
+    members
+        .into_iter()
         .zip(reports)
-        .map(|((id, addr), report)| {
-            let contact = leader.as_ref().and_then(|l| l.contact_ms.get(id).copied().flatten());
-            let is_leader = leader.as_ref().is_some_and(|l| l.id == *id);
-            let problem = leader
-                .as_ref()
-                .and_then(|l| l.unsendable.get(id))
-                .map_or(Cell::Nil, |why| Cell::Text(why.clone()));
-            match report {
-                Ok(status) => {
-                    let lag = leader.as_ref().map(|l| {
-                        l.last_log_index.unwrap_or(0).saturating_sub(status.last_log_index.unwrap_or(0))
-                    });
-                    vec![
-                        Cell::Integer(*id as i64),
-                        Cell::Text(addr.clone()),
-                        Cell::Text(status.role),
-                        int(Some(status.term)),
-                        int(status.last_log_index),
-                        int(status.applied_index),
-                        int(status.snapshot_index),
-                        int(status.purged_index),
-                        int(lag),
-                        if is_leader { Cell::Nil } else { int(contact) },
-                        problem,
-                    ]
-                }
-                Err(e) => {
-                    tracing::debug!(node = id, error = %e, "no status");
-                    vec![
-                        Cell::Integer(*id as i64),
-                        Cell::Text(addr.clone()),
-                        Cell::Text("unreachable".to_string()),
-                        Cell::Nil,
-                        Cell::Nil,
-                        Cell::Nil,
-                        Cell::Nil,
-                        Cell::Nil,
-                        Cell::Nil,
-                        int(contact),
-                        problem,
-                    ]
-                }
+        .map(|((id, address, voter), report)| {
+            let is_leader = leader.as_ref().is_some_and(|l| l.id == id);
+            let status = report.inspect_err(|e| tracing::debug!(node = id, error = %e, "no status")).ok();
+            MemberView {
+                id,
+                address,
+                voter,
+                lag: leader.as_ref().zip(status.as_ref()).map(|(l, s)| {
+                    l.last_log_index.unwrap_or(0).saturating_sub(s.last_log_index.unwrap_or(0))
+                }),
+                last_contact_ms: leader
+                    .as_ref()
+                    .filter(|_| !is_leader)
+                    .and_then(|l| l.contact_ms.get(&id).copied().flatten()),
+                problem: leader.as_ref().and_then(|l| l.unsendable.get(&id)).cloned(),
+                status,
             }
+        })
+        .collect()
+}
+
+pub(super) async fn cluster_table(node: &Node) -> Reply {
+    let int = |v: Option<u64>| v.map_or(Cell::Nil, |v| Cell::Integer(v as i64));
+    let rows = member_views(node)
+        .await
+        .into_iter()
+        .map(|member| {
+            let status = member.status.as_ref();
+            vec![
+                Cell::Integer(member.id as i64),
+                Cell::Text(member.address.clone()),
+                Cell::Text(member.role().to_string()),
+                int(status.map(|s| s.term)),
+                int(status.and_then(|s| s.last_log_index)),
+                int(status.and_then(|s| s.applied_index)),
+                int(status.and_then(|s| s.snapshot_index)),
+                int(status.and_then(|s| s.purged_index)),
+                int(member.lag),
+                int(member.last_contact_ms),
+                member.problem.map_or(Cell::Nil, Cell::Text),
+            ]
         })
         .collect();
     Reply::Table { columns: COLUMNS.iter().map(|c| c.to_string()).collect(), rows }

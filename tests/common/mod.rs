@@ -597,3 +597,15 @@ pub fn temp_file(name: &str, contents: &str) -> (tempfile::TempDir, PathBuf) {
     std::fs::write(&path, contents).unwrap();
     (dir, path)
 }
+
+/// A cluster of `size` nodes, each also serving HTTP on a port of its own (in id order).
+pub fn http_cluster(size: u64, flags: &[String], access: &Access) -> (TestCluster, Vec<SocketAddr>) {
+    let http: Vec<SocketAddr> = (0..size).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
+    let own = |id: u64| {
+        let mut own = vec!["--http-listen".to_string(), http[id as usize - 1].to_string()];
+        own.extend(flags.iter().cloned());
+        own
+    };
+    let flags: Vec<&str> = Vec::new();
+    (TestCluster::start_each(size, &flags, &own, access), http)
+}
