@@ -15,6 +15,10 @@
 //! (`server::handler::Answers`); a follower's forwarding link is not counted at the leader, so the
 //! sum over the members is what clients asked.
 //!
+//! For the browser console, each member also counts its clients' reads (every request that
+//! changes nothing) and writes, and keeps the last whole second's write latencies
+//! ([`Served`], reported to whoever asks for the member's status).
+//!
 //! Not done: proposals that failed (the executor's retries make "failed" ambiguous; the outcomes
 //! `NO_QUORUM` and `OUTCOME_UNKNOWN` among the requests say what clients saw).
 
@@ -142,7 +146,8 @@ impl LatencyWindow {
 
 impl Traffic {
     fn new() -> Traffic {
-        let current = hdrhistogram::Histogram::new(2).expect("2 significant figures is valid");
+        let current = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2)
+            .expect("valid bounds: 1 µs to a minute");
         Traffic {
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
@@ -378,5 +383,26 @@ impl NodeMetrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latency_window_reports_the_second_just_ended_and_only_it() {
+        let current = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).unwrap();
+        let mut window = LatencyWindow { second: 0, current, previous: None };
+        for us in [100, 200, 300, 10_000] {
+            window.current.saturating_record(us);
+        }
+        window.turn_to(0);
+        assert_eq!(window.previous, None, "the second is not over");
+        window.turn_to(1);
+        let (p50, p99) = window.previous.unwrap();
+        assert!((195..=205).contains(&p50) && (9_900..=10_100).contains(&p99), "{p50} {p99}");
+        window.turn_to(3);
+        assert_eq!(window.previous, None, "second 1 had no writes, and second 2 is what just ended");
     }
 }

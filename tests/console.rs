@@ -147,6 +147,22 @@ fn the_stream_starts_with_the_whole_cluster_and_follows_what_it_does() {
         .await;
         assert_eq!(journey["answer"]["leader"], leader, "{journey}");
     });
+    // Load on the cluster shows in the graphs: writes per second and their latencies.
+    let bench = cluster.cli(&["bench", "--duration", "3", "--clients", "4"]);
+    assert_eq!(bench.code, 0, "{bench:?}");
+    runtime.block_on(async {
+        let tick = wait_for(&mut socket, "a sample with writes and their latencies", STREAM_DEADLINE, |m| {
+            m["type"] == "tick"
+                && m["sample"]["writes_per_s"].as_f64().is_some_and(|w| w > 10.0)
+                && m["sample"]["write_p99_ms"].as_f64().is_some_and(|p99| p99 > 0.0)
+        })
+        .await;
+        let sample = &tick["sample"];
+        assert!(
+            sample["write_p50_ms"].as_f64().unwrap() <= sample["write_p99_ms"].as_f64().unwrap(),
+            "{sample}"
+        );
+    });
     // A member killed: the stream marks it unreachable and tells it as an event.
     cluster.node(follower).kill9();
     runtime.block_on(async {
@@ -333,18 +349,21 @@ fn strangers_and_stalled_browsers_cannot_make_a_node_hold_more() {
     });
 }
 
-/// The demo's banner, read from its stderr: console URLs and its data directory.
-fn demo_banner(stderr: impl BufRead) -> (Vec<String>, std::path::PathBuf) {
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        if !line.starts_with("kv demo: node 1 on ") {
-            continue;
+/// The demo's banner, read from its stderr: console URLs and its data directory. The rest of
+/// its stderr is read (and dropped) until it exits, so that it never writes to a closed pipe.
+fn demo_banner(stderr: impl BufRead + Send + 'static) -> (Vec<String>, std::path::PathBuf) {
+    let (banner, found) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.starts_with("kv demo: node 1 on ") {
+                let _ = banner.send(line);
+            }
         }
-        let consoles = line.split("Console at ").nth(1).unwrap().split(" (each").next().unwrap();
-        let dir = line.split("data and logs in ").nth(1).unwrap().split(". ").next().unwrap();
-        return (consoles.split(", ").map(String::from).collect(), dir.into());
-    }
-    panic!("the demo printed no banner");
+    });
+    let line = found.recv_timeout(Duration::from_secs(60)).expect("the demo's banner within 60 s");
+    let consoles = line.split("Console at ").nth(1).unwrap().split(" (each").next().unwrap();
+    let dir = line.split("data and logs in ").nth(1).unwrap().split(". ").next().unwrap();
+    (consoles.split(", ").map(String::from).collect(), dir.into())
 }
 
 #[test]
@@ -356,6 +375,8 @@ fn the_page_shows_the_cluster_at_work_in_a_real_browser() {
     );
     let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-e2e");
+    // Screenshots from an earlier run must not pass for this one's.
+    let _ = std::fs::remove_dir_all(&shots);
     let mut demo = Command::new(CLI_BIN)
         .arg("demo")
         .stdin(Stdio::piped())

@@ -174,12 +174,14 @@ impl ConsoleFeed {
     /// Offers a client's answered write for streaming: kept if a browser watches and the
     /// journey rate allows it.
     pub fn write_answered(&self, command: &str, response: &Response) {
-        if response.replication.is_none() || self.news.receiver_count() == 0 {
+        // Cheapest first: this runs for every client write.
+        if response.replication.is_none() {
             return;
         }
         let now = now_ms();
         let last = self.last_journey_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) < 1000 / JOURNEYS_PER_SECOND
+            || self.news.receiver_count() == 0
             || self.last_journey_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
         {
             return;
