@@ -8,8 +8,9 @@
 //!
 //! Most values are read off openraft's metrics at scrape time ([`NodeMetrics::observe`]):
 //! nothing on the write path pays for them. What a scrape cannot read afterwards is counted as
-//! it happens: leader changes (a watcher task), and the durations of the log's fsyncs and of the
-//! store's flushes (histograms the log store and the store keep).
+//! it happens: leader changes (a watcher task), the durations of the log's fsyncs and of the
+//! store's flushes (histograms the log store and the store keep), and the round trip of each
+//! Raft RPC to each peer ([`PeerRoundTrips`], observed by the peer network).
 //!
 //! Requests are counted by command and outcome as their answers leave a client's connection
 //! (`server::handler::Answers`); a follower's forwarding link is not counted at the leader, so the
@@ -73,6 +74,24 @@ pub struct CommandLabel {
 /// A histogram of request latencies in seconds, from 100 µs to about 6.5 s.
 fn request_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+/// How long each Raft RPC to each peer took, answer included (for an append, the peer's writing
+/// of the entries to its log is part of it). Cheap to clone: clones share the series.
+#[derive(Clone)]
+pub struct PeerRoundTrips(Family<PeerLabel, Histogram, fn() -> Histogram>);
+
+impl Default for PeerRoundTrips {
+    fn default() -> PeerRoundTrips {
+        PeerRoundTrips(Family::new_with_constructor(request_histogram))
+    }
+}
+
+impl PeerRoundTrips {
+    /// The series for `peer`, to observe its round trips without a lookup each time.
+    pub fn of(&self, peer: u64) -> Histogram {
+        self.0.get_or_create(&PeerLabel { peer: peer.to_string() }).clone()
+    }
 }
 
 /// Gauges that hold whole numbers.
@@ -186,8 +205,14 @@ impl Traffic {
 }
 
 impl NodeMetrics {
-    /// A node's metrics, with its log's fsync and its store's flush durations.
-    pub fn new(fsync: Histogram, flush: Histogram, unreachable_after: Duration) -> NodeMetrics {
+    /// A node's metrics, with its log's fsync and its store's flush durations, and the round
+    /// trips of its Raft RPCs.
+    pub fn new(
+        fsync: Histogram,
+        flush: Histogram,
+        round_trips: PeerRoundTrips,
+        unreachable_after: Duration,
+    ) -> NodeMetrics {
         let mut metrics = NodeMetrics {
             registry: Registry::with_prefix("kv"),
             has_leader: IntGauge::default(),
@@ -283,6 +308,13 @@ impl NodeMetrics {
             "request_duration_seconds",
             "From reading a client's request to sending its answer, by command",
             metrics.request_seconds.clone(),
+        );
+        let network = metrics.registry.sub_registry_with_prefix("network");
+        network.register(
+            "peer_round_trip_time_seconds",
+            "How long each Raft RPC to each peer took, answer included (an append's includes the peer \
+             writing the entries to its log)",
+            round_trips.0,
         );
         let disk = metrics.registry.sub_registry_with_prefix("disk");
         disk.register(

@@ -133,7 +133,14 @@ fn metrics_count_what_the_cluster_did() {
     assert!(fsyncs > value(&before, "kv_disk_wal_fsync_duration_seconds_count"), "fsyncs counted");
     for follower in (1..=3u64).filter(|id| *id != leader) {
         let label = vec![("peer".to_string(), follower.to_string())];
-        assert!(after.contains_key(&("kv_server_follower_lag_entries".to_string(), label)), "{after:?}");
+        assert!(
+            after.contains_key(&("kv_server_follower_lag_entries".to_string(), label.clone())),
+            "{after:?}"
+        );
+        // At least one append per write reached each follower, each round trip timed.
+        let trips = ("kv_network_peer_round_trip_time_seconds_count".to_string(), label.clone());
+        let trips_before = before.get(&trips).copied().unwrap_or(0.0);
+        assert!(after.get(&trips).copied().unwrap_or(0.0) > trips_before, "{after:?}");
     }
     // Every member applies what the leader committed, and knows one leader.
     let committed = value(&after, "kv_server_proposals_committed_total");

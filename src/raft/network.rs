@@ -221,6 +221,8 @@ pub struct PeerNetwork {
     pub dialer: Dialer,
     /// Where entries that a peer's frames cannot carry are reported, for `CLUSTER`.
     pub unsendable: Arc<Unsendable>,
+    /// Where each RPC's round trip is observed, for `/metrics`.
+    pub round_trips: crate::metrics::PeerRoundTrips,
 }
 
 /// The peers this node holds an entry for that their frames cannot carry, with why: shown in
@@ -247,6 +249,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             connection: PeerConnection::new(self.dialer.clone(), target, node.addr.clone()),
             unsendable: self.unsendable.clone(),
             reported_unsendable: None,
+            round_trips: self.round_trips.of(target),
         }
     }
 }
@@ -257,6 +260,8 @@ pub struct PeerClient {
     unsendable: Arc<Unsendable>,
     /// The last entry found too big for the peer's frames, so that it is reported once.
     reported_unsendable: Option<u64>,
+    /// This peer's round-trip series.
+    round_trips: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl PeerClient {
@@ -284,8 +289,10 @@ impl PeerClient {
         request: RaftRequest,
         ttl: std::time::Duration,
     ) -> Result<RaftResponse, RPCError<TypeConfig>> {
+        let sent = std::time::Instant::now();
         let answer: Envelope<RaftResponse> =
             self.connection.call(&Envelope::Raft(request), ttl).await.map_err(rpc_error)?;
+        self.round_trips.observe(sent.elapsed().as_secs_f64());
         match answer {
             PeerMessage::Raft(response) => Ok(response),
             PeerMessage::Control(never) => match never {},
@@ -505,7 +512,11 @@ mod tests {
         let raft = Raft::new(
             id,
             Arc::new(config.validate().unwrap()),
-            PeerNetwork { dialer: Dialer::new(id, None), unsendable: Default::default() },
+            PeerNetwork {
+                dialer: Dialer::new(id, None),
+                unsendable: Default::default(),
+                round_trips: Default::default(),
+            },
             LogStore::open(dir.path()).unwrap(),
             StateMachine::open(store.clone(), 10_000).unwrap(),
         )

@@ -207,13 +207,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         }
         None => None,
     };
+    let round_trips = crate::metrics::PeerRoundTrips::default();
     let metrics = Arc::new(crate::metrics::NodeMetrics::new(
         log.write_durations(),
         store.flush_durations(),
+        round_trips.clone(),
         Duration::from_millis(config.election_timeout_ms),
     ));
     let unsendable = Arc::new(Unsendable::default());
-    let network = PeerNetwork { dialer: dialer.clone(), unsendable: unsendable.clone() };
+    let network = PeerNetwork { dialer: dialer.clone(), unsendable: unsendable.clone(), round_trips };
     let raft = KvRaft::new(config.id, raft_settings, network, log.clone(), state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
