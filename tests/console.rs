@@ -16,6 +16,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// How long a browser has to take each message (the node's `SEND_TIMEOUT`).
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the node pings a browser, and how long it waits to hear from one.
+const PING_EVERY: Duration = Duration::from_secs(10);
+const SILENCE_LIMIT: Duration = Duration::from_secs(30);
 /// How long the stream may take to show something the cluster did.
 const STREAM_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -342,10 +345,23 @@ fn strangers_and_stalled_browsers_cannot_make_a_node_hold_more() {
         .expect("the node closed the stalled session");
         assert!(drained < 300, "the node sent every page to a browser that read nothing");
     });
-    // And serves on.
+    // A client that reads nothing, so answers no ping, is gone after SILENCE_LIMIT; one that
+    // reads stays.
     runtime.block_on(async {
-        let mut socket = open(http).await.unwrap();
-        next_of(&mut socket, "state", STREAM_DEADLINE).await;
+        let mut silent = open(http).await.unwrap();
+        let mut reading = open(http).await.unwrap();
+        let opened = Instant::now();
+        let kept = tokio::time::timeout(SILENCE_LIMIT + PING_EVERY + Duration::from_secs(5), async {
+            while reading.next().await.is_some_and(|m| m.is_ok()) {}
+        })
+        .await;
+        assert!(kept.is_err(), "the session of a browser that reads ended after {:?}", opened.elapsed());
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while silent.next().await.is_some_and(|m| m.is_ok()) {}
+        })
+        .await;
+        assert!(ended.is_ok(), "a browser silent for {:?} still has its session", opened.elapsed());
+        next_of(&mut reading, "tick", STREAM_DEADLINE).await;
     });
 }
 

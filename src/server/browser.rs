@@ -10,7 +10,9 @@
 //! messages from it of at most [`MAX_BROWSER_MESSAGE`] bytes, and one request of it running at a
 //! time. Nothing is queued for it: the ticks are a `watch` (it gets the latest), the news a
 //! shared bounded `broadcast` (falling behind it means being sent the state again), and a send
-//! that the browser does not take within [`SEND_TIMEOUT`] closes the session.
+//! that the browser does not take within [`SEND_TIMEOUT`] closes the session. The browser is
+//! pinged every [`PING_EVERY`]; one not heard from (a pong is enough) for [`SILENCE_LIMIT`] is
+//! gone, and its session ends.
 //!
 //! In `kv-cli demo`, the node is also told where the demo listens for node controls
 //! ([`DEMO_CONTROL_ENV`]), and passes a browser's `control` messages (stop, kill, restart a
@@ -42,6 +44,12 @@ pub const MAX_BROWSERS: usize = 16;
 pub const MAX_BROWSER_MESSAGE: usize = 64 * 1024;
 /// How long a browser has to take each message sent to it.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a browser is pinged; browsers answer on their own.
+pub const PING_EVERY: Duration = Duration::from_secs(10);
+/// A browser heard nothing from (not even a pong) for this long is gone: its session ends, so
+/// that a half-open connection (a laptop closed mid-session) or a client that stopped reading
+/// does not keep its slot.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(30);
 /// How long the demo has to carry out a node control (a restart waits for the node to serve).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The environment variable `kv-cli demo` sets to `address token`: where it takes node
@@ -83,6 +91,8 @@ pub(super) async fn serve(
         return;
     }
     let mut watching = false;
+    let mut heard = tokio::time::Instant::now();
+    let mut ping = tokio::time::interval_at(heard + PING_EVERY, PING_EVERY);
     loop {
         if !watching && session.logged_in() {
             watching = true;
@@ -97,6 +107,16 @@ pub(super) async fn serve(
                 let _ = socket.send(Message::Close(None)).await;
                 return;
             }
+            _ = ping.tick() => {
+                if heard.elapsed() > SILENCE_LIMIT {
+                    tracing::debug!("closing a console session silent for {SILENCE_LIMIT:?}");
+                    return;
+                }
+                match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Ping(Default::default()))).await {
+                    Ok(Ok(())) => continue,
+                    _ => return,
+                }
+            }
             changed = ticks.changed(), if watching => match changed {
                 Ok(()) => ticks.borrow_and_update().clone(),
                 Err(_) => return,
@@ -107,14 +127,20 @@ pub(super) async fn serve(
                 Err(RecvError::Closed) => return,
             },
             incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Text(text))) => {
-                    let answer = answer(&node, &mut session, &mut executor, text.as_str()).await;
-                    Arc::from(answer.to_string())
+                Some(Ok(message)) => {
+                    // Anything, a pong included, shows the browser is there.
+                    heard = tokio::time::Instant::now();
+                    match message {
+                        Message::Text(text) => {
+                            let answer = answer(&node, &mut session, &mut executor, text.as_str()).await;
+                            Arc::from(answer.to_string())
+                        }
+                        Message::Binary(_) => {
+                            Arc::from(error_message(0, ErrorCode::BadRequest, "messages are JSON text").to_string())
+                        }
+                        _ => continue,
+                    }
                 }
-                Some(Ok(Message::Binary(_))) => {
-                    Arc::from(error_message(0, ErrorCode::BadRequest, "messages are JSON text").to_string())
-                }
-                Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return,
             },
         };
