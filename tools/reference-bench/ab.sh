@@ -17,6 +17,9 @@
 # scraper (one python3 process, keeping its connections) reads every node's /metrics once a
 # second and watches node 1's console stream: with the same DIR twice and METRICS=B it measures
 # what metrics and an open console cost.
+# After the medians it prints, per build, the nodes' CPU per request over the loads (median of
+# the runs; read from /proc, so it leaves out the client and the scraper, which share the
+# machine) and the scraper's own CPU per run.
 set -euo pipefail
 A=$1; B=$2; ROUNDS=${3:-5}; SECONDS_EACH=${4:-5}
 LOADS=${LOADS:-writes reads pipelined}
@@ -30,7 +33,27 @@ PIDS=()
 trap 'stop_all; rm -rf "$WORK"' EXIT
 ALL=127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203
 
+# CPU seconds process $1 has used so far (user + system), or 0 if it is gone.
+cpu_seconds() {
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+# CPU seconds the nodes have used so far, together.
+nodes_cpu() {
+    local total=0
+    for pid in "${PIDS[@]}"; do total=$(awk -v a="$total" -v b="$(cpu_seconds "$pid")" 'BEGIN { printf "%.3f", a + b }'); done
+    echo "$total"
+}
+
 stop_all() {
+    # What the loads cost in CPU: the nodes' per request answered, and the scraper's own.
+    if [ ${#PIDS[@]} -gt 0 ] && [ -n "${CURRENT:-}" ]; then
+        local nodes scraper=0
+        nodes=$(awk -v a="$(nodes_cpu)" -v b="$NODES_CPU_BEFORE" 'BEGIN { printf "%.3f", a - b }')
+        [ -n "$SCRAPER" ] && scraper=$(cpu_seconds "$SCRAPER")
+        printf '%s\t%s\t%s\t%s\n' "$CURRENT" "$nodes" "$scraper" "$(cat "$WORK/requests")" >> "$WORK/cpu.tsv"
+        CURRENT=
+    fi
     if [ -n "$SCRAPER" ]; then kill "$SCRAPER" 2>/dev/null || true; wait "$SCRAPER" 2>/dev/null || true; SCRAPER=; fi
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done
@@ -123,13 +146,19 @@ import json, sys
 r = json.load(sys.stdin)
 print("\t".join([sys.argv[1], sys.argv[2], str(round(r["requests_per_second"])), str(r["latency_ms"]["p99"])]))
 if r["ok"] != r["requests"]: print("errors:", r["errors"], "unknown:", r["unknown"], file=sys.stderr)
-' "$build" "$label" | tee -a "$RESULTS"
+with open(sys.argv[3], "r+") as f:
+    total = int(f.read() or 0) + r["requests"]
+    f.seek(0); f.truncate(); f.write(str(total))
+' "$build" "$label" "$WORK/requests" | tee -a "$RESULTS"
 }
 
 run() {
     local build=$1 dir=$2
     start "$build" "$dir"
+    CURRENT=$build
+    echo 0 > "$WORK/requests"
     "$dir/kv-cli" --addr "$ALL" ${CLIENT[@]+"${CLIENT[@]}"} bench --prefill -n 1 --clients 1 > /dev/null
+    NODES_CPU_BEFORE=$(nodes_cpu)
     for load in $LOADS; do
         case $load in
             writes) bench "$build" "$dir" writes --clients 50 ;;
@@ -159,4 +188,13 @@ for load in dict.fromkeys(r[1] for r in rows):
         runs = [r for r in rows if r[0] == build and r[1] == load]
         out.append(f"{build} {statistics.median(int(r[2]) for r in runs):.0f}/s p99 {statistics.median(float(r[3]) for r in runs):.2f}")
     print("\t".join(out))
+PY
+echo "CPU per run (median): the three nodes' per request answered, and the scraper's:"
+python3 - "$WORK/cpu.tsv" <<'PY'
+import statistics, sys
+rows = [line.split("\t") for line in open(sys.argv[1]).read().split("\n") if line]
+for build in "AB":
+    runs = [r for r in rows if r[0] == build]
+    per_request = statistics.median(float(r[1]) / int(r[3]) * 1e6 for r in runs)
+    print(f"{build}\tnodes {per_request:.2f} µs/request\tscraper {statistics.median(float(r[2]) for r in runs):.2f} s")
 PY
