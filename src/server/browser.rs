@@ -218,16 +218,12 @@ async fn answer(
     let answer = response_json(&response);
     if response.replication.is_some() {
         node.console.journey(Journey {
-            at_ms: answer_time(),
+            at_ms: super::console::now_ms(),
             command: command.clone(),
             answer: answer.clone(),
         });
     }
     json!({"type": "answer", "id": id, "answer": answer})
-}
-
-fn answer_time() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Runs one request as a client connection would: a login, or the session's check and then

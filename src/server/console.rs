@@ -137,7 +137,8 @@ fn to_json(message: &Message<'_>) -> Arc<str> {
     serde_json::to_string(message).expect("console messages always serialize").into()
 }
 
-fn now_ms() -> u64 {
+/// The time, in milliseconds since the Unix epoch, as the stream gives it.
+pub(super) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -315,35 +316,23 @@ fn changes(before: Option<&Tick>, now: &Tick) -> Vec<Event> {
     let mut event = |kind, node, term, text: String| {
         events.push(Event { at_ms: now.at_ms, kind, node, term, text });
     };
-    let Some(before) = before else {
-        match now.leader {
-            Some(leader) => event(
+    // The first tick tells who leads, as a change from nothing.
+    if before.is_none_or(|before| (now.leader, now.term) != (before.leader, before.term)) {
+        match (now.leader, before.map(|before| before.leader)) {
+            (Some(leader), _) => event(
                 "leader",
                 Some(leader),
                 now.term,
                 format!("node {leader} leads in term {}", now.term.unwrap_or(0)),
             ),
-            None => event("no_leader", None, now.term, "no leader".to_string()),
-        }
-        return events;
-    };
-    if (now.leader, now.term) != (before.leader, before.term) {
-        match now.leader {
-            Some(leader) => event(
-                "leader",
-                Some(leader),
-                now.term,
-                format!("node {leader} leads in term {}", now.term.unwrap_or(0)),
-            ),
-            None if before.leader.is_some() => event(
-                "no_leader",
-                None,
-                now.term,
-                format!("no leader (node {} lost it)", before.leader.unwrap_or(0)),
-            ),
-            None => {}
+            (None, None) => event("no_leader", None, now.term, "no leader".to_string()),
+            (None, Some(Some(lost))) => {
+                event("no_leader", None, now.term, format!("no leader (node {lost} lost it)"))
+            }
+            (None, Some(None)) => {}
         }
     }
+    let Some(before) = before else { return events };
     let was: BTreeMap<u64, &MemberView> = before.members.iter().map(|m| (m.id, m)).collect();
     for member in &now.members {
         let id = member.id;
