@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Interleaved A/B of two kv builds with kv-cli bench: for each round, each build in turn (the
 # order alternating from round to round) gets a fresh 3-node cluster on loopback, a prefill, and
-# the same loads; prints one line per run, then each load's median per build.
+# the same loads; prints one line per run, then each load's median per build and the median of
+# the rounds' B/A ratios (each round's two runs are neighbours in time, so their ratio cancels
+# most of the machine's drift). Use an even ROUNDS, so that each build runs first equally often.
 #
 #   tools/reference-bench/ab.sh DIR_A DIR_B [ROUNDS] [SECONDS]
 #
@@ -21,7 +23,7 @@
 # the runs; read from /proc, so it leaves out the client and the scraper, which share the
 # machine) and the scraper's own CPU per run.
 set -euo pipefail
-A=$1; B=$2; ROUNDS=${3:-5}; SECONDS_EACH=${4:-5}
+A=$1; B=$2; ROUNDS=${3:-6}; SECONDS_EACH=${4:-5}
 LOADS=${LOADS:-writes reads pipelined}
 SECURE=${SECURE:-none}
 METRICS=${METRICS:-none}
@@ -51,7 +53,7 @@ stop_all() {
         local nodes scraper=0
         nodes=$(awk -v a="$(nodes_cpu)" -v b="$NODES_CPU_BEFORE" 'BEGIN { printf "%.3f", a - b }')
         [ -n "$SCRAPER" ] && scraper=$(cpu_seconds "$SCRAPER")
-        printf '%s\t%s\t%s\t%s\n' "$CURRENT" "$nodes" "$scraper" "$(cat "$WORK/requests")" >> "$WORK/cpu.tsv"
+        printf '%s\t%s\t%s\t%s\t%s\n' "$CURRENT" "$nodes" "$scraper" "$(cat "$WORK/requests")" "$ROUND" >> "$WORK/cpu.tsv"
         CURRENT=
     fi
     if [ -n "$SCRAPER" ]; then kill "$SCRAPER" 2>/dev/null || true; wait "$SCRAPER" 2>/dev/null || true; SCRAPER=; fi
@@ -144,12 +146,12 @@ bench() {
     "$dir/kv-cli" --addr "$ALL" ${CLIENT[@]+"${CLIENT[@]}"} bench --duration "$SECONDS_EACH" --json "$@" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
-print("\t".join([sys.argv[1], sys.argv[2], str(round(r["requests_per_second"])), str(r["latency_ms"]["p99"])]))
+print("\t".join([sys.argv[1], sys.argv[2], str(round(r["requests_per_second"])), str(r["latency_ms"]["p99"]), sys.argv[4]]))
 if r["ok"] != r["requests"]: print("errors:", r["errors"], "unknown:", r["unknown"], file=sys.stderr)
 with open(sys.argv[3], "r+") as f:
     total = int(f.read() or 0) + r["requests"]
     f.seek(0); f.truncate(); f.write(str(total))
-' "$build" "$label" "$WORK/requests" | tee -a "$RESULTS"
+' "$build" "$label" "$WORK/requests" "$ROUND" | tee -a "$RESULTS"
 }
 
 run() {
@@ -172,10 +174,12 @@ run() {
     done
     stop_all
     rm -rf "$WORK/kv"
+    # The next run should not pay for writing back this one's files.
+    sync
 }
 
-for round in $(seq 1 "$ROUNDS"); do
-    if [ $((round % 2)) = 1 ]; then run A "$A"; run B "$B"; else run B "$B"; run A "$A"; fi
+for ROUND in $(seq 1 "$ROUNDS"); do
+    if [ $((ROUND % 2)) = 1 ]; then run A "$A"; run B "$B"; else run B "$B"; run A "$A"; fi
 done
 
 echo "medians (requests/s, p99 ms) over $ROUNDS rounds:"
@@ -187,6 +191,9 @@ for load in dict.fromkeys(r[1] for r in rows):
     for build in "AB":
         runs = [r for r in rows if r[0] == build and r[1] == load]
         out.append(f"{build} {statistics.median(int(r[2]) for r in runs):.0f}/s p99 {statistics.median(float(r[3]) for r in runs):.2f}")
+    a = {r[4]: int(r[2]) for r in rows if r[0] == "A" and r[1] == load}
+    ratios = sorted((int(r[2]) / a[r[4]] - 1) * 100 for r in rows if r[0] == "B" and r[1] == load)
+    out.append(f"B/A {statistics.median(ratios):+.1f}% (rounds {' '.join(f'{x:+.1f}' for x in ratios)})")
     print("\t".join(out))
 PY
 echo "CPU per run (median): the three nodes' per request answered, and the scraper's:"
@@ -197,4 +204,7 @@ for build in "AB":
     runs = [r for r in rows if r[0] == build]
     per_request = statistics.median(float(r[1]) / int(r[3]) * 1e6 for r in runs)
     print(f"{build}\tnodes {per_request:.2f} µs/request\tscraper {statistics.median(float(r[2]) for r in runs):.2f} s")
+per_request = {(r[0], r[4]): float(r[1]) / int(r[3]) for r in rows}
+ratios = sorted((b / per_request[("A", n)] - 1) * 100 for (side, n), b in per_request.items() if side == "B")
+print(f"B/A nodes' CPU per request {statistics.median(ratios):+.1f}% (rounds {' '.join(f'{x:+.1f}' for x in ratios)})")
 PY
