@@ -251,7 +251,8 @@ pub enum Write {
         /// The client has had the answers of the session's writes numbered below this.
         #[serde(default)]
         answered_below: u64,
-        write: Box<Write>,
+        /// Shared, not boxed: the log's entries are cloned for each follower they are sent to.
+        write: std::sync::Arc<Write>,
     },
 }
 

@@ -665,7 +665,8 @@ mod tests {
         let mut a = open(a_dir.path());
         let set = |k: &str, v: &str| Write::set(k.to_string(), v.to_string());
         // A write numbered in a client session: the snapshot carries that it was applied.
-        let once = |write| Write::Once { session: 7, seq: 1, answered_below: 0, write: Box::new(write) };
+        let once =
+            |write| Write::Once { session: 7, seq: 1, answered_below: 0, write: std::sync::Arc::new(write) };
         let incr = || Write::Incr { key: Bytes::from("n"), by: 1 };
         let entries = vec![
             normal(1, set("kept", "1")),

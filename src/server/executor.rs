@@ -101,7 +101,7 @@ impl Item {
                 session: once.session,
                 seq: once.seq,
                 answered_below: once.answered_below,
-                write: Box::new(write),
+                write: std::sync::Arc::new(write),
             },
             None => write,
         }

@@ -128,8 +128,12 @@ impl goldenscript::Runner for Runner {
                 let Ok(Command::Write(write)) = Command::parse(words, &LIMITS) else {
                     return Err(format!("not a write: {line}").into());
                 };
-                let write =
-                    crate::command::Write::Once { session, seq, answered_below: 0, write: Box::new(write) };
+                let write = crate::command::Write::Once {
+                    session,
+                    seq,
+                    answered_below: 0,
+                    write: std::sync::Arc::new(write),
+                };
                 let store = self.store();
                 let applied = store.apply_write(&write)?;
                 writeln!(output, "> {line} (session {session}, seq {seq})")?;
