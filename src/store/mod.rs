@@ -51,7 +51,7 @@ use bytes::Bytes;
 use pending::Pending;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde_bytes::ByteBuf;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -140,9 +140,23 @@ struct Frozen {
     changes: Changes,
 }
 
-/// Change log entries in memory, by revision: each key's state right after that revision. At
-/// most the last [`HISTORY_REVISIONS`]: a flush writes no older ones.
-type Changes = VecDeque<(u64, Vec<(Bytes, Pending)>)>;
+/// Change log entries in memory, oldest first: a revision, and one key's state right after it
+/// (a write that changed several keys has a row for each, side by side). Rows, not a list of keys
+/// per revision: a `SET` then costs no allocation of its own. At most the last
+/// [`HISTORY_REVISIONS`] revisions: a flush writes no older ones.
+type Changes = VecDeque<(u64, Bytes, Pending)>;
+
+/// Each revision in `changes` with the range of its rows, oldest first.
+fn revisions(changes: &Changes) -> impl Iterator<Item = (u64, std::ops::Range<usize>)> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let (at, ..) = changes.get(start)?;
+        let end = start + changes.range(start..).take_while(|(row, ..)| row == at).count();
+        let rows = start..end;
+        start = end;
+        Some((*at, rows))
+    })
+}
 
 /// A flush begun by [`Store::freeze`], to be written by [`Store::write_frozen`].
 pub(crate) struct Flush {
@@ -185,11 +199,11 @@ impl StoreState {
         [&self.unflushed, self.frozen()]
     }
 
-    /// Adds revision `at`'s change to the change log in memory, dropping its oldest entry if
-    /// it holds more than is kept.
-    fn log_change(&mut self, at: u64, change: Vec<(Bytes, Pending)>) {
-        self.unflushed_changes.push_back((at, change));
-        if self.unflushed_changes.len() as u64 > HISTORY_REVISIONS {
+    /// Adds revision `at`'s change to the change log in memory, dropping the rows of revisions
+    /// older than those kept.
+    fn log_change(&mut self, at: u64, change: impl IntoIterator<Item = (Bytes, Pending)>) {
+        self.unflushed_changes.extend(change.into_iter().map(|(key, pending)| (at, key, pending)));
+        while self.unflushed_changes.front().is_some_and(|(oldest, ..)| at - oldest >= HISTORY_REVISIONS) {
             self.unflushed_changes.pop_front();
         }
     }
@@ -383,7 +397,7 @@ impl Store {
                     after
                 }
             };
-            state.log_change(revision, vec![(key.clone(), after)]);
+            state.log_change(revision, [(key.clone(), after)]);
             state.revision = revision;
             return Ok(Applied { reply: Reply::ok(), revision });
         }
@@ -393,7 +407,7 @@ impl Store {
         if !changes.is_empty() {
             state.revision += 1;
             state.unflushed.extend(overlay);
-            let changes = changes.into_iter().map(|(key, record)| (key, Pending::Record(record))).collect();
+            let changes = changes.into_iter().map(|(key, record)| (key, Pending::Record(record)));
             state.log_change(state.revision, changes);
         }
         Ok(Applied { reply, revision: state.revision })
@@ -459,14 +473,15 @@ impl Store {
         let started = std::time::Instant::now();
         self.transact(|txn| {
             let mut table = txn.open_table(KV)?;
-            // The flushed metadata of the keys whose records depend on it, in key order, for the
-            // change log.
-            let mut bases = Vec::new();
+            // The flushed metadata of the keys whose records depend on it, for the change log:
+            // hashed, since each of the flush's revisions looks its keys up here (a binary search
+            // by key cost the flush more than its data's inserts).
+            let mut bases: HashMap<&[u8], Option<record::Meta>> = HashMap::with_capacity(frozen.writes.len());
             for (key, pending) in frozen.writes.iter() {
                 let record = if pending.on_flushed() {
                     // Looked up in the table about to be written: the page read serves the write too.
                     let base = pending::flushed_meta(key, &table)?;
-                    bases.push((key, base));
+                    bases.insert(key, base);
                     pending.record_on(base)
                 } else {
                     pending.record_on(None)
@@ -480,22 +495,15 @@ impl Store {
             let mut changes = txn.open_table(CHANGES)?;
             let oldest_kept = revision.saturating_sub(HISTORY_REVISIONS) + 1;
             // A flush can hold more revisions than are kept: the older ones are never written.
-            let mut chunk = Vec::new();
-            for (at, change) in frozen.changes.iter().filter(|(at, _)| *at >= oldest_kept) {
-                let change: Result<Vec<apply::Change>, redb::StorageError> = change
-                    .iter()
-                    .map(|(key, pending)| match bases.binary_search_by(|(k, _)| (*k).cmp(key)) {
-                        Ok(at) => Ok((key.clone(), pending.record_on(bases[at].1))),
-                        // Set before a later write to the key made its record known.
-                        Err(_) => {
-                            Ok((key.clone(), pending.record(|| pending::flushed_meta(key, &*flushed))?))
-                        }
-                    })
-                    .collect();
-                chunk.push((*at, change?));
-            }
-            if let Some((first, _)) = chunk.first() {
-                changes.insert(*first, encode_changes(&chunk)?.as_slice())?;
+            let kept: Vec<_> = revisions(&frozen.changes).filter(|(at, _)| *at >= oldest_kept).collect();
+            let record = |key: &Bytes, pending: &Pending| match bases.get(key.as_ref()) {
+                Some(base) => Ok(pending.record_on(*base)),
+                // Set before a later write to the key made its record known.
+                None => pending.record(|| pending::flushed_meta(key, &*flushed)),
+            };
+            if let Some((first, _)) = kept.first() {
+                let row = encode_changes(&kept, &frozen.changes, record)?;
+                changes.insert(*first, row.as_slice())?;
             }
             // A row ends where the next begins: drop those that end before the oldest kept.
             let starts: Vec<u64> =
@@ -608,18 +616,18 @@ impl Store {
         let frozen = applied.frozen.as_deref().map_or(&nothing_frozen, |f| &f.changes);
         // Each layer's changes resolve over the layers beneath it.
         for (changes, beneath) in [(frozen, &layers[2..]), (&applied.unflushed_changes, &layers[1..])] {
-            for (at, change) in changes.iter().filter(|(at, _)| *at >= from) {
+            for (at, rows) in revisions(changes).filter(|(at, _)| *at >= from) {
                 let last = out.last().map(|(at, _)| *at);
-                if last.is_some_and(|last| *at <= last) {
+                if last.is_some_and(|last| at <= last) {
                     continue;
                 }
                 // Every revision has an entry; a layer that dropped its oldest ones leaves a gap,
                 // and what comes before it no longer leads up to what follows.
-                if last.is_some_and(|last| *at > last + 1) {
+                if last.is_some_and(|last| at > last + 1) {
                     out.clear();
                 }
                 let view = View { layers: beneath, flushed: &applied.flushed };
-                out.push((*at, resolved(change, view).map_err(StoreError::storage)?));
+                out.push((at, resolved(changes.range(rows), view).map_err(StoreError::storage)?));
             }
         }
         Ok(out)
@@ -686,25 +694,45 @@ fn encode_record(record: &sessions::SessionRecord) -> Result<Vec<u8>, redb::Erro
 }
 
 /// A change log entry with each key's record, given the layers beneath it.
-fn resolved(change: &[(Bytes, Pending)], beneath: View) -> Result<Vec<apply::Change>, redb::StorageError> {
+fn resolved<'c>(
+    change: impl Iterator<Item = &'c (u64, Bytes, Pending)>,
+    beneath: View,
+) -> Result<Vec<apply::Change>, redb::StorageError> {
     let record =
         |key, pending: &Pending| pending.record(|| pending::meta_in(beneath.layers, beneath.flushed, key));
-    change.iter().map(|(key, pending)| Ok((key.clone(), record(key, pending)?))).collect()
+    change.map(|(_, key, pending)| Ok((key.clone(), record(key, pending)?))).collect()
 }
 
-/// A row of the change log as the database holds it.
-fn encode_changes(chunk: &[(u64, Vec<apply::Change>)]) -> Result<Vec<u8>, redb::Error> {
-    type Borrowed<'a> = Vec<(u64, Vec<(&'a serde_bytes::Bytes, Option<&'a serde_bytes::Bytes>)>)>;
-    let borrowed: Borrowed = chunk
-        .iter()
-        .map(|(at, changes)| {
-            let changes = changes
-                .iter()
-                .map(|(k, v)| (serde_bytes::Bytes::new(k), v.as_deref().map(serde_bytes::Bytes::new)));
-            (*at, changes.collect())
-        })
-        .collect();
-    rmp_serde::to_vec(&borrowed).map_err(|e| redb::Error::Corrupted(e.to_string()))
+/// A row of the change log as the database holds it: MessagePack, as `rmp_serde` writes a list of
+/// `(revision, [(key, record or nil)])` (and [`Store::changes_since`] reads it), but written
+/// straight from the rows in memory, each `record` resolved as it is written.
+fn encode_changes(
+    kept: &[(u64, std::ops::Range<usize>)],
+    rows: &Changes,
+    record: impl Fn(&Bytes, &Pending) -> Result<Option<Bytes>, redb::StorageError>,
+) -> Result<Vec<u8>, redb::Error> {
+    use rmp::encode::{write_array_len, write_bin, write_nil, write_uint};
+    fn written(e: impl std::fmt::Display) -> redb::Error {
+        redb::Error::Corrupted(e.to_string())
+    }
+    let len =
+        |n: usize| u32::try_from(n).map_err(|_| redb::Error::Corrupted(format!("{n} changes in one row")));
+    let mut out = Vec::new();
+    write_array_len(&mut out, len(kept.len())?).map_err(written)?;
+    for (at, range) in kept {
+        write_array_len(&mut out, 2).map_err(written)?;
+        write_uint(&mut out, *at).map_err(written)?;
+        write_array_len(&mut out, len(range.len())?).map_err(written)?;
+        for (_, key, pending) in rows.range(range.clone()) {
+            write_array_len(&mut out, 2).map_err(written)?;
+            write_bin(&mut out, key).map_err(written)?;
+            match record(key, pending)? {
+                Some(record) => write_bin(&mut out, &record).map_err(written)?,
+                None => write_nil(&mut out).map_err(written)?,
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The answer to `PING [message]`.
@@ -1122,6 +1150,34 @@ mod tests {
         assert!(seen[0].ends_with("create 1 mod 6 version 3"), "{}", seen[0]);
         assert!(seen[1].ends_with("create 7 mod 7 version 1"), "{}", seen[1]);
         assert!(seen[2].ends_with("create 4 mod 8 version 2"), "{}", seen[2]);
+    }
+
+    #[test]
+    fn a_write_of_several_keys_is_one_revision_in_the_change_log_wherever_it_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mset = Write::MSet { pairs: vec![(b("a"), b("1")), (b("b"), b("1")), (b("c"), b("1"))] };
+        apply(&store, &[set("a", "0"), mset, del(&["a", "c", "none"]), set("b", "2")]);
+        let shape = |store: &Store| -> Vec<(u64, Vec<(Bytes, bool)>)> {
+            let log = store.changes_since(1).unwrap();
+            log.into_iter()
+                .map(|(at, c)| (at, c.into_iter().map(|(k, v)| (k, v.is_some())).collect()))
+                .collect()
+        };
+        let expected = vec![
+            (1, vec![(b("a"), true)]),
+            (2, vec![(b("a"), true), (b("b"), true), (b("c"), true)]),
+            (3, vec![(b("a"), false), (b("c"), false)]),
+            (4, vec![(b("b"), true)]),
+        ];
+        assert_eq!(shape(&store), expected, "in memory");
+        let in_memory = store.changes_since(1).unwrap();
+        flush(&store);
+        assert_eq!(store.changes_since(1).unwrap(), in_memory, "flushed");
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.changes_since(1).unwrap(), in_memory, "after a restart");
+        assert_eq!(store.changes_since(3).unwrap(), in_memory[2..], "read from inside a row");
     }
 
     #[test]
