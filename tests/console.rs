@@ -1,6 +1,6 @@
 //! The browser console end to end: its WebSocket stream from real nodes (what it carries, its
 //! login and permissions, and the bounds on what a browser or a stranger can make a node hold),
-//! and the page itself in headless Chromium against `kv-cli demo`.
+//! and the page itself in headless Chromium and Firefox against `kv-cli demo`.
 
 mod common;
 
@@ -383,11 +383,16 @@ fn demo_banner(stderr: impl BufRead + Send + 'static) -> (Vec<String>, std::path
 }
 
 #[test]
-fn the_page_shows_the_cluster_at_work_in_a_real_browser() {
+fn the_page_shows_the_cluster_at_work_in_chromium_and_firefox() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_string());
     assert!(
         std::path::Path::new(&chromium).exists(),
         "this test drives Chromium ({chromium}); install it (apt-get install chromium, as .ci/run does) or set CHROMIUM"
+    );
+    let firefox = std::env::var("FIREFOX").unwrap_or_else(|_| "/usr/bin/firefox-esr".to_string());
+    assert!(
+        std::path::Path::new(&firefox).exists(),
+        "this test drives Firefox ({firefox}); install it (apt-get install firefox-esr, as .ci/run does) or set FIREFOX"
     );
     let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-e2e");
@@ -403,36 +408,48 @@ fn the_page_shows_the_cluster_at_work_in_a_real_browser() {
     let (consoles, dir) = demo_banner(BufReader::new(demo.stderr.take().unwrap()));
     assert_eq!(consoles.len(), 3, "{consoles:?}");
     let password = std::fs::read_to_string(dir.join("root-password")).unwrap();
-    let mut e2e = Command::new("node")
-        .arg(web.join("e2e/console.mjs"))
-        .current_dir(&web)
-        .env("KV_CONSOLE_URLS", consoles.join(","))
-        .env("KV_ROOT_PASSWORD", password.trim())
-        .env("KV_SCREENSHOTS", &shots)
-        .env("CHROMIUM", &chromium)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = e2e.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > Duration::from_secs(150) {
-            let _ = e2e.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    // Each browser's script in turn against the same demo; Firefox's only if Chromium's passed.
+    let browse = |script: &str, browser: (&str, &str)| {
+        let mut e2e = Command::new("node")
+            .arg(web.join("e2e").join(script))
+            .current_dir(&web)
+            .env("KV_CONSOLE_URLS", consoles.join(","))
+            .env("KV_ROOT_PASSWORD", password.trim())
+            .env("KV_SCREENSHOTS", &shots)
+            .env(browser.0, browser.1)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = e2e.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(150) {
+                let _ = e2e.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let output = e2e.wait_with_output().unwrap();
+        let said =
+            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (status.is_some_and(|s| s.success()), format!("{script} ({status:?}):\n{said}"))
     };
-    let output = e2e.wait_with_output().unwrap();
-    let said =
-        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let mut outcomes = vec![browse("console.mjs", ("CHROMIUM", &chromium))];
+    if outcomes[0].0 {
+        outcomes.push(browse("firefox.mjs", ("FIREFOX", &firefox)));
+    }
     // Closing the demo's input ends it, and it stops its nodes.
     let mut input = demo.stdin.take().unwrap();
     let _ = input.flush();
     drop(input);
     wait_until("the demo to end", Duration::from_secs(30), || demo.try_wait().unwrap().is_some());
-    assert!(status.is_some_and(|s| s.success()), "the browser test failed ({status:?}):\n{said}");
-    assert!(shots.join("console.png").is_file() && shots.join("restarted.png").is_file());
+    for (passed, said) in outcomes {
+        assert!(passed, "the browser test failed: {said}");
+    }
+    for shot in ["console.png", "restarted.png", "firefox.png", "firefox-phone.png"] {
+        assert!(shots.join(shot).is_file(), "no screenshot {shot}");
+    }
 }
