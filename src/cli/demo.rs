@@ -53,7 +53,10 @@ pub struct DemoArgs {
 /// the machine can use it.
 struct ControlPort {
     listener: TcpListener,
-    /// What the nodes find in their environment ([`crate::server::DEMO_CONTROL_ENV`]).
+    /// The secret each control must start with.
+    token: String,
+    /// What the nodes find in their environment ([`crate::server::DEMO_CONTROL_ENV`]): the
+    /// port's address and the token.
     env: String,
 }
 
@@ -62,7 +65,7 @@ impl ControlPort {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let token: String = (0..32).map(|_| fastrand::alphanumeric()).collect();
         let env = format!("{} {token}", listener.local_addr()?);
-        Ok(ControlPort { listener, env })
+        Ok(ControlPort { listener, token, env })
     }
 }
 
@@ -71,9 +74,9 @@ impl ControlPort {
 /// `error text`.
 fn serve_controls(port: ControlPort, run: impl Fn(DemoCommand) -> Result<String, String> + Send + 'static) {
     use std::io::{BufRead, BufReader, Read, Write};
-    let token = port.env.split_once(' ').map(|(_, token)| token.to_string()).unwrap_or_default();
+    let ControlPort { listener, token, .. } = port;
     std::thread::spawn(move || {
-        for stream in port.listener.incoming().flatten() {
+        for stream in listener.incoming().flatten() {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
             let mut line = String::new();
             let Ok(reader) = stream.try_clone() else { continue };

@@ -62,7 +62,7 @@ pub(super) async fn serve(listener: TcpListener, node: Arc<Node>, token: Cancell
         .route("/metrics", get(metrics))
         .route("/console/ws", get(console_stream))
         .fallback(get(console_file))
-        .with_state(Served { node: node.clone(), browsers, token: token.clone() });
+        .with_state(RouteState { node: node.clone(), browsers, token: token.clone() });
     let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
@@ -121,7 +121,7 @@ async fn serve_connection(io: impl AsyncRead + AsyncWrite + Unpin + Send + 'stat
 
 /// What every route may use.
 #[derive(Clone)]
-struct Served {
+struct RouteState {
     node: Arc<Node>,
     /// Browser sessions' slots.
     browsers: Arc<Semaphore>,
@@ -129,16 +129,16 @@ struct Served {
     token: CancellationToken,
 }
 
-impl axum::extract::FromRef<Served> for Arc<Node> {
-    fn from_ref(served: &Served) -> Arc<Node> {
-        served.node.clone()
+impl axum::extract::FromRef<RouteState> for Arc<Node> {
+    fn from_ref(routes: &RouteState) -> Arc<Node> {
+        routes.node.clone()
     }
 }
 
 /// Opens a browser's console stream: only from a page this port served (its `Origin` names
 /// this host), and only while a browser slot is free.
 async fn console_stream(
-    State(served): State<Served>,
+    State(routes): State<RouteState>,
     headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> axum::response::Response {
@@ -150,14 +150,14 @@ async fn console_stream(
                 .into_response();
         }
     }
-    let Ok(slot) = served.browsers.clone().try_acquire_owned() else {
+    let Ok(slot) = routes.browsers.clone().try_acquire_owned() else {
         let busy = format!("{MAX_BROWSERS} browsers are watching this node already; try another node\n");
         return (StatusCode::SERVICE_UNAVAILABLE, busy).into_response();
     };
     upgrade
         .max_message_size(MAX_BROWSER_MESSAGE)
         .max_frame_size(MAX_BROWSER_MESSAGE)
-        .on_upgrade(move |socket| super::browser::serve(socket, served.node, slot, served.token))
+        .on_upgrade(move |socket| super::browser::serve(socket, routes.node, slot, routes.token))
 }
 
 /// The console's files; without them, a page saying how to build them.
