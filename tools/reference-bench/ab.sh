@@ -23,6 +23,7 @@
 # the runs; read from /proc, so it leaves out the client and the scraper, which share the
 # machine) and the scraper's own CPU per run.
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 A=$1; B=$2; ROUNDS=${3:-6}; SECONDS_EACH=${4:-5}
 LOADS=${LOADS:-writes reads pipelined}
 SECURE=${SECURE:-none}
@@ -99,43 +100,7 @@ start() {
             # One process keeping its connections, as Prometheus does (a curl per scrape costs
             # the shared machine more than the nodes' metrics do). Bounded: at most an hour of
             # scrapes, and stopped with the cluster.
-            python3 - "$tls" <<'PY' &
-import base64, http.client, json, os, socket, ssl, struct, sys, threading, time
-secure = sys.argv[1] == "1"
-context = ssl._create_unverified_context() if secure else None
-
-def console():
-    """Watches node 1's console stream, reading everything, as an open browser tab does."""
-    sock = socket.create_connection(("127.0.0.1", 8201), timeout=5)
-    if secure:
-        sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /console/ws HTTP/1.1\r\nHost: 127.0.0.1:8201\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    if secure:
-        # A masked text frame logging in as root.
-        text = json.dumps({"type": "run", "id": 1, "args": ["AUTH", "root", "bench-root-password"]}).encode()
-        mask = os.urandom(4)
-        head = bytes([0x81, 0x80 | len(text)]) if len(text) < 126 else bytes([0x81, 0xFE]) + struct.pack(">H", len(text))
-        sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text)))
-    sock.settimeout(None)
-    while sock.recv(65536):
-        pass
-
-threading.Thread(target=console, daemon=True).start()
-conns = {}
-for _ in range(3600):
-    for port in (8201, 8202, 8203):
-        try:
-            if port not in conns:
-                conns[port] = (http.client.HTTPSConnection("127.0.0.1", port, timeout=2, context=context)
-                               if secure else http.client.HTTPConnection("127.0.0.1", port, timeout=2))
-            conns[port].request("GET", "/metrics")
-            conns[port].getresponse().read()
-        except Exception:
-            conns.pop(port, None)
-    time.sleep(1)
-PY
+            python3 "$HERE/scraper.py" "$tls" &
             SCRAPER=$!
             ;;
     esac
