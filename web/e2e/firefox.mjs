@@ -13,18 +13,8 @@
 //   FIREFOX           the browser (default /usr/bin/firefox-esr)
 
 import puppeteer from "puppeteer-core";
-import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-
-const urls = process.env.KV_CONSOLE_URLS.split(",");
-const password = process.env.KV_ROOT_PASSWORD;
-const shots = process.env.KV_SCREENSHOTS;
-mkdirSync(shots, { recursive: true });
-const WAIT = 20_000;
-
-function step(text) {
-  console.log(`- ${text}`);
-}
+import { WAIT, password, shots, step, urls } from "./demo.mjs";
 
 const browser = await puppeteer.launch({
   browser: "firefox",
