@@ -9,7 +9,7 @@
 
 import { chromium } from "playwright-core";
 import { join } from "node:path";
-import { WAIT, password, shots, step, urls } from "./demo.mjs";
+import { WAIT, leaderIn, oneLeaderTwoFollowers, password, shots, step, urls, watchAFollower } from "./demo.mjs";
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
@@ -30,24 +30,13 @@ try {
 
   async function leaderId() {
     const text = await page.getByTestId("leader").textContent();
-    const match = /leader n(\d+)/.exec(text ?? "");
-    return match ? Number(match[1]) : null;
+    return leaderIn(text);
   }
 
   await open(urls[0]);
   step("three members, one leader");
-  await page.waitForFunction(
-    () =>
-      document.querySelectorAll('[data-testid^="member-"]').length === 3 &&
-      document.querySelectorAll('[data-role="leader"]').length === 1 &&
-      document.querySelectorAll('[data-role="follower"]').length === 2,
-  );
-  let leader = await leaderId();
-  // Watch from a follower, so that killing the leader leaves the page its node.
-  const watched = leader === 1 ? 2 : 1;
-  if (watched !== 1) await open(urls[watched - 1]);
-  leader = await leaderId();
-  if (leader === null || leader === watched) throw new Error(`expected a leader other than node ${watched}`);
+  await page.waitForFunction(oneLeaderTwoFollowers);
+  const leader = await watchAFollower(open, leaderId);
 
   step("SET typed into the command box answers OK with both peers' acks");
   await page.getByTestId("command-input").fill("SET console works");

@@ -17,3 +17,32 @@ export const WAIT = 20_000;
 export function step(text) {
   console.log(`- ${text}`);
 }
+
+/** The leader's id in the page's "leader nN" text, or null. */
+export function leaderIn(text) {
+  const match = /leader n(\d+)/.exec(text ?? "");
+  return match ? Number(match[1]) : null;
+}
+
+/** Run in the page: whether it shows three members, one of them the leader. */
+export function oneLeaderTwoFollowers() {
+  return (
+    document.querySelectorAll('[data-testid^="member-"]').length === 3 &&
+    document.querySelectorAll('[data-role="leader"]').length === 1 &&
+    document.querySelectorAll('[data-role="follower"]').length === 2
+  );
+}
+
+/**
+ * Moves the page to a follower's console with `open(url)` if it is on the leader's, and returns
+ * the leader (read with `leaderId()`): the follower's writes show both peers' acks, and killing
+ * the leader leaves the page its node.
+ */
+export async function watchAFollower(open, leaderId) {
+  const first = await leaderId();
+  const watched = first === 1 ? 2 : 1;
+  if (watched !== 1) await open(urls[watched - 1]);
+  const leader = await leaderId();
+  if (leader === null || leader === watched) throw new Error(`expected a leader other than node ${watched}`);
+  return leader;
+}

@@ -14,7 +14,7 @@
 
 import puppeteer from "puppeteer-core";
 import { join } from "node:path";
-import { WAIT, password, shots, step, urls } from "./demo.mjs";
+import { WAIT, leaderIn, oneLeaderTwoFollowers, password, shots, step, urls, watchAFollower } from "./demo.mjs";
 
 const browser = await puppeteer.launch({
   browser: "firefox",
@@ -38,8 +38,7 @@ try {
 
   async function leaderId() {
     const text = await page.$eval(byId("leader"), (e) => e.textContent);
-    const match = /leader n(\d+)/.exec(text ?? "");
-    return match ? Number(match[1]) : null;
+    return leaderIn(text);
   }
 
   async function run(command) {
@@ -49,17 +48,8 @@ try {
 
   await open(urls[0]);
   step("three members, one leader");
-  await page.waitForFunction(
-    () =>
-      document.querySelectorAll('[data-role="leader"]').length === 1 &&
-      document.querySelectorAll('[data-role="follower"]').length === 2,
-  );
-  let leader = await leaderId();
-  // Watch from a follower, as console.mjs does: its writes show both peers' acks.
-  const watched = leader === 1 ? 2 : 1;
-  if (watched !== 1) await open(urls[watched - 1]);
-  leader = await leaderId();
-  if (leader === null || leader === watched) throw new Error(`expected a leader other than node ${watched}`);
+  await page.waitForFunction(oneLeaderTwoFollowers);
+  await watchAFollower(open, leaderId);
 
   step("SET typed into the command box answers OK with both peers' acks");
   await run("SET firefox works");
