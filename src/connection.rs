@@ -7,7 +7,7 @@
 //! an oversize length prefix and an undecodable payload, because a server answers each of those
 //! differently.
 
-use crate::protocol::frame::{self, DecodeError};
+use crate::protocol::frame::{self, DecodeError, MessageEncoder, Outgoing};
 use crate::tls::TlsStream;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde::{Serialize, de::DeserializeOwned};
@@ -76,7 +76,7 @@ pub struct FrameReader {
 /// Sends messages. `feed` buffers, `flush` writes what is buffered in as few syscalls as it can.
 /// `feed` also writes once enough is buffered, so it waits while the peer is not reading.
 pub struct FrameWriter {
-    inner: FramedWrite<WriteHalf, LengthDelimitedCodec>,
+    inner: FramedWrite<WriteHalf, MessageEncoder>,
     /// How long one write may wait for the peer to read before it fails; `None`: forever.
     write_timeout: Option<std::time::Duration>,
     /// The TCP socket under the stream, which lives as long as either half.
@@ -102,11 +102,7 @@ pub fn split(stream: impl Into<Stream>, max_frame_bytes: usize) -> (FrameReader,
     (
         FrameReader { inner: FramedRead::new(read, frame::codec(max_frame_bytes)) },
         // Our own writes are bounded by what we choose to send, not by the peer's limit.
-        FrameWriter {
-            inner: FramedWrite::new(write, frame::codec(u32::MAX as usize)),
-            write_timeout: None,
-            socket,
-        },
+        FrameWriter { inner: FramedWrite::new(write, MessageEncoder), write_timeout: None, socket },
     )
 }
 
@@ -163,31 +159,28 @@ impl FrameWriter {
 
     /// Queues a message, writing what is buffered once there is enough of it.
     pub async fn feed<T: Serialize>(&mut self, message: &T) -> io::Result<()> {
-        let payload = frame::encode(message);
-        self.bounded(|inner| inner.feed(payload)).await
+        self.bounded(|inner| inner.feed(Outgoing::Named(message))).await
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {
-        self.bounded(|inner| SinkExt::<bytes::Bytes>::flush(inner)).await
+        self.bounded(|inner| SinkExt::<Outgoing<'_, ()>>::flush(inner)).await
     }
 
     /// Sends one message now.
     pub async fn send<T: Serialize>(&mut self, message: &T) -> io::Result<()> {
-        let payload = frame::encode(message);
-        self.bounded(|inner| inner.send(payload)).await
+        self.bounded(|inner| inner.send(Outgoing::Named(message))).await
     }
 
     /// Sends one message now, without field names ([`frame::encode_compact`]).
     pub async fn send_compact<T: Serialize>(&mut self, message: &T) -> io::Result<()> {
-        let payload = frame::encode_compact(message);
-        self.bounded(|inner| inner.send(payload)).await
+        self.bounded(|inner| inner.send(Outgoing::Compact(message))).await
     }
 
     /// Runs a write within the write timeout, if there is one. A write that completes at once
     /// (the usual case) sets no timer.
     async fn bounded<'a, F, Fut>(&'a mut self, write: F) -> io::Result<()>
     where
-        F: FnOnce(&'a mut FramedWrite<WriteHalf, LengthDelimitedCodec>) -> Fut,
+        F: FnOnce(&'a mut FramedWrite<WriteHalf, MessageEncoder>) -> Fut,
         Fut: std::future::Future<Output = io::Result<()>> + 'a,
     {
         let timeout = self.write_timeout;

@@ -12,9 +12,9 @@
 //! by the thousand, for which field names were much of the bytes and most of the encoding time
 //! (docs/BENCHMARKS.md), and they only ever pass between nodes of this crate. [`decode`] reads both forms.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
-use tokio_util::codec::LengthDelimitedCodec;
+use tokio_util::codec::{Encoder, LengthDelimitedCodec};
 
 /// Default upper bound of one frame's payload, for both directions.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -57,6 +57,47 @@ pub fn encode<T: Serialize>(message: &T) -> Bytes {
 /// messages between nodes only.
 pub fn encode_compact<T: Serialize>(message: &T) -> Bytes {
     Bytes::from(rmp_serde::to_vec(message).expect("protocol messages always serialize"))
+}
+
+/// A message to send, in one of the two forms.
+pub enum Outgoing<'a, T> {
+    /// With field names ([`encode`]).
+    Named(&'a T),
+    /// Without ([`encode_compact`]).
+    Compact(&'a T),
+}
+
+/// Writes messages as frames straight into a connection's write buffer: serialized in place
+/// behind a length prefix filled in after, rather than into a payload of their own that the
+/// buffer then copies. A payload grown from empty was reallocated several times per answer, and
+/// that, with its copy, cost a node more than any other part of sending one.
+#[derive(Debug, Default)]
+pub struct MessageEncoder;
+
+impl<T: Serialize> Encoder<Outgoing<'_, T>> for MessageEncoder {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, message: Outgoing<'_, T>, buffer: &mut BytesMut) -> std::io::Result<()> {
+        let start = buffer.len();
+        buffer.put_u32(0);
+        let mut writer = (&mut *buffer).writer();
+        let written = match message {
+            Outgoing::Named(message) => rmp_serde::encode::write_named(&mut writer, message),
+            Outgoing::Compact(message) => rmp_serde::encode::write(&mut writer, message),
+        };
+        let length = buffer.len() - start - 4;
+        let length = match (written, u32::try_from(length)) {
+            (Ok(()), Ok(length)) => length,
+            (written, _) => {
+                buffer.truncate(start);
+                let why =
+                    written.err().map_or_else(|| format!("a payload of {length} bytes"), |e| e.to_string());
+                return Err(std::io::Error::other(format!("cannot frame a message: {why}")));
+            }
+        };
+        buffer[start..start + 4].copy_from_slice(&length.to_be_bytes());
+        Ok(())
+    }
 }
 
 /// Decodes a frame payload, in either form.
@@ -122,6 +163,23 @@ mod tests {
         let mut c = codec(64);
         let mut buf = BytesMut::from(&b"\x00\x00\x00\x05ab"[..]);
         assert!(c.decode_eof(&mut buf).is_err());
+    }
+
+    #[test]
+    fn the_encoder_frames_messages_as_the_codec_reads_them() {
+        let args = vec![serde_bytes::ByteBuf::from("GET"), serde_bytes::ByteBuf::from("k")];
+        let request = crate::protocol::message::Request::new(7, args);
+        let mut buffer = BytesMut::from(&b"before"[..]);
+        MessageEncoder.encode(Outgoing::Named(&request), &mut buffer).unwrap();
+        MessageEncoder.encode(Outgoing::Compact(&request), &mut buffer).unwrap();
+        assert_eq!(&buffer.split_to(6)[..], b"before");
+        let mut c = codec(1024);
+        let named = c.decode(&mut buffer).unwrap().unwrap();
+        assert_eq!(named, encode(&request));
+        let compact = c.decode(&mut buffer).unwrap().unwrap();
+        assert_eq!(compact, encode_compact(&request));
+        assert_eq!(decode::<crate::protocol::message::Request>(&compact).unwrap(), request);
+        assert!(buffer.is_empty());
     }
 
     #[test]
