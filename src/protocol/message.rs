@@ -176,7 +176,7 @@ pub enum AckState {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {
     /// A short status text such as `OK` or `PONG`.
-    Status { value: String },
+    Status { value: std::borrow::Cow<'static, str> },
     /// No value: a missing key.
     Nil,
     /// A count, such as the number of keys `DEL` removed.
@@ -231,7 +231,8 @@ pub enum Cell {
 
 impl Reply {
     pub fn ok() -> Reply {
-        Reply::Status { value: "OK".to_string() }
+        // Borrowed: the most common answer allocates nothing, made or copied.
+        Reply::Status { value: "OK".into() }
     }
 
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Reply {

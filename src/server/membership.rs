@@ -230,7 +230,7 @@ fn refused(message: impl Into<String>) -> Failure {
 }
 
 fn status(message: String) -> Reply {
-    Reply::Status { value: message }
+    Reply::Status { value: message.into() }
 }
 
 type Metrics = RaftMetrics<TypeConfig>;

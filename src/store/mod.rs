@@ -476,7 +476,9 @@ impl Store {
             // The flushed metadata of the keys whose records depend on it, for the change log:
             // hashed, since each of the flush's revisions looks its keys up here (a binary search
             // by key cost the flush more than its data's inserts).
-            let mut bases: HashMap<&[u8], Option<record::Meta>> = HashMap::with_capacity(frozen.writes.len());
+            // (Seeded: the keys are the clients' choice.)
+            let mut bases: foldhash::HashMap<&[u8], Option<record::Meta>> =
+                HashMap::with_capacity_and_hasher(frozen.writes.len(), Default::default());
             for (key, pending) in frozen.writes.iter() {
                 let record = if pending.on_flushed() {
                     // Looked up in the table about to be written: the page read serves the write too.
@@ -738,7 +740,7 @@ fn encode_changes(
 /// The answer to `PING [message]`.
 pub fn pong(message: Option<&[u8]>) -> Reply {
     match message {
-        None => Reply::Status { value: "PONG".to_string() },
+        None => Reply::Status { value: "PONG".into() },
         Some(m) => Reply::Bulk { value: ByteBuf::from(m) },
     }
 }

@@ -23,7 +23,7 @@
 use super::Applied;
 use crate::protocol::message::{ErrorCode, Reply};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, VecDeque};
 
 /// Writes each session remembers.
 pub const ANSWERS_PER_SESSION: usize = 1024;
@@ -42,7 +42,69 @@ pub struct SessionRecord {
     /// Numbers at or below this are no longer remembered.
     pub forgotten_through: u64,
     /// Applied numbers, with their answers (none if too large to keep).
-    pub applied: BTreeMap<u64, Option<Applied>>,
+    pub applied: AppliedWrites,
+}
+
+/// A session's applied numbers with their answers, in order. A list, not a search tree: a
+/// client numbers its writes as it sends them, so a new one nearly always goes at the end and
+/// forgotten ones leave from the front, and a session holds a handful (what the client keeps in
+/// flight). Stored and carried in snapshots as a map from number to answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedWrites(VecDeque<(u64, Option<Applied>)>);
+
+impl AppliedWrites {
+    fn position(&self, seq: u64) -> Result<usize, usize> {
+        // Newest first: where nearly every lookup and insertion lands.
+        match self.0.back() {
+            Some((last, _)) if *last < seq => Err(self.0.len()),
+            _ => self.0.binary_search_by_key(&seq, |(at, _)| *at),
+        }
+    }
+
+    fn get(&self, seq: u64) -> Option<&Option<Applied>> {
+        self.position(seq).ok().map(|at| &self.0[at].1)
+    }
+
+    /// Records `seq`'s answer; whether it was new.
+    fn insert(&mut self, seq: u64, answer: Option<Applied>) -> bool {
+        match self.position(seq) {
+            Ok(at) => {
+                self.0[at].1 = answer;
+                false
+            }
+            Err(at) => {
+                self.0.insert(at, (seq, answer));
+                true
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The numbers, in order.
+    pub fn numbers(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().map(|(seq, _)| *seq)
+    }
+}
+
+impl Serialize for AppliedWrites {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(seq, answer)| (seq, answer)))
+    }
+}
+
+impl<'de> Deserialize<'de> for AppliedWrites {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Through a map, which also puts the numbers in order.
+        let map = BTreeMap::<u64, Option<Applied>>::deserialize(deserializer)?;
+        Ok(AppliedWrites(map.into_iter().collect()))
+    }
 }
 
 /// What is known of a write by its session and number.
@@ -57,7 +119,9 @@ pub enum Seen {
 /// Every session's record, and what changed since the last flush.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    records: HashMap<u64, SessionRecord>,
+    /// By session id. Hashed with a fast seeded hash: ids are the clients' choice, so they must
+    /// not be able to pick colliding ones, but a write pays for two lookups.
+    records: foldhash::HashMap<u64, SessionRecord>,
     /// Counts the writes recorded; orders the sessions by use (the least recently used one is
     /// found by a scan, only when one must be dropped: rare, and cheaper than keeping an order
     /// up to date on every write).
@@ -65,7 +129,7 @@ pub struct Sessions {
     /// Writes remembered, all sessions together.
     remembered: usize,
     /// Sessions changed or dropped since the last flush.
-    dirty: BTreeSet<u64>,
+    dirty: foldhash::HashSet<u64>,
 }
 
 impl Sessions {
@@ -83,7 +147,7 @@ impl Sessions {
     /// now, for the answers that report none of their own.
     pub fn seen(&self, session: u64, seq: u64, revision: u64) -> Seen {
         let Some(record) = self.records.get(&session) else { return Seen::New };
-        match record.applied.get(&seq) {
+        match record.applied.get(seq) {
             Some(Some(applied)) => Seen::Answered(applied.clone()),
             Some(None) => Seen::Answered(Applied {
                 reply: Reply::error(
@@ -116,13 +180,13 @@ impl Sessions {
         let record = self.records.entry(session).or_default();
         record.used = self.clock;
         let kept = (encoded_len(&applied.reply) <= MAX_KEPT_ANSWER_BYTES).then(|| applied.clone());
-        if record.applied.insert(seq, kept).is_none() {
+        if record.applied.insert(seq, kept) {
             self.remembered += 1;
         }
         while record.applied.len() > ANSWERS_PER_SESSION
-            || record.applied.first_key_value().is_some_and(|(oldest, _)| *oldest < answered_below)
+            || record.applied.0.front().is_some_and(|(oldest, _)| *oldest < answered_below)
         {
-            let (oldest, _) = record.applied.pop_first().expect("checked: not empty");
+            let (oldest, _) = record.applied.0.pop_front().expect("checked: not empty");
             record.forgotten_through = record.forgotten_through.max(oldest);
             self.remembered -= 1;
         }
@@ -145,9 +209,11 @@ impl Sessions {
         self.clock
     }
 
-    /// The sessions changed since the last call, with their records (none for a dropped one).
+    /// The sessions changed since the last call, with their records (none for a dropped one), by
+    /// id.
     pub fn take_dirty(&mut self) -> Vec<(u64, Option<&SessionRecord>)> {
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut dirty: Vec<u64> = self.dirty.drain().collect();
+        dirty.sort_unstable();
         dirty.into_iter().map(|id| (id, self.records.get(&id))).collect()
     }
 
@@ -232,13 +298,34 @@ mod tests {
         }
         // Write 6 says the client has had the answers of everything below 4.
         sessions.record(1, 6, 4, &ok(6));
-        assert_eq!(sessions.records[&1].applied.keys().copied().collect::<Vec<_>>(), [4, 5, 6]);
+        assert_eq!(sessions.records[&1].applied.numbers().collect::<Vec<_>>(), [4, 5, 6]);
         assert_eq!(sessions.remembered, 3);
         let Seen::Answered(Applied { reply: Reply::Error { code, .. }, .. }) = sessions.seen(1, 2, 0) else {
             panic!("a forgotten write is not applied again")
         };
         assert_eq!(code, ErrorCode::OutcomeUnknown);
         assert_eq!(sessions.seen(1, 5, 0), Seen::Answered(ok(5)));
+    }
+
+    #[test]
+    fn numbers_out_of_order_are_kept_in_order_and_stored_as_a_map() {
+        let mut sessions = Sessions::default();
+        for seq in [5, 2, 9, 7, 2] {
+            sessions.record(1, seq, 0, &ok(seq));
+        }
+        let record = &sessions.records[&1];
+        assert_eq!(record.applied.numbers().collect::<Vec<_>>(), [2, 5, 7, 9]);
+        assert_eq!(sessions.remembered, 4, "a number recorded again is counted once");
+        for seq in [2, 5, 7, 9] {
+            assert_eq!(sessions.seen(1, seq, 0), Seen::Answered(ok(seq)));
+        }
+        assert_eq!(sessions.seen(1, 6, 0), Seen::New);
+        // The stored form is the map it always was, so stores and snapshots written before read.
+        let map: BTreeMap<u64, Option<Applied>> =
+            [2, 5, 7, 9].into_iter().map(|seq| (seq, Some(ok(seq)))).collect();
+        let bytes = rmp_serde::to_vec_named(&map).unwrap();
+        assert_eq!(rmp_serde::to_vec_named(&record.applied).unwrap(), bytes);
+        assert_eq!(rmp_serde::from_slice::<AppliedWrites>(&bytes).unwrap(), record.applied);
     }
 
     #[test]

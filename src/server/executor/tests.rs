@@ -258,7 +258,7 @@ impl Cluster for FakeCluster {
                     let item = Item::parse((*request).clone(), &limits);
                     let reply = match item.write() {
                         Some(write) => self.apply(write).0.reply,
-                        None => Reply::Status { value: "changed at the leader".to_string() },
+                        None => Reply::Status { value: "changed at the leader".into() },
                     };
                     let mut response = item.answer(reply);
                     response.leader = Some(id);
@@ -277,7 +277,7 @@ impl Cluster for FakeCluster {
         let step = self.step("change");
         self.play(&step).await;
         let outcome = match FakeCluster::outcome(&step, 0).as_str() {
-            "ok" => Outcome::Done(Reply::Status { value: "changed".to_string() }),
+            "ok" => Outcome::Done(Reply::Status { value: "changed".into() }),
             "refused" => Outcome::Done(Reply::error(ErrorCode::Refused, "scripted refusal")),
             word => failed(word),
         };
@@ -316,7 +316,7 @@ fn show_args(args: &[ByteBuf]) -> String {
 
 fn show_reply(reply: &Reply) -> String {
     match reply {
-        Reply::Status { value } => value.clone(),
+        Reply::Status { value } => value.to_string(),
         Reply::Nil => "(nil)".to_string(),
         Reply::Integer { value } => format!("(integer) {value}"),
         Reply::Bulk { value } => format!("{:?}", String::from_utf8_lossy(value)),
