@@ -349,7 +349,10 @@ async fn serve_requests<C: Cluster>(
             ahead.answer_all(writer).await?;
             return Ok(());
         };
-        let mut batch = vec![first];
+        // Room for what a pipelining client usually has in flight, so that gathering its batch
+        // does not reallocate it on the way.
+        let mut batch = Vec::with_capacity(16);
+        batch.push(first);
         // A protocol error behind good requests still lets those be answered first.
         let mut broken = None;
         while batch.len() < MAX_BATCH && bytes < budget.connection_bytes {
