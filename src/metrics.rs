@@ -116,6 +116,9 @@ pub struct NodeMetrics {
     open_connections: IntGauge,
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<CommandLabel, Histogram, fn() -> Histogram>,
+    /// The two series above for each command and outcome seen, by where their names live (they
+    /// are static): a family's own lookup hashes and compares the names, twice per request.
+    request_series: std::sync::RwLock<foldhash::HashMap<(usize, usize), (Counter, Histogram)>>,
     /// How long after a peer's last contact the leader counts it unreachable.
     unreachable_after: Duration,
     traffic: Traffic,
@@ -231,6 +234,7 @@ impl NodeMetrics {
             open_connections: IntGauge::default(),
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(request_histogram),
+            request_series: Default::default(),
             unreachable_after,
             traffic: Traffic::new(),
         };
@@ -341,8 +345,20 @@ impl NodeMetrics {
         let writes = command.is_some_and(|spec| spec.writes);
         self.traffic.answered(writes, took);
         let command = command.map_or("unknown", |spec| spec.name);
-        self.requests.get_or_create(&RequestLabels { command, outcome }).inc();
-        self.request_seconds.get_or_create(&CommandLabel { command }).observe(took.as_secs_f64());
+        let at = (command.as_ptr() as usize, outcome.as_ptr() as usize);
+        let count = |(requests, seconds): &(Counter, Histogram)| {
+            requests.inc();
+            seconds.observe(took.as_secs_f64());
+        };
+        if let Some(series) = self.request_series.read().unwrap_or_else(|p| p.into_inner()).get(&at) {
+            return count(series);
+        }
+        let series = (
+            self.requests.get_or_create(&RequestLabels { command, outcome }).clone(),
+            self.request_seconds.get_or_create(&CommandLabel { command }).clone(),
+        );
+        count(&series);
+        self.request_series.write().unwrap_or_else(|p| p.into_inner()).insert(at, series);
     }
 
     /// What this member's clients asked so far (for the console).
