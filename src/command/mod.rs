@@ -252,8 +252,14 @@ pub enum Write {
         #[serde(default)]
         answered_below: u64,
         /// Shared, not boxed: the log's entries are cloned for each follower they are sent to.
+        #[serde(deserialize_with = "shared")]
         write: std::sync::Arc<Write>,
     },
+}
+
+/// Decodes a write straight into its `Arc` (serde's own decodes into a `Box`, then moves it).
+fn shared<'de, D: serde::Deserializer<'de>>(decoder: D) -> Result<std::sync::Arc<Write>, D::Error> {
+    Write::deserialize(decoder).map(std::sync::Arc::new)
 }
 
 /// When a `SET` applies.
