@@ -14,7 +14,8 @@
 # flush interval, 32,768 applied entries, to count flushes: 100,000 takes a few minutes). Prints
 # one line: the requests answered, the three nodes' instructions per request in all, and each
 # node's. METRICS=1 turns on every node's HTTP port (8201-8203) and runs scraper.py beside the
-# load. Uses ports 7201-7203 on 127.0.0.1; heartbeats every 200 ms and an election timeout of
+# load. KEEP=DIR copies the callgrind files there (callgrind.1-3, by node id) for
+# callgrind_annotate. Uses ports 7201-7203 on 127.0.0.1; heartbeats every 200 ms and an election timeout of
 # 5 s, so that valgrind's slowdown starts no elections.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -60,6 +61,7 @@ for pid in "${PIDS[@]}"; do
     callgrind_control -i off "$pid" > /dev/null
 done
 stop_all
+if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$WORK"/callgrind.* "$WORK"/bench.json "$KEEP"/; fi
 python3 - "$WORK" <<'PY'
 import glob, json, sys
 work = sys.argv[1]
