@@ -64,25 +64,43 @@ impl Pending {
         }
     }
 
-    /// Whether its record depends on the key's record beneath.
-    pub fn on_flushed(&self) -> bool {
-        matches!(self, Pending::Sets { .. })
-    }
-
     /// The record (`None`: deleted), given the metadata of the key's flushed record.
     pub fn record_on(&self, flushed: Option<Meta>) -> Option<Bytes> {
         match self {
             Pending::Record(record) => record.clone(),
-            Pending::Sets { first, count, revision, value } => {
-                let meta = match flushed {
-                    Some(before) => {
-                        Meta { mod_revision: *revision, version: before.version + count, ..before }
-                    }
-                    None => Meta { create_revision: *first, mod_revision: *revision, version: *count },
-                };
-                Some(record::encode(meta, value))
-            }
+            Pending::Sets { .. } => self.as_sets().map(|sets| sets.record_on(flushed)),
         }
+    }
+
+    /// Its plain `SET`s, if that is what it is.
+    pub fn as_sets(&self) -> Option<Sets<'_>> {
+        match self {
+            Pending::Sets { first, count, revision, value } => {
+                Some(Sets { first: *first, count: *count, revision: *revision, value })
+            }
+            Pending::Record(_) => None,
+        }
+    }
+}
+
+/// A key's plain `SET`s since the last flush ([`Pending::Sets`]), whose record depends on the
+/// flushed one.
+pub(super) struct Sets<'a> {
+    first: u64,
+    count: u64,
+    revision: u64,
+    value: &'a Bytes,
+}
+
+impl Sets<'_> {
+    /// The record they leave, given the metadata of the key's flushed record.
+    pub fn record_on(&self, flushed: Option<Meta>) -> Bytes {
+        let Sets { first, count, revision, value } = *self;
+        let meta = match flushed {
+            Some(before) => Meta { mod_revision: revision, version: before.version + count, ..before },
+            None => Meta { create_revision: first, mod_revision: revision, version: count },
+        };
+        record::encode(meta, value)
     }
 }
 
