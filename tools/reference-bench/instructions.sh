@@ -14,7 +14,9 @@
 # flush interval, 32,768 applied entries, to count flushes: 100,000 takes a few minutes). Prints
 # one line: the requests answered, the three nodes' instructions per request in all, and each
 # node's. METRICS=1 turns on every node's HTTP port (8201-8203) and runs scraper.py beside the
-# load. KEEP=DIR copies the callgrind files there (callgrind.1-3, by node id) for
+# load. PREFILL=1 writes every key once before counting (as ab.sh does), then runs the load
+# once uncounted, so that the counted writes change keys that exist and no flush of the prefill
+# is left to count; without it most of them create keys. KEEP=DIR copies the callgrind files there (callgrind.1-3, by node id) for
 # callgrind_annotate. Uses ports 7201-7203 on 127.0.0.1; heartbeats every 200 ms and an election timeout of
 # 5 s, so that valgrind's slowdown starts no elections.
 set -euo pipefail
@@ -50,6 +52,10 @@ for _ in $(seq 1 600); do
     "$DIR/kv-cli" --addr "$ALL" -c "SET warm 1" > /dev/null 2>&1 && break
     sleep 0.2
 done
+if [ -n "${PREFILL:-}" ]; then
+    "$DIR/kv-cli" --addr "$ALL" bench --prefill -n 1 --clients 1 > /dev/null
+    "$DIR/kv-cli" --addr "$ALL" bench -n "$N" "$@" > /dev/null || true
+fi
 for pid in "${PIDS[@]}"; do callgrind_control -i on "$pid" > /dev/null; done
 [ -n "${METRICS:-}" ] && { python3 "$HERE/scraper.py" 0 & SCRAPER=$!; }
 # Requests whose outcome is unknown (valgrind's slowdown can outlast a request's timeout) make
