@@ -364,7 +364,7 @@ fn changes(before: Option<&Tick>, now: &Tick) -> Vec<Event> {
                         "installed",
                         Some(id),
                         now.term,
-                        format!("node {id} installed the leader's snapshot up to index {at}"),
+                        format!("the leader sent node {id} a snapshot, installed up to index {at}"),
                     )
                 } else {
                     event(
