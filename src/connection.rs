@@ -171,7 +171,7 @@ impl FrameWriter {
         self.bounded(|inner| inner.send(Outgoing::Named(message))).await
     }
 
-    /// Sends one message now, without field names ([`frame::encode_compact`]).
+    /// Sends one message now, without field names ([`Outgoing::Compact`]).
     pub async fn send_compact<T: Serialize>(&mut self, message: &T) -> io::Result<()> {
         self.bounded(|inner| inner.send(Outgoing::Compact(message))).await
     }

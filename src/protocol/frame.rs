@@ -8,7 +8,7 @@
 //! (`rmp_serde::to_vec_named`): self-describing, so a field added later is ignored by older
 //! readers, and decodable by any MessagePack library.
 //!
-//! Raft's messages between nodes are the exception ([`encode_compact`]): they carry log entries
+//! Raft's messages between nodes are the exception ([`Outgoing::Compact`]): they carry log entries
 //! by the thousand, for which field names were much of the bytes and most of the encoding time
 //! (docs/BENCHMARKS.md), and they only ever pass between nodes of this crate. [`decode`] reads both forms.
 
@@ -53,17 +53,11 @@ pub fn encode<T: Serialize>(message: &T) -> Bytes {
     Bytes::from(rmp_serde::to_vec_named(message).expect("protocol messages always serialize"))
 }
 
-/// Encodes a message as a frame payload with structs as arrays, without field names: for
-/// messages between nodes only.
-pub fn encode_compact<T: Serialize>(message: &T) -> Bytes {
-    Bytes::from(rmp_serde::to_vec(message).expect("protocol messages always serialize"))
-}
-
 /// A message to send, in one of the two forms.
 pub enum Outgoing<'a, T> {
     /// With field names ([`encode`]).
     Named(&'a T),
-    /// Without ([`encode_compact`]).
+    /// With structs as arrays, without field names: for messages between nodes only.
     Compact(&'a T),
 }
 
@@ -177,7 +171,7 @@ mod tests {
         let named = c.decode(&mut buffer).unwrap().unwrap();
         assert_eq!(named, encode(&request));
         let compact = c.decode(&mut buffer).unwrap().unwrap();
-        assert_eq!(compact, encode_compact(&request));
+        assert_eq!(compact, rmp_serde::to_vec(&request).unwrap());
         assert_eq!(decode::<crate::protocol::message::Request>(&compact).unwrap(), request);
         assert!(buffer.is_empty());
     }
