@@ -190,9 +190,6 @@ pub struct Store {
     accounts: Mutex<Option<(u64, Arc<Accounts>)>>,
     /// How long each flush's transaction took (for `/metrics`).
     flush_durations: prometheus_client::metrics::histogram::Histogram,
-    /// Whether most of the keys the last flush wrote with their metadata unknown were in the
-    /// database already: the next flush then looks each such key up first (see `write_frozen`).
-    flushed_keys_mostly_present: std::sync::atomic::AtomicBool,
 }
 
 /// The applied state: the database as last flushed into, and the writes applied since.
@@ -279,7 +276,6 @@ impl Store {
             accounts_version: AtomicU64::new(0),
             accounts: Mutex::new(None),
             flush_durations: crate::metrics::duration_histogram(),
-            flushed_keys_mostly_present: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -490,9 +486,11 @@ impl Store {
             // A key whose record depends on the one stored takes two walks down the tree if
             // guessed wrong and one if guessed right: looked up and replaced in place if it is
             // there, written at once if it is new (the insert then tells whether it was). The
-            // guess is what the last flush found for most such keys.
+            // guess is what most such keys before it in this flush were, present at first: a
+            // flush's keys are mostly of one kind (overwrites, or a burst of new keys), and a
+            // guess carried over from the last flush was wrong for the whole of the first
+            // flush of overwrites after a burst of new keys.
             let mut present = 0;
-            let expect_present = self.flushed_keys_mostly_present.load(Ordering::Relaxed);
             for (key, pending) in frozen.writes.iter() {
                 // A record that does not depend on the stored one is simply written.
                 let Some(sets) = pending.as_sets() else {
@@ -503,7 +501,7 @@ impl Store {
                     continue;
                 };
                 let decode = |stored: &[u8]| record::decode(stored).map(|(meta, _)| meta);
-                let base = if expect_present {
+                let base = if present * 2 >= bases.len() {
                     let base = match table.get_mut(key.as_ref())? {
                         Some(mut stored) => {
                             let base = decode(stored.value()).map_err(redb::StorageError::from)?;
@@ -531,7 +529,6 @@ impl Store {
                 present += usize::from(base.is_some());
                 bases.insert(key, base);
             }
-            self.flushed_keys_mostly_present.store(present * 2 > bases.len(), Ordering::Relaxed);
             drop(table);
             let mut changes = txn.open_table(CHANGES)?;
             let oldest_kept = revision.saturating_sub(HISTORY_REVISIONS) + 1;
