@@ -114,17 +114,29 @@ impl FrameReader {
 
     /// Reads the next message and the size of its frame's payload.
     pub async fn read_sized<T: DeserializeOwned>(&mut self) -> Result<Option<(T, usize)>, ReadError> {
+        self.read_decoded(frame::decode).await
+    }
+
+    /// Reads the next message with `decode` (for a message with a decoder of its own, such as
+    /// [`crate::protocol::request::decode_request`]) and the size of its frame's payload.
+    pub async fn read_decoded<T>(
+        &mut self,
+        decode: fn(&[u8]) -> Result<T, DecodeError>,
+    ) -> Result<Option<(T, usize)>, ReadError> {
         match self.inner.next().await {
             None => Ok(None),
-            Some(Ok(payload)) => Ok(Some((frame::decode(&payload)?, payload.len()))),
+            Some(Ok(payload)) => Ok(Some((decode(&payload)?, payload.len()))),
             Some(Err(e)) => Err(classify(e, self.inner.decoder().max_frame_length())),
         }
     }
 
-    /// Reads a message (and its size) only if one can be had without waiting: `None` if not.
-    /// Used to gather the requests a client has pipelined into one batch.
-    pub fn read_ready<T: DeserializeOwned>(&mut self) -> Option<Result<Option<(T, usize)>, ReadError>> {
-        self.read_sized().now_or_never()
+    /// Reads a message with `decode` (and its size) only if one can be had without waiting:
+    /// `None` if not. Used to gather the requests a client has pipelined into one batch.
+    pub fn read_ready<T>(
+        &mut self,
+        decode: fn(&[u8]) -> Result<T, DecodeError>,
+    ) -> Option<Result<Option<(T, usize)>, ReadError>> {
+        self.read_decoded(decode).now_or_never()
     }
 
     /// On a request/response connection with nothing outstanding, whether the other side has

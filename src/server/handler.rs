@@ -36,6 +36,7 @@ use crate::command::{CommandSpec, Limits};
 use crate::connection::{self, FrameReader, FrameWriter, ReadError, Stream};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::message::{ErrorCode, Hello, HelloReply, Reply, Request, Response};
+use crate::protocol::request::decode_request;
 use crate::tls::Certified;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -336,7 +337,7 @@ async fn serve_requests<C: Cluster>(
                 ahead.send(answers, writer).await?;
                 continue;
             }
-            read = reader.read_sized(), if ahead.has_room() => read,
+            read = reader.read_decoded(decode_request), if ahead.has_room() => read,
             () = IdleClock::expired(&mut idle) => {
                 tracing::debug!("closing a connection idle for {:?}", budget.idle.unwrap_or_default());
                 Ok(None)
@@ -356,7 +357,7 @@ async fn serve_requests<C: Cluster>(
         // A protocol error behind good requests still lets those be answered first.
         let mut broken = None;
         while batch.len() < MAX_BATCH && bytes < budget.connection_bytes {
-            match reader.read_ready::<Request>() {
+            match reader.read_ready(decode_request) {
                 Some(Ok(Some((request, size)))) => {
                     batch.push(request);
                     bytes += size;
