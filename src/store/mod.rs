@@ -7,10 +7,11 @@
 //! ([`crate::raft::state_machine`]).
 //!
 //! Applied writes first go to an in-memory map of *unflushed* writes, which every read consults
-//! before the database; a flush moves them into the database in one durable transaction. It
-//! comes in two steps, so that applying need not stop for the disk: `Store::freeze` sets the
-//! writes so far aside (reads consult them beneath the newer ones), and `Store::write_frozen`,
-//! on any thread, writes them and drops them from memory once committed.
+//! before the database (past a filter that rules most absent keys out: `unflushed.rs`); a flush
+//! moves them into the database in one durable transaction. It comes in two steps, so that
+//! applying need not stop for the disk: `Store::freeze` sets the writes so far aside (reads
+//! consult them beneath the newer ones), and `Store::write_frozen`, on any thread, writes them
+//! and drops them from memory once committed.
 //! A redb commit costs tens of microseconds and an fsync whatever it holds, and its copy-on-write
 //! B-tree rewrites every page a transaction touches: committing once per few thousand writes
 //! instead of once per Raft apply (often a handful of writes) takes most of that off every node,
@@ -43,6 +44,7 @@ pub use apply::ANSWER_BYTES;
 pub mod record;
 #[cfg(test)]
 mod scripts;
+mod unflushed;
 
 use crate::auth::Accounts;
 use crate::command::{Read, Write};
@@ -51,10 +53,11 @@ use bytes::Bytes;
 use pending::Pending;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde_bytes::ByteBuf;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use unflushed::Unflushed;
 
 /// Every key with its record ([`record`]): the user's, and the system's (under
 /// [`crate::auth::SYSTEM_PREFIX`]).
@@ -114,11 +117,8 @@ impl StoreError {
     }
 }
 
-/// Applied writes not yet in the database, by key.
-type Unflushed = BTreeMap<Bytes, Pending>;
-
 /// In place of the writes being flushed when no flush is under way.
-static NOTHING_FROZEN: Unflushed = BTreeMap::new();
+static NOTHING_FROZEN: Unflushed = Unflushed::new();
 
 /// The writes a flush under way is moving into the database, if any.
 fn frozen_writes(frozen: &Option<Arc<Frozen>>) -> &Unflushed {
@@ -263,7 +263,7 @@ impl Store {
         txn.commit().map_err(StoreError::storage)?;
         let flushed = view(&db)?;
         let state = StoreState {
-            unflushed: Unflushed::new(),
+            unflushed: Unflushed::filtered(),
             unflushed_changes: Changes::new(),
             frozen: None,
             revision,
@@ -452,7 +452,7 @@ impl Store {
             .map(|(id, record)| Ok((id, record.map(encode_record).transpose()?)))
             .collect();
         let frozen = Arc::new(Frozen {
-            writes: std::mem::take(&mut applied.unflushed),
+            writes: std::mem::replace(&mut applied.unflushed, Unflushed::filtered()),
             changes: std::mem::take(&mut applied.unflushed_changes),
         });
         applied.frozen = Some(frozen.clone());

@@ -16,7 +16,6 @@
 use super::record::{self, Meta};
 use bytes::Bytes;
 use redb::{ReadableTable, StorageError};
-use std::collections::BTreeMap;
 
 /// One key's applied state since the last flush.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +117,7 @@ pub fn flushed_meta(
 
 /// The metadata of `key` in `layers` (top first) over `flushed`, if it exists.
 pub fn meta_in(
-    layers: &[&BTreeMap<Bytes, Pending>],
+    layers: &[&super::Unflushed],
     flushed: &impl ReadableTable<&'static [u8], &'static [u8]>,
     key: &[u8],
 ) -> Result<Option<Meta>, StorageError> {
