@@ -111,8 +111,8 @@ impl KeyFilter {
     /// The block of `key`, and the bits it sets in it (as a word index and a mask each).
     fn locate(&self, key: &[u8]) -> (usize, [(usize, u64); BITS_PER_KEY as usize]) {
         let hash = self.hasher.hash_one(key);
-        // The high half picks the block, the low 36 bits the bits (9 each, of 512).
-        let block = (((hash >> 32) * BLOCKS as u64) >> 32) as usize;
+        // The top 28 bits pick the block, the low 36 the bits (9 each, of 512): no bit serves both.
+        let block = (((hash >> 36) * BLOCKS as u64) >> 28) as usize;
         let bits = std::array::from_fn(|i| {
             let bit = (hash >> (9 * i)) & 511;
             ((bit >> 6) as usize, 1u64 << (bit & 63))
