@@ -29,7 +29,7 @@ use std::hash::BuildHasher;
 /// filter in step.
 pub(super) struct Unflushed {
     map: BTreeMap<Bytes, Pending>,
-    filter: Option<Box<KeyFilter>>,
+    filter: Option<KeyFilter>,
 }
 
 impl Unflushed {
@@ -40,7 +40,7 @@ impl Unflushed {
 
     /// A layer with a filter, for a flush's worth of keys.
     pub fn filtered() -> Unflushed {
-        Unflushed { map: BTreeMap::new(), filter: Some(Box::new(KeyFilter::new())) }
+        Unflushed { map: BTreeMap::new(), filter: Some(KeyFilter::new()) }
     }
 
     /// The state of `key`, if this layer has one.
