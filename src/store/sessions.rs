@@ -11,7 +11,9 @@
 //!
 //! - a session remembers its writes the client has not had the answers of (each write says which
 //!   it has, `answered_below`), and at most its last [`ANSWERS_PER_SESSION`] (more than kv-cli
-//!   keeps in flight); an older number is answered "cannot tell" and not applied;
+//!   keeps in flight); an older number is answered "cannot tell" and not applied, even one never
+//!   applied: what bounds a client is the span of its unanswered numbers, not their count (one
+//!   slow write among many answered out of order is left behind; kv-cli's answers come in order);
 //! - an answer over [`MAX_KEPT_ANSWER_BYTES`] is remembered as applied without its answer;
 //! - at most [`MAX_SESSIONS`] sessions are kept, and at most [`MAX_REMEMBERED_WRITES`] writes
 //!   across them: past either, the session used least recently is dropped whole.
@@ -288,6 +290,22 @@ mod tests {
         let dirty = sessions.take_dirty();
         assert!(dirty.contains(&(1, None)), "the drop is flushed too");
         assert!(sessions.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn a_write_left_behind_by_more_newer_ones_than_are_remembered_is_refused_unapplied() {
+        let mut sessions = Sessions::default();
+        // Write 1 is slow; the client has every other answer, but must keep 1's open.
+        let newest = ANSWERS_PER_SESSION as u64 + 1;
+        for seq in 2..=newest {
+            sessions.record(1, seq, 1, &ok(seq));
+        }
+        assert_eq!(sessions.seen(1, 1, 0), Seen::New, "within the span: still applied when it comes");
+        sessions.record(1, newest + 1, 1, &ok(newest + 1));
+        let Seen::Answered(Applied { reply: Reply::Error { code, .. }, .. }) = sessions.seen(1, 1, 0) else {
+            panic!("past the span, it can no longer be told from a forgotten write")
+        };
+        assert_eq!(code, ErrorCode::OutcomeUnknown);
     }
 
     #[test]
