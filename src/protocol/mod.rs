@@ -13,6 +13,7 @@
 pub mod frame;
 pub mod json;
 pub mod message;
+pub mod msgpack;
 pub mod request;
 
 /// The protocol version spoken by this build. A hello with any other version is refused with

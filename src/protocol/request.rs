@@ -14,7 +14,7 @@
 
 use super::frame::{self, DecodeError};
 use super::message::{Once, Request};
-use rmp::Marker;
+use super::msgpack::{array_len, bin_or_str, boolean, map_len, optional, string, uint};
 use serde_bytes::ByteBuf;
 
 /// Decodes a request payload.
@@ -92,94 +92,13 @@ impl Fields {
     }
 }
 
-fn marker(input: &mut &[u8]) -> Option<Marker> {
-    let (&byte, rest) = input.split_first()?;
-    *input = rest;
-    Some(Marker::from_u8(byte))
-}
-
-fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-    let (taken, rest) = input.split_at_checked(n)?;
-    *input = rest;
-    Some(taken)
-}
-
-/// A big-endian unsigned number of `N` bytes.
-fn be<const N: usize>(input: &mut &[u8]) -> Option<u64> {
-    let bytes: [u8; N] = take(input, N)?.try_into().ok()?;
-    Some(bytes.iter().fold(0, |n, &b| n << 8 | u64::from(b)))
-}
-
-/// An unsigned integer, in any of MessagePack's unsigned forms.
-fn uint(input: &mut &[u8]) -> Option<u64> {
-    match marker(input)? {
-        Marker::FixPos(n) => Some(n.into()),
-        Marker::U8 => be::<1>(input),
-        Marker::U16 => be::<2>(input),
-        Marker::U32 => be::<4>(input),
-        Marker::U64 => be::<8>(input),
-        _ => None,
-    }
-}
-
-fn boolean(input: &mut &[u8]) -> Option<bool> {
-    match marker(input)? {
-        Marker::True => Some(true),
-        Marker::False => Some(false),
-        _ => None,
-    }
-}
-
-/// `nil`, or what `read` reads.
-fn optional<T>(input: &mut &[u8], read: impl FnOnce(&mut &[u8]) -> Option<T>) -> Option<Option<T>> {
-    if input.first() == Some(&u8::from(Marker::Null)) {
-        *input = &input[1..];
-        return Some(None);
-    }
-    read(input).map(Some)
-}
-
-fn map_len(input: &mut &[u8]) -> Option<u64> {
-    match marker(input)? {
-        Marker::FixMap(n) => Some(n.into()),
-        Marker::Map16 => be::<2>(input),
-        Marker::Map32 => be::<4>(input),
-        _ => None,
-    }
-}
-
-/// A `str`'s bytes (field names).
-fn string<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = match marker(input)? {
-        Marker::FixStr(n) => n.into(),
-        Marker::Str8 => be::<1>(input)?,
-        Marker::Str16 => be::<2>(input)?,
-        Marker::Str32 => be::<4>(input)?,
-        _ => return None,
-    };
-    take(input, usize::try_from(len).ok()?)
-}
-
 /// An array of byte strings, each a `bin` or a `str`.
 fn byte_strings(input: &mut &[u8]) -> Option<Vec<ByteBuf>> {
-    let count = match marker(input)? {
-        Marker::FixArray(n) => n.into(),
-        Marker::Array16 => be::<2>(input)?,
-        Marker::Array32 => be::<4>(input)?,
-        _ => return None,
-    };
-    let count = usize::try_from(count).ok()?;
+    let count = array_len(input)?;
     // Each takes at least a byte: a count the input cannot hold reserves nothing.
     let mut args = Vec::with_capacity(count.min(input.len()));
     for _ in 0..count {
-        let len = match marker(input)? {
-            Marker::Bin8 | Marker::Str8 => be::<1>(input)?,
-            Marker::Bin16 | Marker::Str16 => be::<2>(input)?,
-            Marker::Bin32 | Marker::Str32 => be::<4>(input)?,
-            Marker::FixStr(n) => n.into(),
-            _ => return None,
-        };
-        args.push(ByteBuf::from(take(input, usize::try_from(len).ok()?)?));
+        args.push(ByteBuf::from(bin_or_str(input)?));
     }
     Some(args)
 }
