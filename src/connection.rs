@@ -185,7 +185,12 @@ impl FrameWriter {
 
     /// Sends one message now, without field names ([`Outgoing::Compact`]).
     pub async fn send_compact<T: Serialize>(&mut self, message: &T) -> io::Result<()> {
-        self.bounded(|inner| inner.send(Outgoing::Compact(message))).await
+        self.send_outgoing(Outgoing::Compact(message)).await
+    }
+
+    /// Sends one message now, in the form it names.
+    pub async fn send_outgoing<T: Serialize>(&mut self, message: Outgoing<'_, T>) -> io::Result<()> {
+        self.bounded(|inner| inner.send(message)).await
     }
 
     /// Runs a write within the write timeout, if there is one. A write that completes at once

@@ -20,7 +20,7 @@
 
 use crate::connection::{self, FrameReader, FrameWriter, Stream};
 use crate::protocol::PROTOCOL_VERSION;
-use crate::protocol::frame::DEFAULT_MAX_FRAME_BYTES;
+use crate::protocol::frame::{DEFAULT_MAX_FRAME_BYTES, Outgoing};
 use crate::protocol::message::{ErrorCode, Hello, HelloReply};
 use crate::tls::NodeTls;
 use serde::de::DeserializeOwned;
@@ -166,6 +166,20 @@ impl PeerConnection {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
+        self.call_as(Outgoing::Compact(request), timeout).await
+    }
+
+    /// [`PeerConnection::call`], with the request in a form of its choosing (compact, or
+    /// encoded by a function of its own).
+    pub async fn call_as<Req, Resp>(
+        &mut self,
+        request: Outgoing<'_, Req>,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
         let mut open = match self.open.take() {
             Some(open) => open,
             None => self.connect(timeout).await?,
@@ -173,7 +187,7 @@ impl PeerConnection {
         let target = self.target;
         let exchange = async {
             let broken = |why: String| PeerError::Broken { target, why };
-            open.writer.send_compact(request).await.map_err(|e| broken(e.to_string()))?;
+            open.writer.send_outgoing(request).await.map_err(|e| broken(e.to_string()))?;
             open.reader
                 .read::<Resp>()
                 .await

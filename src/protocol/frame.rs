@@ -59,7 +59,12 @@ pub enum Outgoing<'a, T> {
     Named(&'a T),
     /// With structs as arrays, without field names: for messages between nodes only.
     Compact(&'a T),
+    /// Written by a function of its own, in the compact form (`raft::wire`); `T` is unused.
+    Encoded(&'a EncodeFn<'a>),
 }
+
+/// Writes a message's payload at the end of a buffer, or says why it cannot.
+pub type EncodeFn<'a> = dyn Fn(&mut BytesMut) -> Result<(), String> + Sync + 'a;
 
 /// Writes messages as frames straight into a connection's write buffer: serialized in place
 /// behind a length prefix filled in after, rather than into a payload of their own that the
@@ -74,18 +79,20 @@ impl<T: Serialize> Encoder<Outgoing<'_, T>> for MessageEncoder {
     fn encode(&mut self, message: Outgoing<'_, T>, buffer: &mut BytesMut) -> std::io::Result<()> {
         let start = buffer.len();
         buffer.put_u32(0);
-        let mut writer = (&mut *buffer).writer();
         let written = match message {
-            Outgoing::Named(message) => rmp_serde::encode::write_named(&mut writer, message),
-            Outgoing::Compact(message) => rmp_serde::encode::write(&mut writer, message),
+            Outgoing::Named(message) => rmp_serde::encode::write_named(&mut (&mut *buffer).writer(), message)
+                .map_err(|e| e.to_string()),
+            Outgoing::Compact(message) => {
+                rmp_serde::encode::write(&mut (&mut *buffer).writer(), message).map_err(|e| e.to_string())
+            }
+            Outgoing::Encoded(write) => write(buffer),
         };
         let length = buffer.len() - start - 4;
         let length = match (written, u32::try_from(length)) {
             (Ok(()), Ok(length)) => length,
             (written, _) => {
                 buffer.truncate(start);
-                let why =
-                    written.err().map_or_else(|| format!("a payload of {length} bytes"), |e| e.to_string());
+                let why = written.err().unwrap_or_else(|| format!("a payload of {length} bytes"));
                 return Err(std::io::Error::other(format!("cannot frame a message: {why}")));
             }
         };

@@ -252,13 +252,18 @@ fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
 }
 
 /// An entry's record in the entries file: MessagePack with structs as arrays, without field names
-/// (they were much of an entry's bytes and most of its encoding time). `decode` reads these and
-/// the named maps that files written before used alike.
+/// (they were much of an entry's bytes and most of its encoding time), written by hand for the
+/// usual entries ([`super::wire`]). [`decode_entry`] reads these and the named maps that files
+/// written before used alike.
 fn encode_entry(entry: &Entry) -> io::Result<Vec<u8>> {
     // Sized up front: growing from empty took four allocations for a typical write's record.
     let mut record = Vec::with_capacity(written_bytes(entry) + 32);
-    rmp_serde::encode::write(&mut record, entry).map_err(io_error)?;
+    super::wire::encode_entry(entry, &mut record).map_err(io_error)?;
     Ok(record)
+}
+
+fn decode_entry(record: &[u8]) -> io::Result<Entry> {
+    super::wire::decode_entry_record(record).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
@@ -309,7 +314,7 @@ impl Shared {
         let mut entries = Vec::with_capacity(newest.len());
         if !older.is_empty() {
             for (_, payload) in file.read(older)? {
-                entries.push(decode::<Entry>(&payload)?);
+                entries.push(decode_entry(&payload)?);
             }
         }
         drop(file);
@@ -324,7 +329,7 @@ impl Shared {
         let file = self.file_read();
         let Some(last) = file.last_index() else { return Ok(None) };
         let payload = file.read(last..=last)?.pop().map(|(_, payload)| payload);
-        payload.map(|p| decode::<Entry>(&p).map(|e| e.log_id())).transpose()
+        payload.map(|p| decode_entry(&p).map(|e| e.log_id())).transpose()
     }
 }
 
@@ -628,8 +633,8 @@ mod tests {
             let compact = encode_entry(&entry).unwrap();
             let named = rmp_serde::to_vec_named(&entry).unwrap();
             assert!(compact.len() < named.len());
-            assert_eq!(decode::<Entry>(&compact).unwrap(), entry);
-            assert_eq!(decode::<Entry>(&named).unwrap(), entry);
+            assert_eq!(decode_entry(&compact).unwrap(), entry);
+            assert_eq!(decode_entry(&named).unwrap(), entry);
         }
     }
 

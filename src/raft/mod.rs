@@ -21,6 +21,7 @@ pub mod log_store;
 mod log_tail;
 pub mod network;
 pub mod state_machine;
+pub(crate) mod wire;
 
 use crate::command::Write;
 use crate::config::NodeConfig;

@@ -22,7 +22,7 @@
 
 use super::{KvRaft, TypeConfig};
 use crate::peer::{Dialer, PeerConnection, PeerError, PeerMessage};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use openraft::async_runtime::WatchReceiver;
 use openraft::entry::RaftEntry;
 use openraft::error::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
@@ -39,7 +39,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::protocol::frame::{ENTRY_OVERHEAD, PEER_FRAME_MARGIN as FRAME_MARGIN};
+use crate::protocol::frame::{ENTRY_OVERHEAD, Outgoing, PEER_FRAME_MARGIN as FRAME_MARGIN};
 
 type Error = RaftError<TypeConfig>;
 
@@ -290,8 +290,17 @@ impl PeerClient {
         ttl: std::time::Duration,
     ) -> Result<RaftResponse, RPCError<TypeConfig>> {
         let sent = std::time::Instant::now();
-        let answer: Envelope<RaftResponse> =
-            self.connection.call(&Envelope::Raft(request), ttl).await.map_err(rpc_error)?;
+        let answer: Envelope<RaftResponse> = match &request {
+            // Every write goes to every follower in one of these: encoded by hand (`wire`).
+            RaftRequest::AppendEntries(rpc) => {
+                let encode = |buffer: &mut BytesMut| {
+                    super::wire::encode_append_entries(rpc, buffer).map_err(|e| e.to_string())
+                };
+                self.connection.call_as::<(), _>(Outgoing::Encoded(&encode), ttl).await
+            }
+            _ => self.connection.call(&Envelope::Raft(request), ttl).await,
+        }
+        .map_err(rpc_error)?;
         self.round_trips.observe(sent.elapsed().as_secs_f64());
         match answer {
             PeerMessage::Raft(response) => Ok(response),

@@ -18,7 +18,7 @@
 use super::{Node, membership, reads};
 use crate::connection::{FrameReader, FrameWriter, ReadError};
 use crate::peer::{Dialer, PeerConnection, PeerError, PeerMessage};
-use crate::raft::network::{RaftRequest, RaftResponse, RaftService};
+use crate::raft::network::{RaftResponse, RaftService};
 use crate::raft::{KvRaft, TypeConfig};
 use openraft::async_runtime::WatchReceiver;
 use openraft::type_config::alias::StoredMembershipOf;
@@ -155,7 +155,6 @@ fn committed_members(metrics: &RaftMetrics<TypeConfig>) -> Option<BTreeSet<u64>>
     applied.then(|| membership.membership().nodes().map(|(id, _)| *id).collect())
 }
 
-type Incoming = PeerMessage<RaftRequest, ControlRequest>;
 type Outgoing = PeerMessage<RaftResponse, ControlResponse>;
 
 /// Answers what arrives on a connection from member `peer` (after its hello) until it closes.
@@ -166,7 +165,10 @@ pub(super) async fn serve_peer(
     peer: u64,
 ) -> Result<(), ReadError> {
     let mut raft = RaftService::new(&node.raft, peer, &node.snapshots);
-    while let Some(message) = reader.read::<Incoming>().await? {
+    // `AppendEntries`, which carries every write, is decoded by hand (`raft::wire`).
+    while let Some((message, _)) =
+        reader.read_decoded(crate::raft::wire::decode_incoming::<ControlRequest>).await?
+    {
         let answer: Outgoing = match message {
             PeerMessage::Raft(rpc) => match raft.answer(rpc).await {
                 Ok(answer) => PeerMessage::Raft(answer),
@@ -269,13 +271,12 @@ impl ControlClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::frame::decode;
 
     proptest::proptest! {
         /// Whatever a peer connection sends as a payload decodes or fails; it never panics.
         #[test]
         fn decoding_arbitrary_peer_payloads_never_panics(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-            let _ = decode::<Incoming>(&payload);
+            let _ = crate::raft::wire::decode_incoming::<ControlRequest>(&payload);
         }
     }
 }
