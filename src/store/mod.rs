@@ -453,7 +453,13 @@ impl Store {
             .collect();
         let frozen = Arc::new(Frozen {
             writes: std::mem::replace(&mut applied.unflushed, Unflushed::filtered()),
-            changes: std::mem::take(&mut applied.unflushed_changes),
+            // Sized as the last, up to a row per revision kept: growing from empty copied the
+            // rows again at each doubling, and a burst of many-key writes should not leave its
+            // size behind.
+            changes: {
+                let rows = applied.unflushed_changes.len().min(HISTORY_REVISIONS as usize);
+                std::mem::replace(&mut applied.unflushed_changes, Changes::with_capacity(rows))
+            },
         });
         applied.frozen = Some(frozen.clone());
         Ok(Flush {
