@@ -411,8 +411,9 @@ impl ResponseReceiver {
     /// The next answer; an error if the connection ends.
     pub async fn next(&mut self) -> Result<Response, ClientError> {
         self.reader
-            .read::<Response>()
+            .read_decoded(crate::protocol::response::decode_response)
             .await?
+            .map(|(response, _)| response)
             .ok_or_else(|| ClientError::Lost("the node closed the connection".into()))
     }
 }

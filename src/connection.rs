@@ -171,7 +171,12 @@ impl FrameWriter {
 
     /// Queues a message, writing what is buffered once there is enough of it.
     pub async fn feed<T: Serialize>(&mut self, message: &T) -> io::Result<()> {
-        self.bounded(|inner| inner.feed(Outgoing::Named(message))).await
+        self.feed_outgoing(Outgoing::Named(message)).await
+    }
+
+    /// Queues a message in the form it names.
+    pub async fn feed_outgoing<T: Serialize>(&mut self, message: Outgoing<'_, T>) -> io::Result<()> {
+        self.bounded(|inner| inner.feed(message)).await
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {

@@ -15,6 +15,7 @@ pub mod json;
 pub mod message;
 pub mod msgpack;
 pub mod request;
+pub mod response;
 
 /// The protocol version spoken by this build. A hello with any other version is refused with
 /// [`message::ErrorCode::VersionMismatch`].

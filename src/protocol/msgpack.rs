@@ -10,6 +10,8 @@
 
 use bytes::BufMut;
 use rmp::Marker;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 #[inline]
 pub fn marker(input: &mut &[u8]) -> Option<Marker> {
@@ -125,6 +127,61 @@ pub fn bin_or_str<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
     take(input, len_of(len)?)
 }
 
+/// A signed integer, in any of MessagePack's integer forms, within `i64`.
+#[inline]
+pub fn sint(input: &mut &[u8]) -> Option<i64> {
+    match marker(input)? {
+        Marker::FixPos(n) => Some(n.into()),
+        Marker::FixNeg(n) => Some(n.into()),
+        Marker::U8 => be::<1>(input).map(|n| n as i64),
+        Marker::U16 => be::<2>(input).map(|n| n as i64),
+        Marker::U32 => be::<4>(input).map(|n| n as i64),
+        Marker::U64 => i64::try_from(be::<8>(input)?).ok(),
+        Marker::I8 => be::<1>(input).map(|n| i64::from(n as u8 as i8)),
+        Marker::I16 => be::<2>(input).map(|n| i64::from(n as u16 as i16)),
+        Marker::I32 => be::<4>(input).map(|n| i64::from(n as u32 as i32)),
+        Marker::I64 => be::<8>(input).map(|n| n as i64),
+        _ => None,
+    }
+}
+
+/// A 64-bit float (the form serde writes an `f64` in).
+#[inline]
+pub fn float(input: &mut &[u8]) -> Option<f64> {
+    match marker(input)? {
+        Marker::F64 => be::<8>(input).map(f64::from_bits),
+        _ => None,
+    }
+}
+
+/// Decodes one value with serde from the front of `input`, and moves past it.
+pub fn serde_value<T: DeserializeOwned>(input: &mut &[u8]) -> Option<T> {
+    let mut decoder = rmp_serde::Deserializer::new(&mut *input);
+    T::deserialize(&mut decoder).ok()
+}
+
+/// Why a message could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error(transparent)]
+    TooLong(#[from] TooLong),
+    #[error(transparent)]
+    Serde(#[from] rmp_serde::encode::Error),
+}
+
+/// Writes `value` as serde does: structs as arrays, or as maps keyed by field name if `named`.
+/// A hand-written encoder hands it what it does not write itself, in place: MessagePack values
+/// simply follow one another.
+pub fn serde_in_place(value: &impl Serialize, out: &mut impl BufMut, named: bool) -> Result<(), EncodeError> {
+    let mut writer = out.writer();
+    if named {
+        rmp_serde::encode::write_named(&mut writer, value)?;
+    } else {
+        rmp_serde::encode::write(&mut writer, value)?;
+    }
+    Ok(())
+}
+
 /// A string, array or map too long for MessagePack (over `u32::MAX`).
 #[derive(Debug, thiserror::Error)]
 #[error("{0} items or bytes do not fit MessagePack")]
@@ -151,6 +208,34 @@ pub fn put_uint(out: &mut impl BufMut, n: u64) {
         out.put_u8(Marker::U64.to_u8());
         out.put_u64(n);
     }
+}
+
+/// A signed integer, in the smallest form (an unsigned one if not negative), as `rmp` does.
+#[inline]
+pub fn put_sint(out: &mut impl BufMut, n: i64) {
+    if n >= 0 {
+        put_uint(out, n as u64);
+    } else if n >= -32 {
+        out.put_i8(n as i8);
+    } else if let Ok(n) = i8::try_from(n) {
+        out.put_u8(Marker::I8.to_u8());
+        out.put_i8(n);
+    } else if let Ok(n) = i16::try_from(n) {
+        out.put_u8(Marker::I16.to_u8());
+        out.put_i16(n);
+    } else if let Ok(n) = i32::try_from(n) {
+        out.put_u8(Marker::I32.to_u8());
+        out.put_i32(n);
+    } else {
+        out.put_u8(Marker::I64.to_u8());
+        out.put_i64(n);
+    }
+}
+
+#[inline]
+pub fn put_f64(out: &mut impl BufMut, n: f64) {
+    out.put_u8(Marker::F64.to_u8());
+    out.put_f64(n);
 }
 
 #[inline]
@@ -263,6 +348,22 @@ mod tests {
             rmp::encode::write_map_len(&mut theirs, len as u32).unwrap();
             assert_eq!(ours, theirs, "map of {len}");
             assert_eq!(map_len(&mut &ours[..]), Some(len));
+        }
+        for n in
+            [0, 127, 128, -1, -32, -33, -128, -129, -32_768, -32_769, i32::MIN as i64 - 1, i64::MIN, i64::MAX]
+        {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            put_sint(&mut ours, n);
+            rmp::encode::write_sint(&mut theirs, n).unwrap();
+            assert_eq!(ours, theirs, "sint {n}");
+            assert_eq!(sint(&mut &ours[..]), Some(n));
+        }
+        for n in [0.0, -1.5, f64::MAX] {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            put_f64(&mut ours, n);
+            rmp::encode::write_f64(&mut theirs, n).unwrap();
+            assert_eq!(ours, theirs);
+            assert_eq!(float(&mut &ours[..]), Some(n));
         }
         let mut out = Vec::new();
         put_bool(&mut out, true);

@@ -28,7 +28,7 @@ use super::network::RaftRequest;
 use crate::command::Write;
 use crate::peer::PeerMessage;
 use crate::protocol::frame::{self, DecodeError};
-use crate::protocol::msgpack::{self, TooLong};
+use crate::protocol::msgpack::{self, EncodeError, serde_value};
 use bytes::{BufMut, Bytes};
 use openraft::impls::leader_id_adv::LeaderId;
 use openraft::raft::AppendEntriesRequest;
@@ -40,18 +40,8 @@ use std::sync::Arc;
 
 type Entry = EntryOf<TypeConfig>;
 
-/// Why an entry could not be encoded.
-#[derive(Debug, thiserror::Error)]
-pub enum EncodeError {
-    #[error(transparent)]
-    TooLong(#[from] TooLong),
-    #[error(transparent)]
-    Serde(#[from] rmp_serde::encode::Error),
-}
-
-/// Writes `value` as serde does, structs as arrays.
 fn serde_in_place(value: &impl Serialize, out: &mut impl BufMut) -> Result<(), EncodeError> {
-    Ok(rmp_serde::encode::write(&mut out.writer(), value)?)
+    msgpack::serde_in_place(value, out, false)
 }
 
 /// Writes `entry` as `rmp_serde::encode::write` would.
@@ -134,12 +124,6 @@ fn put_write(out: &mut impl BufMut, write: &Write) -> Result<(), EncodeError> {
         }
         other => serde_in_place(other, out),
     }
-}
-
-/// Decodes one value with serde from the front of `input`, and moves past it.
-fn serde_value<T: DeserializeOwned>(input: &mut &[u8]) -> Option<T> {
-    let mut decoder = rmp_serde::Deserializer::new(&mut *input);
-    T::deserialize(&mut decoder).ok()
 }
 
 /// Decodes an entry as the entries file holds it (any form serde reads).

@@ -35,8 +35,10 @@ use super::session::{Segment, Session};
 use crate::command::{CommandSpec, Limits};
 use crate::connection::{self, FrameReader, FrameWriter, ReadError, Stream};
 use crate::protocol::PROTOCOL_VERSION;
+use crate::protocol::frame::Outgoing;
 use crate::protocol::message::{ErrorCode, Hello, HelloReply, Reply, Request, Response};
 use crate::protocol::request::decode_request;
+use crate::protocol::response::encode_response;
 use crate::tls::Certified;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -290,7 +292,10 @@ impl<'w> Answers<'w> {
                 node.console.write_answered(spec.name, response);
             }
         }
-        self.writer.feed(response).await.map_err(ReadError::Io)
+        // Every request's answer: encoded by hand (`protocol::response`).
+        let encode =
+            |buffer: &mut bytes::BytesMut| encode_response(response, buffer).map_err(|e| e.to_string());
+        self.writer.feed_outgoing(Outgoing::<()>::Encoded(&encode)).await.map_err(ReadError::Io)
     }
 
     pub async fn flush(&mut self) -> Result<(), ReadError> {
