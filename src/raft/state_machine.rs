@@ -358,15 +358,16 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, redb::Error
 
 /// Encodes a [`SnapshotBody`] straight from the table, pair by pair: collecting the pairs first
 /// would hold every key and value twice more (a node with a million keys would need a hundred
-/// megabytes more for every snapshot it builds).
+/// megabytes more for every snapshot it builds). The buffer starts with `room` bytes.
 fn encode_body(
     members_ever: &BTreeSet<u64>,
     revision: u64,
     sessions: &SessionsSnapshot,
     kv: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    room: usize,
 ) -> Result<Vec<u8>, redb::Error> {
     let corrupted = |e: &dyn std::fmt::Display| redb::Error::Corrupted(e.to_string());
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(room);
     // The same bytes `rmp_serde::to_vec_named(&SnapshotBody { .. })` would write.
     rmp::encode::write_map_len(&mut out, 4).map_err(|e| corrupted(&e))?;
     rmp::encode::write_str(&mut out, "members_ever").map_err(|e| corrupted(&e))?;
@@ -504,6 +505,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let progress = self.progress.clone();
+        // Room for about what the last snapshot took: grown from empty, a snapshot of many keys
+        // was copied again at each doubling, into memory never touched before.
+        let room = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |last| last.data.len() + last.data.len() / 8);
         let mut flushing = self.flushing.clone().lock_owned().await;
         flushed(&mut flushing).await?;
         let (meta, data) = self
@@ -525,8 +534,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 let (applied, membership) = read_state(&meta)?;
                 let members_ever = read_members_ever(&meta)?;
                 let sessions = crate::store::sessions_snapshot(&txn)?;
-                let data =
-                    encode_body(&members_ever, revision, &sessions, &kv).map_err(StoreError::storage)?;
+                let data = encode_body(&members_ever, revision, &sessions, &kv, room)
+                    .map_err(StoreError::storage)?;
                 Ok((SnapshotMeta { last_log_id: applied, last_membership: membership }, data))
             })
             .await?;
@@ -569,7 +578,7 @@ mod tests {
         let members_ever = BTreeSet::from([1, 2, 5]);
         let txn = store.begin_read().unwrap();
         let sessions = SessionsSnapshot::default();
-        let streamed = encode_body(&members_ever, 3, &sessions, &txn.open_table(KV).unwrap()).unwrap();
+        let streamed = encode_body(&members_ever, 3, &sessions, &txn.open_table(KV).unwrap(), 0).unwrap();
         // Each key as its record: the revision that wrote it, version 1.
         let pairs = (1..)
             .zip(pairs)
