@@ -1,5 +1,5 @@
 //! MessagePack by hand, for the few messages whose serde encoding or decoding showed in a node's
-//! profile ([`super::request`], [`crate::raft::wire`]).
+//! profile ([`super::request`], `raft::wire`).
 //!
 //! Readers take a cursor (`&mut &[u8]`) and advance it past what they read; each returns `None`
 //! for anything but the forms it names, and the caller then hands the whole value to serde.
