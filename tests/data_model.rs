@@ -95,10 +95,13 @@ fn every_new_command_answers_and_refuses_through_kv_cli() {
     assert_eq!(answers[20]["code"], "BAD_REQUEST");
     assert!(answers[20]["message"].as_str().unwrap().contains("expected a compare"));
 
-    // The raw form: key<TAB>value per key.
+    // The raw form: key<TAB>value per key; a page that stopped early says so on stderr.
     let out = follower.cli(&["-c", "GET k WITHMETA", "-c", "SCAN PREFIX m/ LIMIT 1"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.lines(), ["k\tv3", "m/a\t1"]);
+    assert_eq!(out.stderr.trim(), r#"(more keys follow; the next page continues at "m/a\x00")"#);
+    let out = follower.cli(&["-c", "SCAN PREFIX m/"]);
+    assert_eq!((out.code, out.lines().len(), out.stderr.as_str()), (0, 3, ""), "the whole range: {out:?}");
 }
 
 #[test]

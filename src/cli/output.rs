@@ -10,7 +10,7 @@
 //!
 //! | table   | aligned columns       | tab-separated, header first | `{"type":"table","columns":[..],"rows":[[..]]}` |
 //! | array   | `1) "v"` per item     | one item per line | `{"type":"array","items":[..]}` |
-//! | entries | key, value and metadata columns; `(more ...)` if the page stopped | `key<TAB>value` per line | `{"type":"entries","entries":[{"key":..,"value":..,"create_revision":..,"mod_revision":..,"version":..}],"more":false}` (+ `"next"`) |
+//! | entries | key, value and metadata columns; `(more ...)` if the page stopped | `key<TAB>value` per line; `(more ...)` on stderr | `{"type":"entries","entries":[{"key":..,"value":..,"create_revision":..,"mod_revision":..,"version":..}],"more":false}` (+ `"next"`) |
 //! | txn     | the branch that ran, then `1) OK` per operation | `then` or `else`, then one result per line | `{"type":"txn","succeeded":true,"results":[..]}` |
 //!
 //! A write's replication picture follows its answer in the shell, and in scripts with `--acks`:
@@ -92,10 +92,13 @@ impl Printer {
         let line = match self.format {
             Format::Json => reply_json(reply).to_string(),
             Format::Raw => {
-                let mut out = Vec::new();
-                raw(reply, &mut out);
+                let (mut out, mut notes) = (Vec::new(), Vec::new());
+                raw(reply, &mut out, &mut notes);
                 let mut stdout = io::stdout().lock();
                 let _ = stdout.write_all(&out).and_then(|()| stdout.flush());
+                // A page that stopped early says so where a script's parser will not trip on
+                // it, and a person running the script still sees that keys were left out.
+                notes.iter().for_each(|note| print_line(&mut io::stderr().lock(), note));
                 return;
             }
             Format::Human => human(reply),
@@ -203,8 +206,9 @@ fn human_entries(entries: &[KeyValue], more: bool, next: Option<&[u8]>) -> Strin
     text
 }
 
-/// An answer for scripts: bare values, one per line.
-fn raw(reply: &Reply, out: &mut Vec<u8>) {
+/// An answer for scripts: bare values, one per line, into `out`; what is not a value (a scan page
+/// that stopped before the end of its range) into `notes`, for stderr.
+fn raw(reply: &Reply, out: &mut Vec<u8>, notes: &mut Vec<String>) {
     let mut line = |bytes: &[u8]| {
         out.extend_from_slice(bytes);
         out.push(b'\n');
@@ -216,8 +220,8 @@ fn raw(reply: &Reply, out: &mut Vec<u8>) {
         Reply::Bulk { value } => line(value),
         Reply::Table { columns, rows } => line(raw_table(columns, rows).as_bytes()),
         Reply::Error { code, message } => line(format!("(error) {code} {message}").as_bytes()),
-        Reply::Array { items } => items.iter().for_each(|item| raw(item, out)),
-        Reply::Entries { entries, .. } => {
+        Reply::Array { items } => items.iter().for_each(|item| raw(item, out, notes)),
+        Reply::Entries { entries, more, next } => {
             for entry in entries {
                 let mut row = entry.key.to_vec();
                 if let Some(value) = &entry.value {
@@ -226,10 +230,14 @@ fn raw(reply: &Reply, out: &mut Vec<u8>) {
                 }
                 line(&row);
             }
+            if *more {
+                let next = next.as_ref().map(|n| quote(n)).unwrap_or_default();
+                notes.push(format!("(more keys follow; the next page continues at {next})"));
+            }
         }
         Reply::Txn { succeeded, results } => {
             line(if *succeeded { b"then" } else { b"else" });
-            results.iter().for_each(|item| raw(item, out));
+            results.iter().for_each(|item| raw(item, out, notes));
         }
     }
 }
@@ -371,6 +379,30 @@ mod tests {
             raw_ack_line(1, Some(7), &replication),
             "leader=1 term=2 index=42 revision=7 n2=acked:0.84ms n3=unreachable n4=pending"
         );
+    }
+
+    #[test]
+    fn a_raw_scan_page_that_stopped_early_says_where_to_go_on_apart_from_its_values() {
+        let entry = |key: &str, value: Option<&str>| KeyValue {
+            key: ByteBuf::from(key),
+            value: value.map(ByteBuf::from),
+            create_revision: 1,
+            mod_revision: 2,
+            version: 3,
+        };
+        let page = |more: bool| Reply::Entries {
+            entries: vec![entry("a", Some("1")), entry("b", None)],
+            more,
+            next: more.then(|| ByteBuf::from("b\0")),
+        };
+        let (mut out, mut notes) = (Vec::new(), Vec::new());
+        raw(&page(false), &mut out, &mut notes);
+        assert_eq!((out.as_slice(), notes.len()), (&b"a\t1\nb\n"[..], 0));
+        let txn = Reply::Txn { succeeded: true, results: vec![page(true)] };
+        let (mut out, mut notes) = (Vec::new(), Vec::new());
+        raw(&txn, &mut out, &mut notes);
+        assert_eq!(out, b"then\na\t1\nb\n");
+        assert_eq!(notes, [r#"(more keys follow; the next page continues at "b\x00")"#]);
     }
 
     #[test]
