@@ -583,6 +583,13 @@ impl Command {
                     if_revision: Some(parse_u64("revision", revision)?),
                 })
             }
+            // A conditional delete with a revision missing or one word too many must not turn
+            // into an unconditional delete of several keys.
+            ("DEL", [_, word, ..]) if word.eq_ignore_ascii_case(b"IFREV") => {
+                return Err(CommandError::BadArgument(
+                    "DEL key IFREV rev takes one key and one revision".to_string(),
+                ));
+            }
             ("DEL", ks) => Command::Write(Write::Del { keys: keys(ks)?, if_revision: None }),
             ("EXISTS", ks) => Command::Read(Read::Exists { keys: keys(ks)? }),
             ("MGET", ks) => Command::Read(Read::MGet { keys: keys(ks)? }),
@@ -899,6 +906,13 @@ mod tests {
             (&["SET", "k", "v", "IFREV", "-1"], ErrorCode::BadRequest, "bad revision '-1'"),
             (&["GET", "k", "META"], ErrorCode::BadRequest, "GET takes WITHMETA"),
             (&["DEL", "k", "IFREV", "x"], ErrorCode::BadRequest, "bad revision 'x'"),
+            (
+                &["DEL", "k", "IFREV"],
+                ErrorCode::BadRequest,
+                "DEL key IFREV rev takes one key and one revision",
+            ),
+            (&["DEL", "k", "ifrev", "1", "2"], ErrorCode::BadRequest, "takes one key and one revision"),
+            (&["SCAN", "PREFIX"], ErrorCode::BadRequest, "SCAN PREFIX needs a prefix"),
             (&["MSET", "a", "1", "b"], ErrorCode::WrongArity, "expected pairs"),
             (
                 &["MSET", "a", "1", "b", "2", "c", "3", "d", "4", "e", "5"],

@@ -117,6 +117,9 @@ pub fn parse(args: &[Bytes], max_key_bytes: usize) -> Result<Scan, CommandError>
         [word, prefix, rest @ ..] if word.eq_ignore_ascii_case(b"PREFIX") => {
             (KeyRange::prefix(&key(prefix)?), rest)
         }
+        [word] if word.eq_ignore_ascii_case(b"PREFIX") => {
+            return Err(bad("SCAN PREFIX needs a prefix (\"\" for every key)".into()));
+        }
         [start, end, rest @ ..] if !is_option(end) => {
             let end = (!end.is_empty()).then(|| key(end)).transpose()?;
             (KeyRange { start: key(start)?, end }, rest)
