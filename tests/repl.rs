@@ -67,7 +67,12 @@ fn the_shell_runs_commands_completes_hints_and_keeps_history() {
 
     // A TXN typed over several lines, from TXN to END, is one command; then the key's metadata.
     let txn = std::mem::replace(&mut r.prompt, "txn... ".to_string());
-    for line in ["TXN", "VALUE greeting = \"hello world\"", "THEN", "DEL greeting"] {
+    r.run("TXN", "");
+    // Inside the block, hints follow the TXN's grammar: here a compare's arguments.
+    r.type_keys("VAL");
+    r.session.exp_string("VALUE key =|!=|<|> value").unwrap();
+    r.run("UE greeting = \"hello world\"", "");
+    for line in ["THEN", "DEL greeting"] {
         r.run(line, "");
     }
     r.prompt = txn;

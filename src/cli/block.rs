@@ -49,6 +49,11 @@ impl Block {
         Ok(None)
     }
 
+    /// The lines of an open block after its `TXN`.
+    pub fn body(&self) -> Option<&[String]> {
+        self.lines.as_deref().map(|lines| &lines[1..])
+    }
+
     /// Whether a block is open (waiting for its `END`).
     pub fn is_open(&self) -> bool {
         self.lines.is_some()

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod block;
 pub mod cert;
 pub mod demo;
+pub mod hints;
 pub mod output;
 pub mod shell;
 

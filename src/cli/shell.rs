@@ -14,7 +14,6 @@ use super::output::{BAD_INPUT, CONNECTION, Printer, TOO_FEW_ACKS};
 use super::{ExitStatus, LocalCommand, Options, connect, judge, local_command, writes};
 use crate::client::{Client, ClientError, NodeInfo};
 use crate::command::split::split_args;
-use crate::command::{COMMANDS, lookup, subcommands};
 use crate::protocol::message::{ErrorCode, Reply, Request};
 use colored::Colorize;
 use rustyline::completion::Completer;
@@ -33,11 +32,6 @@ pub const HISTORY_ENV: &str = "KV_CLI_HISTFILE";
 /// The history file's name in the user's home directory.
 pub const HISTORY_FILE: &str = ".kv_cli_history";
 
-/// Names that complete at the start of a line: the node's commands and the shell's own.
-fn command_names() -> impl Iterator<Item = &'static str> {
-    COMMANDS.iter().map(|c| c.name).chain(["HELP", "QUIT", "EXIT"])
-}
-
 /// Runs the shell until Ctrl-D or `QUIT`.
 pub fn run(runtime: Runtime, options: Options, printer: Printer) -> ExitStatus {
     let config = Config::builder()
@@ -53,7 +47,7 @@ pub fn run(runtime: Runtime, options: Options, printer: Printer) -> ExitStatus {
         Err(e) => return fail(&printer, &e),
     };
     let color = colored::control::SHOULD_COLORIZE.should_colorize();
-    editor.set_helper(Some(ShellHelper { color }));
+    editor.set_helper(Some(ShellHelper { color, block: None }));
     let history = history_path();
     if let Some(path) = &history {
         // A missing file is normal on first use.
@@ -70,6 +64,11 @@ pub fn run(runtime: Runtime, options: Options, printer: Printer) -> ExitStatus {
             Some((_, info)) => format!("{user}{}> ", info.addr),
             None => "not connected> ".to_string(),
         };
+        if let Some(helper) = editor.helper_mut() {
+            helper.block = block
+                .body()
+                .map(|lines| lines.iter().flat_map(|l| l.split_whitespace()).map(String::from).collect());
+        }
         let line = match editor.readline(&prompt) {
             Ok(line) => line,
             Err(ReadlineError::Interrupted) => {
@@ -296,13 +295,15 @@ fn next_page(args: &[Vec<u8>], reply: &Reply) -> Option<Vec<Vec<u8>>> {
 /// Completion, hints and colour for the line editor.
 struct ShellHelper {
     color: bool,
+    /// The words of an open `TXN` block's lines so far, which hints and completion follow.
+    block: Option<Vec<String>>,
 }
 
 impl Completer for ShellHelper {
     type Candidate = String;
 
     fn complete(&self, line: &str, pos: usize, _: &Context<'_>) -> rustyline::Result<(usize, Vec<String>)> {
-        Ok(complete(&line[..pos]))
+        Ok(super::hints::complete(&line[..pos], self.block.as_deref()))
     }
 }
 
@@ -310,7 +311,7 @@ impl Hinter for ShellHelper {
     type Hint = String;
 
     fn hint(&self, line: &str, pos: usize, _: &Context<'_>) -> Option<String> {
-        (pos == line.len()).then(|| hint(line)).flatten()
+        (pos == line.len()).then(|| super::hints::hint(line, self.block.as_deref())).flatten()
     }
 }
 
@@ -330,134 +331,3 @@ impl Highlighter for ShellHelper {
 
 impl Validator for ShellHelper {}
 impl Helper for ShellHelper {}
-
-/// Completes a command name at the start of the line, or after `HELP`. Candidates follow the case
-/// the user is typing in.
-fn complete(before_cursor: &str) -> (usize, Vec<String>) {
-    let start = before_cursor.rfind(char::is_whitespace).map_or(0, |i| i + 1);
-    let earlier: Vec<&str> = before_cursor[..start].split_whitespace().collect();
-    let prefix = &before_cursor[start..];
-    let lower = !prefix.is_empty() && prefix.chars().all(|c| c.is_ascii_lowercase());
-    let names: Vec<&str> = match earlier.as_slice() {
-        [] => command_names().collect(),
-        [first] if first.eq_ignore_ascii_case("HELP") => command_names().collect(),
-        [first] => match subcommands(first) {
-            Some(table) => table.iter().map(|(name, _)| *name).collect(),
-            None => return (start, Vec::new()),
-        },
-        _ => return (start, Vec::new()),
-    };
-    let candidates = names
-        .into_iter()
-        .filter(|name| name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix))
-        .map(|name| if lower { name.to_ascii_lowercase() } else { name.to_string() } + " ")
-        .collect();
-    (start, candidates)
-}
-
-/// The inline hint for a line with the cursor at its end: the rest of a uniquely typed command
-/// name and its arguments, or the arguments still to type.
-fn hint(line: &str) -> Option<String> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let (first, typed) = words.split_first()?;
-    let after_space = line.ends_with(char::is_whitespace);
-    if typed.is_empty() && !after_space {
-        let mut matches = command_names()
-            .filter(|name| name.len() >= first.len() && name[..first.len()].eq_ignore_ascii_case(first));
-        let name = matches.next()?;
-        if matches.next().is_some() {
-            return None;
-        }
-        let rest = &name[first.len()..];
-        let rest = if first.chars().all(|c| c.is_ascii_lowercase()) {
-            rest.to_ascii_lowercase()
-        } else {
-            rest.to_string()
-        };
-        let args = lookup(name.as_bytes()).map_or("", |spec| spec.args);
-        return Some(format!("{rest} {args}").trim_end().to_string()).filter(|h| !h.is_empty());
-    }
-    if !after_space {
-        return None;
-    }
-    if let (Some(table), [sub, after @ ..]) = (subcommands(first), typed) {
-        let (_, synopsis) = table.iter().find(|(name, _)| name.eq_ignore_ascii_case(sub))?;
-        let tokens = arg_tokens(synopsis);
-        return tokens.get(after.len()..).filter(|rest| !rest.is_empty()).map(|rest| rest.join(" "));
-    }
-    // Where a synopsis offers other forms (`key [key ...] | key IFREV rev`), the first one.
-    let mut tokens = arg_tokens(lookup(first.as_bytes())?.args);
-    if let Some(other_forms) = tokens.iter().position(|t| t == "|") {
-        tokens.truncate(other_forms);
-    }
-    match tokens.get(typed.len()..) {
-        Some(rest) if !rest.is_empty() => Some(rest.join(" ")),
-        _ => tokens.last().filter(|t| t.contains("...")).cloned(),
-    }
-}
-
-/// Splits an argument synopsis into words, keeping `[...]` groups whole.
-fn arg_tokens(synopsis: &str) -> Vec<String> {
-    let mut tokens = Vec::new();
-    let mut current = String::new();
-    let mut depth = 0usize;
-    for c in synopsis.chars() {
-        match c {
-            '[' => depth += 1,
-            ']' => depth = depth.saturating_sub(1),
-            ' ' if depth == 0 => {
-                if !current.is_empty() {
-                    tokens.push(std::mem::take(&mut current));
-                }
-                continue;
-            }
-            _ => {}
-        }
-        current.push(c);
-    }
-    if !current.is_empty() {
-        tokens.push(current);
-    }
-    tokens
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn completes_command_names_in_the_users_case() {
-        assert_eq!(complete("GE"), (0, vec!["GET ".to_string()]));
-        assert_eq!(complete("e"), (0, vec!["exists ".to_string(), "exit ".to_string()]));
-        assert_eq!(complete("help s"), (5, vec!["set ".to_string(), "scan ".to_string()]));
-        assert_eq!(complete("SET ke"), (4, vec![]));
-    }
-
-    #[test]
-    fn hints_show_the_arguments_still_to_type() {
-        assert_eq!(hint("SE").as_deref(), Some("T key value [NX | XX | IFREV rev]"));
-        assert_eq!(hint("set").as_deref(), Some(" key value [NX | XX | IFREV rev]"));
-        assert_eq!(hint("SET ").as_deref(), Some("key value [NX | XX | IFREV rev]"));
-        assert_eq!(hint("SET k ").as_deref(), Some("value [NX | XX | IFREV rev]"));
-        assert_eq!(hint("SET k v ").as_deref(), Some("[NX | XX | IFREV rev]"));
-        assert_eq!(hint("CAS k ").as_deref(), Some("expected new"));
-        assert_eq!(hint("SCAN a ").as_deref(), Some("[end] [LIMIT n] [REVERSE] [KEYSONLY | COUNT]"));
-        assert_eq!(hint("DEL ").as_deref(), Some("key [key ...]"));
-        assert_eq!(hint("DEL a b ").as_deref(), Some("[key ...]"));
-        assert_eq!(hint("E"), None, "EXISTS and EXIT both match");
-        assert_eq!(hint("FLY "), None);
-        assert_eq!(hint("USER ADD ").as_deref(), Some("user password"));
-        assert_eq!(hint("user add alice ").as_deref(), Some("password"));
-        assert_eq!(hint("ROLE GRANT app ").as_deref(), Some("read|readwrite|admin [prefix]"));
-        assert_eq!(hint("CLUSTER REMOVE ").as_deref(), Some("id"));
-        assert_eq!(hint("USER LIST "), None);
-    }
-
-    #[test]
-    fn subcommands_complete_after_their_command() {
-        assert_eq!(complete("USER G"), (5, vec!["GRANT ".to_string()]));
-        assert_eq!(complete("role d"), (5, vec!["del ".to_string()]));
-        assert_eq!(complete("CLUSTER TR"), (8, vec!["TRANSFER-LEADER ".to_string()]));
-        assert_eq!(complete("GET k").1, Vec::<String>::new());
-    }
-}

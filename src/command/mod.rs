@@ -100,7 +100,7 @@ pub const COMMANDS: &[CommandSpec] = &[
     spec("DECRBY", "key n", "Subtract n from the integer in key; answers the new value.", 2, Some(2)),
     spec(
         "SCAN",
-        "start [end] [LIMIT n] [REVERSE] [KEYSONLY | COUNT] | PREFIX p [...]",
+        "start [end] [LIMIT n] [REVERSE] [KEYSONLY | COUNT] | PREFIX p [LIMIT n] [REVERSE] [KEYSONLY | COUNT]",
         "Read keys in order from start up to end (exclusive; \"\" for none), or those beginning with \
          p, a page of LIMIT (default 100, at most 10000) at a time; COUNT counts them.",
         1,
