@@ -50,6 +50,13 @@ try {
   await page.getByTestId("command-input").press("Enter");
   await page.getByTestId("command-result").first().getByTestId("command-answer").filter({ hasText: '"works"' }).waitFor();
 
+  step("a TXN shows the branch that ran and each operation's answer");
+  await page.getByTestId("command-input").fill("TXN VALUE console = works THEN SET console works GET console");
+  await page.getByTestId("command-input").press("Enter");
+  const txn = page.getByTestId("command-result").first().getByTestId("command-answer");
+  await txn.filter({ hasText: "THEN ran" }).waitFor();
+  await txn.getByTestId("inner-answer").filter({ hasText: '"works"' }).waitFor();
+
   step("the key browser finds the key");
   await page.getByTestId("prefix-input").fill("cons");
   await page.getByTestId("prefix-input").press("Enter");

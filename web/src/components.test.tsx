@@ -2,6 +2,7 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import { cleanup, fireEvent, render, screen } from "@testing-library/react";
 import { Members } from "./components/Members";
 import { AckPicture } from "./components/Journey";
+import { AnswerView } from "./components/CommandBox";
 import { paths } from "./components/LineGraph";
 import type { Member, Tick } from "./stream";
 
@@ -79,5 +80,30 @@ describe("LineGraph", () => {
     const samples = [1, 2, 3, 4].map((at_ms) => ({ at_ms, reads_per_s: 0, writes_per_s: 0, write_p50_ms: null, write_p99_ms: null }));
     const values = [1, null, 2, 2];
     expect(paths(samples, (s) => values[s.at_ms - 1], 2)).toHaveLength(2);
+  });
+});
+
+describe("AnswerView", () => {
+  it("lists MGET's values and a TXN's results, a scan inside one as a table", () => {
+    const mget = { type: "array", items: [{ type: "bulk", value: "1" }, { type: "nil" }] };
+    const { unmount } = render(<AnswerView answer={mget} />);
+    expect(screen.getAllByTestId("inner-answer").map((li) => li.textContent)).toEqual(['"1"', "(nil)"]);
+    unmount();
+
+    const page = { type: "entries", more: false, entries: [{ key: "a", value: "x", create_revision: 1, mod_revision: 2, version: 2 }] };
+    const txn = { type: "txn", succeeded: true, results: [{ type: "status", value: "OK" }, page, { type: "error", code: "NOT_INTEGER", message: "m" }] };
+    render(<AnswerView answer={txn} />);
+    expect(screen.getByText("THEN ran: every compare held")).toBeTruthy();
+    const inner = screen.getAllByTestId("inner-answer");
+    expect(inner).toHaveLength(3);
+    expect(inner[0].textContent).toBe("OK");
+    expect(inner[1].querySelectorAll('[data-testid="key-row"]')).toHaveLength(1);
+    expect(inner[2].textContent).toBe("(error) NOT_INTEGER m");
+    expect(inner[2].className).toBe("error");
+  });
+
+  it("says so when MGET answers nothing", () => {
+    render(<AnswerView answer={{ type: "array", items: [] }} />);
+    expect(screen.getByText("(empty array)")).toBeTruthy();
   });
 });

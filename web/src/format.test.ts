@@ -23,7 +23,7 @@ describe("answers", () => {
     expect(answerText({ type: "bulk", value: "hello" })).toBe('"hello"');
     expect(answerText({ type: "error", code: "NOAUTH", message: "log in first" })).toBe("(error) NOAUTH log in first");
     expect(answerText({ type: "entries", entries: [{ key: "a" }], more: true })).toBe("1 key, more follow");
-    expect(answerText({ type: "txn", succeeded: false, results: [] })).toBe("else branch ran");
+    expect(answerText({ type: "txn", succeeded: false, results: [] })).toBe("ELSE ran: a compare failed");
   });
 
   it("says each peer's acknowledgement", () => {

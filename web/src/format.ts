@@ -55,7 +55,7 @@ export function answerText(answer: Answer): string {
       return `${entries.length} key${entries.length === 1 ? "" : "s"}${answer.more ? ", more follow" : ""}`;
     }
     case "txn":
-      return answer.succeeded ? "then branch ran" : "else branch ran";
+      return answer.succeeded ? "THEN ran: every compare held" : "ELSE ran: a compare failed";
     case "array":
       return `${(answer.items as unknown[]).length} answers`;
     case "table":

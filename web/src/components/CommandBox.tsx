@@ -61,10 +61,8 @@ export function CommandBox({ run, tick }: { run: (line: string) => Promise<Answe
             ) : (
               <>
                 <div data-testid="command-answer" className={r.answer.type === "error" ? "error" : "ok"}>
-                  {r.answer.type === "table" || r.answer.type === "entries" ? null : answerText(r.answer)}
+                  <AnswerView answer={r.answer} />
                 </div>
-                {r.answer.type === "entries" && <EntriesTable answer={r.answer} view="text" />}
-                {r.answer.type === "table" && <AnswerTable answer={r.answer} />}
                 <AckPicture answer={r.answer} tick={tick} />
               </>
             )}
@@ -73,6 +71,38 @@ export function CommandBox({ run, tick }: { run: (line: string) => Promise<Answe
       </ol>
     </div>
   );
+}
+
+/** An answer in full, as the shell shows it: pages of keys and tables as tables, and the answers
+ * inside another (`MGET`'s values, each operation's of a `TXN`) as a numbered list. */
+export function AnswerView({ answer }: { answer: Answer }) {
+  switch (answer.type) {
+    case "entries":
+      return <EntriesTable answer={answer} view="text" />;
+    case "table":
+      return <AnswerTable answer={answer} />;
+    case "array":
+    case "txn": {
+      const inner = ((answer.type === "array" ? answer.items : answer.results) as Answer[] | undefined) ?? [];
+      const heading = answer.type === "txn" ? answerText(answer) : inner.length === 0 ? "(empty array)" : null;
+      return (
+        <div>
+          {heading !== null && <div>{heading}</div>}
+          {inner.length > 0 && (
+            <ol className="inner-answers">
+              {inner.map((item, i) => (
+                <li key={i} data-testid="inner-answer" className={item.type === "error" ? "error" : undefined}>
+                  <AnswerView answer={item} />
+                </li>
+              ))}
+            </ol>
+          )}
+        </div>
+      );
+    }
+    default:
+      return <>{answerText(answer)}</>;
+  }
 }
 
 function AnswerTable({ answer }: { answer: Answer }) {
