@@ -44,7 +44,7 @@ pub fn complete(before_cursor: &str, block: Option<&[String]>) -> (usize, Vec<St
     };
     let candidates = names
         .into_iter()
-        .filter(|name| name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .filter(|name| begins_with(name, prefix))
         .map(|name| if lower { name.to_ascii_lowercase() } else { name.to_string() } + " ")
         .collect();
     (start, candidates)
@@ -91,11 +91,14 @@ fn txn_body<'a>(block: Option<&'a [String]>, line: &[&'a str]) -> Option<Vec<&'a
     }
 }
 
+/// Whether `name` begins with `typed`, in any case.
+fn begins_with(name: &str, typed: &str) -> bool {
+    name.len() >= typed.len() && name[..typed.len()].eq_ignore_ascii_case(typed)
+}
+
 /// The only candidate that begins with `typed` (any case), if exactly one does.
 fn unique_match(candidates: impl IntoIterator<Item = &'static str>, typed: &str) -> Option<&'static str> {
-    let mut matches = candidates
-        .into_iter()
-        .filter(|name| name.len() >= typed.len() && name[..typed.len()].eq_ignore_ascii_case(typed));
+    let mut matches = candidates.into_iter().filter(|name| begins_with(name, typed));
     let name = matches.next()?;
     matches.next().is_none().then_some(name)
 }
@@ -195,9 +198,11 @@ mod txn {
         let mut current: Option<(&'static Clause, usize)> = None;
         for (i, word) in words.iter().enumerate() {
             if let Some((clause, from)) = current {
-                let ends_scan =
-                    ["SET", "DEL", "GET", "SCAN", "ELSE"].iter().any(|w| w.eq_ignore_ascii_case(word));
-                let full = if clause.word == "SCAN" { ends_scan } else { i - from == clause.args.len() };
+                let full = if clause.word == "SCAN" {
+                    crate::command::txn::is_op_word(word.as_bytes())
+                } else {
+                    i - from == clause.args.len()
+                };
                 if !full {
                     continue;
                 }

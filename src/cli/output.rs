@@ -197,13 +197,15 @@ fn human_entries(entries: &[KeyValue], more: bool, next: Option<&[u8]>) -> Strin
         .collect();
     let mut text = human_table(&columns, &rows);
     if more {
-        let next = next.map(quote).unwrap_or_default();
-        text.push_str(&format!(
-            "\n{}",
-            format!("(more keys follow; the next page continues at {next})").dimmed()
-        ));
+        text.push_str(&format!("\n{}", more_keys_note(next).dimmed()));
     }
     text
+}
+
+/// What follows a scan page that stopped before the end of its range, in every form but JSON.
+fn more_keys_note(next: Option<&[u8]>) -> String {
+    let next = next.map(quote).unwrap_or_default();
+    format!("(more keys follow; the next page continues at {next})")
 }
 
 /// An answer for scripts: bare values, one per line, into `out`; what is not a value (a scan page
@@ -231,8 +233,7 @@ fn raw(reply: &Reply, out: &mut Vec<u8>, notes: &mut Vec<String>) {
                 line(&row);
             }
             if *more {
-                let next = next.as_ref().map(|n| quote(n)).unwrap_or_default();
-                notes.push(format!("(more keys follow; the next page continues at {next})"));
+                notes.push(more_keys_note(next.as_ref().map(|n| n.as_slice())));
             }
         }
         Reply::Txn { succeeded, results } => {

@@ -117,7 +117,8 @@ impl Txn {
 /// Words that start an operation (and end a `SCAN`'s arguments).
 const OP_WORDS: [&str; 5] = ["SET", "DEL", "GET", "SCAN", "ELSE"];
 
-fn is_op_word(word: &[u8]) -> bool {
+/// Whether `word` starts an operation or the `ELSE` branch, which ends a `SCAN`'s arguments.
+pub(crate) fn is_op_word(word: &[u8]) -> bool {
     OP_WORDS.iter().any(|w| w.as_bytes().eq_ignore_ascii_case(word))
 }
 
